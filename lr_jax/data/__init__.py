@@ -1,0 +1,1 @@
+"""Data layer: problem sources, prompt templates, the sample store and its statistics."""

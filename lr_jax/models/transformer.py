@@ -1,0 +1,253 @@
+"""The NNX decoder for the Qwen2 and Llama families, with a KV cache.
+
+Shapes: B batch, T tokens in this call, S cache slots, D hidden, H query heads, K kv heads,
+G = H // K query heads per kv head, Dh head dim, F MLP width, V embedding rows.
+
+Weights are stored einsum-ready (`[D, H, Dh]` for q, `[H, Dh, D]` for o, `[D, F]` for the MLP) and
+tagged with logical axis names; `lr_jax.sharding` maps the names onto the mesh. RMSNorm statistics,
+RoPE, attention softmax and logits are float32; everything else runs in the parameter dtype.
+"""
+from __future__ import annotations
+
+import math
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from lr_jax.models.config import ModelConfig
+from lr_jax.sharding import Layout, constrain
+
+_MASKED = -1e30  # finite, so a fully padded query row gives a uniform (ignored) softmax instead of NaN
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Per-layer keys and values over S slots, shared write index for the (left-padded) batch.
+
+  k, v: tuples of `[B, S, K, Dh]` (one per layer); valid: bool `[B, S]` slots holding real tokens;
+  end: int32 scalar, the next slot to write.
+  """
+  k: tuple[jax.Array, ...]
+  v: tuple[jax.Array, ...]
+  valid: jax.Array
+  end: jax.Array
+
+  @classmethod
+  def zeros(cls, cfg: ModelConfig, batch: int, slots: int, dtype, layout: Layout | None = None) -> "KVCache":
+    shape = (batch, slots, cfg.num_kv_heads, cfg.head_dim)
+    def z():
+      return constrain(layout, jnp.zeros(shape, dtype), ("batch", "cache_length", "act_kv_heads", None))
+    return cls(k=tuple(z() for _ in range(cfg.num_layers)), v=tuple(z() for _ in range(cfg.num_layers)),
+               valid=jnp.zeros((batch, slots), bool), end=jnp.zeros((), jnp.int32))
+
+
+def positions_from_mask(mask: jax.Array) -> jax.Array:
+  """RoPE positions `[B, T]` int32 for a left-padded mask: 0 at each row's first real token."""
+  return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
+  """`[Dh/2]` float32 inverse frequencies, with the `llama3` scaling when configured (as in transformers)."""
+  dim = cfg.head_dim
+  inv_freq = 1.0 / (cfg.rope_theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim))
+  inv_freq = inv_freq.astype(np.float32)
+  s = cfg.rope_scaling_dict
+  if s is not None:
+    factor, low, high = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+    old_len = s["original_max_position_embeddings"]
+    low_wavelen, high_wavelen = old_len / low, old_len / high
+    wavelen = 2 * math.pi / inv_freq
+    scaled = np.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+    inv_freq = np.where(medium, smoothed, scaled).astype(np.float32)
+  return inv_freq
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+  """Rotates `x [B, T, heads, Dh]` by `positions [B, T]` (rotate-half convention), in float32."""
+  freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B, T, Dh/2]
+  cos, sin = jnp.cos(freqs)[:, :, None, :], jnp.sin(freqs)[:, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+class RMSNorm(nnx.Module):
+  """RMSNorm as in transformers: statistics in float32, scale applied in the input dtype."""
+
+  def __init__(self, dim: int, eps: float, dtype):
+    self.eps = eps
+    self.scale = nnx.Param(jnp.ones((dim,), dtype), logical_axes=("norm",))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+    return self.scale[...] * xf.astype(x.dtype)
+
+
+class Proj(nnx.Module):
+  """A linear map `[..., *in_shape] -> [..., *out_shape]` with an optional bias and LoRA slot.
+
+  `lora`, when set (see `lr_jax.models.lora`), is a module mapping the same input to a delta of
+  the output's shape; it is added to the frozen projection.
+  """
+
+  def __init__(self, in_shape, out_shape, in_axes, out_axes, *, bias: bool, dtype, rngs: nnx.Rngs):
+    self.in_ndim = len(in_shape)
+    fan_in = math.prod(in_shape)
+    init = jax.random.normal(rngs.params(), (*in_shape, *out_shape), jnp.float32) / math.sqrt(fan_in)
+    self.kernel = nnx.Param(init.astype(dtype), logical_axes=(*in_axes, *out_axes))
+    self.bias = nnx.Param(jnp.zeros(out_shape, dtype), logical_axes=out_axes) if bias else None
+    self.lora = None
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    n = self.in_ndim
+    kernel = self.kernel[...]
+    y = jax.lax.dot_general(x, kernel, (((tuple(range(x.ndim - n, x.ndim))), tuple(range(n))), ((), ())))
+    if self.bias is not None:
+      y = y + self.bias[...]
+    if self.lora is not None:
+      y = y + self.lora(x).astype(y.dtype)
+    return y
+
+
+def attend(q, k, v, q_slots, k_valid, layout):
+  """Grouped-query attention.
+
+  q: `[B, T, H, Dh]`; k, v: `[B, S, K, Dh]`; q_slots: int32 `[T]` slot of each query (causality is
+  slot order); k_valid: bool `[B, S]`. Returns `[B, T, H, Dh]`. Softmax in float32.
+  """
+  b, t, h, dh = q.shape
+  kv = k.shape[2]
+  qg = q.reshape(b, t, kv, h // kv, dh)
+  scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) / math.sqrt(dh)
+  causal = jnp.arange(k.shape[1])[None, :] <= q_slots[:, None]  # [T, S]
+  mask = causal[None, None, None] & k_valid[:, None, None, None, :]
+  probs = jax.nn.softmax(jnp.where(mask, scores, _MASKED), axis=-1).astype(v.dtype)
+  out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, dh)
+  return constrain(layout, out, ("batch", "length", "act_heads", None))
+
+
+class Attention(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, dtype, layout: Layout | None, rngs: nnx.Rngs):
+    d, h, kv, dh = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    self.layout = layout
+    self.q_proj = Proj((d,), (h, dh), ("embed",), ("heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
+    self.k_proj = Proj((d,), (kv, dh), ("embed",), ("kv_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
+    self.v_proj = Proj((d,), (kv, dh), ("embed",), ("kv_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
+    self.o_proj = Proj((h, dh), (d,), ("heads", "head_dim"), ("embed",), bias=cfg.o_bias, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x, positions, inv_freq, k_cache, v_cache, valid, start):
+    """x `[B, T, D]`; k_cache/v_cache `[B, S, K, Dh]` (or None: attend within x); valid bool `[B, S]`."""
+    q = apply_rope(self.q_proj(x), positions, inv_freq)
+    k = apply_rope(self.k_proj(x), positions, inv_freq)
+    v = self.v_proj(x)
+    t = x.shape[1]
+    if k_cache is None:
+      k_all, v_all, slots = k, v, jnp.arange(t)
+    else:
+      k_all = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), start, axis=1)
+      v_all = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), start, axis=1)
+      slots = start + jnp.arange(t)
+    out = attend(q, k_all, v_all, slots, valid, self.layout)
+    return self.o_proj(out), k_all, v_all
+
+
+class MLP(nnx.Module):
+  """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+  def __init__(self, cfg: ModelConfig, dtype, layout: Layout | None, rngs: nnx.Rngs):
+    d, f = cfg.hidden_size, cfg.intermediate_size
+    self.layout = layout
+    self.gate_proj = Proj((d,), (f,), ("embed",), ("mlp",), bias=False, dtype=dtype, rngs=rngs)
+    self.up_proj = Proj((d,), (f,), ("embed",), ("mlp",), bias=False, dtype=dtype, rngs=rngs)
+    self.down_proj = Proj((f,), (d,), ("mlp",), ("embed",), bias=False, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x):
+    h = jax.nn.silu(self.gate_proj(x)) * self.up_proj(x)
+    return self.down_proj(constrain(self.layout, h, ("batch", "length", "act_mlp")))
+
+
+class DecoderLayer(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, dtype, layout: Layout | None, rngs: nnx.Rngs):
+    self.input_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+    self.attn = Attention(cfg, dtype, layout, rngs)
+    self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+    self.mlp = MLP(cfg, dtype, layout, rngs)
+
+  def __call__(self, x, positions, inv_freq, k_cache, v_cache, valid, start):
+    h, k, v = self.attn(self.input_norm(x), positions, inv_freq, k_cache, v_cache, valid, start)
+    x = x + h
+    return x + self.mlp(self.post_attn_norm(x)), k, v
+
+
+class Transformer(nnx.Module):
+  """Decoder-only LM: token ids -> final-normed hidden states; `logits` applies the LM head.
+
+  The head is computed separately so that callers evaluate it only where they need it (the last
+  prompt position, generated steps, kept steps), in chunks, never `[B, T, V]` float32 at once.
+  """
+
+  def __init__(self, cfg: ModelConfig, *, dtype=jnp.bfloat16, layout: Layout | None = None,
+               remat: bool = False, rngs: nnx.Rngs):
+    self.config = cfg
+    self.dtype = dtype
+    self.layout = layout
+    self.remat = remat
+    emb = jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.hidden_size), jnp.float32) * 0.02
+    self.embed = nnx.Param(emb.astype(dtype), logical_axes=("vocab", "embed"))
+    self.layers = nnx.List([DecoderLayer(cfg, dtype, layout, rngs) for _ in range(cfg.num_layers)])
+    self.final_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+    if not cfg.tie_word_embeddings:
+      head = jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.hidden_size), jnp.float32) * 0.02
+      self.lm_head = nnx.Param(head.astype(dtype), logical_axes=("vocab", "embed"))
+    else:
+      self.lm_head = None
+
+  def __call__(self, tokens: jax.Array, positions: jax.Array, mask: jax.Array,
+               cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+    """tokens, positions int32 `[B, T]`; mask bool `[B, T]` (False = padding).
+
+    Without a cache, attends causally within `tokens`. With a cache, writes this call's keys and
+    values at slots `[cache.end, cache.end + T)` and attends over every valid slot up to each query.
+    Returns final-normed hidden `[B, T, D]` (parameter dtype) and the updated cache.
+    """
+    inv_freq = rope_inv_freq(self.config)
+    x = jnp.take(self.embed[...], tokens, axis=0)
+    x = constrain(self.layout, x, ("batch", "length", "act_embed"))
+    if cache is None:
+      valid, start = mask, None
+    else:
+      valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, mask, cache.end, axis=1)
+      start = cache.end
+    new_k, new_v = [], []
+    for i, layer in enumerate(self.layers):
+      kc = None if cache is None else cache.k[i]
+      vc = None if cache is None else cache.v[i]
+      call = nnx.remat(DecoderLayer.__call__) if self.remat else DecoderLayer.__call__
+      x, k, v = call(layer, x, positions, inv_freq, kc, vc, valid, start)
+      x = constrain(self.layout, x, ("batch", "length", "act_embed"))
+      new_k.append(k)
+      new_v.append(v)
+    hidden = self.final_norm(x)
+    if cache is None:
+      return hidden, None
+    return hidden, KVCache(k=tuple(new_k), v=tuple(new_v), valid=valid, end=cache.end + tokens.shape[1])
+
+  def head_weight(self) -> jax.Array:
+    """`[V, D]`: the embedding itself when tied (the same array, not a copy), else lm_head."""
+    return self.embed[...] if self.lm_head is None else self.lm_head[...]
+
+  def logits(self, hidden: jax.Array, valid_vocab: int | None = None) -> jax.Array:
+    """float32 logits `[..., V]` for hidden `[..., D]`; rows >= valid_vocab (padding rows) are -inf."""
+    out = jnp.einsum("...d,vd->...v", hidden, self.head_weight(), preferred_element_type=jnp.float32)
+    if valid_vocab is not None and valid_vocab < out.shape[-1]:
+      out = jnp.where(jnp.arange(out.shape[-1]) < valid_vocab, out, -jnp.inf)
+    return out

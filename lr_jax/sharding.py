@@ -1,0 +1,178 @@
+"""The one logical-axis rules table, mesh construction and sharding helpers.
+
+Parameters and activations carry logical axis names ('embed', 'heads', 'batch', ...). A `Layout`
+(a mesh plus a rules table) turns names into `PartitionSpec`s over the mesh axes
+('data', 'fsdp', 'tensor'). Training and sampling use two rule sets over the same code.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical axis -> mesh axis (or tuple of mesh axes, or None for replicated).
+TRAIN_RULES: dict[str, Any] = {
+    # parameters: fully sharded over fsdp, tensor-parallel over tensor
+    "vocab": "tensor",
+    "embed": "fsdp",
+    "heads": "tensor",
+    "kv_heads": "tensor",
+    "head_dim": None,
+    "mlp": "tensor",
+    "norm": None,
+    "lora_rank": None,
+    # activations
+    "batch": ("data", "fsdp"),
+    "length": None,
+    "act_embed": None,
+    "act_heads": "tensor",
+    "act_kv_heads": "tensor",
+    "act_mlp": "tensor",
+    "act_vocab": "tensor",
+    "cache_length": None,
+}
+
+# Sampling decodes one token at a time: fully sharded weights would be all-gathered every step,
+# so weights are only tensor-parallel (replicated over data/fsdp) and the batch takes data+fsdp.
+SAMPLE_RULES: dict[str, Any] = {**TRAIN_RULES, "embed": None}
+
+RULE_SETS = {"train": TRAIN_RULES, "sample": SAMPLE_RULES}
+
+
+def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A ('data', 'fsdp', 'tensor') mesh with Auto axes; one -1 in `shape` takes the remaining devices."""
+  devices = list(jax.devices() if devices is None else devices)
+  shape = list(shape)
+  if len(shape) != 3:
+    raise ValueError(f"mesh shape must have 3 entries (data, fsdp, tensor), got {tuple(shape)}")
+  if shape.count(-1) > 1:
+    raise ValueError(f"mesh shape {tuple(shape)} has more than one -1")
+  known = math.prod(s for s in shape if s != -1)
+  if -1 in shape:
+    if len(devices) % known:
+      raise ValueError(f"mesh shape {tuple(shape)} does not divide {len(devices)} devices")
+    shape[shape.index(-1)] = len(devices) // known
+  if math.prod(shape) != len(devices):
+    raise ValueError(f"mesh shape {tuple(shape)} needs {math.prod(shape)} devices, {len(devices)} available")
+  # Explicit axes are jax.make_mesh's default now; our specs are hints to the partitioner.
+  return Mesh(np.asarray(devices, dtype=object).reshape(shape), MESH_AXES,
+              axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """A mesh and a rules table. Hashable, so a model can hold it as a static attribute."""
+  mesh: Mesh
+  rules: tuple[tuple[str, Any], ...]
+
+  @classmethod
+  def create(cls, mesh: Mesh, rules: dict[str, Any] | str = "train") -> "Layout":
+    table = RULE_SETS[rules] if isinstance(rules, str) else rules
+    return cls(mesh, tuple(sorted(table.items())))
+
+  def spec(self, logical_axes: Sequence[str | None], shape: Sequence[int] | None = None) -> PartitionSpec:
+    """PartitionSpec for `logical_axes`; a mesh axis that does not divide its dim is dropped.
+
+    Refuses to map two logical axes of one array onto the same mesh axis.
+    """
+    table = dict(self.rules)
+    used: set[str] = set()
+    out = []
+    for i, name in enumerate(logical_axes):
+      if name is None:
+        out.append(None)
+        continue
+      if name not in table:
+        raise KeyError(f"logical axis {name!r} has no rule; known: {', '.join(sorted(table))}")
+      target = table[name]
+      axes = () if target is None else ((target,) if isinstance(target, str) else tuple(target))
+      axes = tuple(a for a in axes if self.mesh.shape[a] > 1)
+      if shape is not None and axes:
+        size = math.prod(self.mesh.shape[a] for a in axes)
+        if shape[i] % size:
+          logging.debug("axis %s (dim %d) not divisible by mesh %s: replicated", name, shape[i], axes)
+          axes = ()
+      clash = used.intersection(axes)
+      if clash:
+        raise ValueError(f"logical axes {tuple(logical_axes)} map mesh axis {sorted(clash)} twice")
+      used.update(axes)
+      out.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+    return PartitionSpec(*out)
+
+  def sharding(self, logical_axes: Sequence[str | None], shape: Sequence[int] | None = None) -> NamedSharding:
+    return NamedSharding(self.mesh, self.spec(logical_axes, shape))
+
+  def constrain(self, x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
+    """`with_sharding_constraint` by logical names (on every backend, CPU included)."""
+    return jax.lax.with_sharding_constraint(x, self.sharding(logical_axes, x.shape))
+
+  @property
+  def data_size(self) -> int:
+    """How many ways the batch is split."""
+    return self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+
+
+def constrain(layout: Layout | None, x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
+  """`layout.constrain`, or the identity without a layout (single device)."""
+  return x if layout is None else layout.constrain(x, logical_axes)
+
+
+def state_shardings(state: Any, layout: Layout) -> Any:
+  """NamedSharding per leaf of an nnx State whose Variables carry `logical_axes` metadata."""
+  from flax import nnx
+
+  def one(v):
+    axes = getattr(v, "logical_axes", None)
+    shape = v.shape if hasattr(v, "shape") else np.shape(v.get_value())
+    if axes is None:
+      axes = (None,) * len(shape)
+    return v.replace(layout.sharding(axes, shape))
+
+  return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def shard_state(state: Any, layout: Layout | None) -> Any:
+  """Places every leaf of `state` per its logical axes (a no-op without a layout)."""
+  if layout is None:
+    return state
+  return jax.device_put(state, state_shardings(state, layout))
+
+
+def maybe_initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                                 process_id: int | None = None) -> None:
+  """Calls `jax.distributed.initialize` when a multi-process run is configured.
+
+  With no arguments it relies on the cluster's environment (TPU VM, SLURM, or the
+  JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables set by launch/).
+  """
+  import os
+  coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
+  num_processes = num_processes or int(os.environ.get("JAX_NUM_PROCESSES", "0") or 0)
+  if process_id is None and os.environ.get("JAX_PROCESS_ID"):
+    process_id = int(os.environ["JAX_PROCESS_ID"])
+  if coordinator and num_processes and num_processes > 1:
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+  elif os.environ.get("SLURM_NTASKS", "1") != "1" or os.environ.get("TPU_WORKER_HOSTNAMES"):
+    jax.distributed.initialize()
+
+
+def host_local_to_global(batch: Any, layout: Layout, logical_axes: Sequence[str | None] = ("batch",)) -> Any:
+  """Assembles per-process numpy batches (split along axis 0) into global jax.Arrays."""
+
+  def one(x):
+    x = np.asarray(x)
+    axes = tuple(logical_axes) + (None,) * (x.ndim - len(logical_axes))
+    sharding = layout.sharding(axes[: x.ndim])
+    if jax.process_count() == 1:
+      return jax.device_put(x, sharding)
+    global_shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
+    return jax.make_array_from_process_local_data(sharding, x, global_shape)
+
+  return jax.tree.map(one, batch)
