@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-ORDERS = ('first', 'random')
+ORDERS = ("first", "random")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,10 +37,10 @@ def load_problems(
     path: str | os.PathLike,
     *,
     n: int | None = 1000,
-    order: str = 'first',
+    order: str = "first",
     seed: int = 0,
-    question_field: str = 'question',
-    answer_field: str | None = 'answer',
+    question_field: str = "question",
+    answer_field: str | None = "answer",
 ) -> list[Problem]:
   """Reads n problems from a JSON Lines file (one object per line; blank lines are skipped).
 
@@ -61,45 +61,45 @@ def load_problems(
   path = os.fspath(path)
   _check_selection(n, order)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'problem file {path} does not exist')
+    raise FileNotFoundError(f"problem file {path} does not exist")
   stem = os.path.splitext(os.path.basename(path))[0]
   # 'first' can stop reading early; 'random' needs every record to permute over.
-  stop_after = n if order == 'first' else None
+  stop_after = n if order == "first" else None
   records: list[tuple[int, dict]] = []
-  with open(path, encoding='utf-8') as f:
+  with open(path, encoding="utf-8") as f:
     for line_index, line in enumerate(f):
       if stop_after is not None and len(records) == stop_after:
         break
       if not line.strip():
         continue
-      where = f'{path}:{line_index + 1}'
+      where = f"{path}:{line_index + 1}"
       try:
         record = json.loads(line)
       except json.JSONDecodeError as e:
-        raise ValueError(f'{where}: invalid JSON ({e.msg} at column {e.colno})') from None
+        raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
       if not isinstance(record, dict):
-        raise ValueError(f'{where}: expected a JSON object, got {type(record).__name__}')
+        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
       records.append((line_index, record))
   chosen = _select(len(records), n, order, seed, source=path)
   problems = []
   for i in chosen:
     line_index, record = records[i]
     problems.append(_to_problem(
-        f'{stem}-{line_index}', record, question_field, answer_field,
-        where=f'{path}:{line_index + 1}'))
+        f"{stem}-{line_index}", record, question_field, answer_field,
+        where=f"{path}:{line_index + 1}"))
   return problems
 
 
 def load_problems_tfds(
     name: str,
     *,
-    split: str = 'train',
+    split: str = "train",
     data_dir: str | os.PathLike | None = None,
     n: int | None = 1000,
-    order: str = 'first',
+    order: str = "first",
     seed: int = 0,
-    question_field: str = 'question',
-    answer_field: str | None = 'answer',
+    question_field: str = "question",
+    answer_field: str | None = "answer",
 ) -> list[Problem]:
   """Reads n problems from an already prepared TFDS dataset, TensorFlow-free.
 
@@ -122,25 +122,25 @@ def load_problems_tfds(
   import tensorflow_datasets as tfds  # Heavy import, needed only for this source.
 
   _check_selection(n, order)
-  source_name = f'TFDS {name}[{split}] in {data_dir}'
+  source_name = f"TFDS {name}[{split}] in {data_dir}"
   try:
     source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except Exception as e:  # TFDS signals a missing dataset with several unrelated exception types.
     first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise FileNotFoundError(f'{source_name} is not prepared: {first_line}') from None
+    raise FileNotFoundError(f"{source_name} is not prepared: {first_line}") from None
   chosen = _select(len(source), n, order, seed, source=source_name)
   return [
-      _to_problem(f'{split}-{i}', source[int(i)], question_field, answer_field,
-                  where=f'{source_name} record {i}')
+      _to_problem(f"{split}-{i}", source[int(i)], question_field, answer_field,
+                  where=f"{source_name} record {i}")
       for i in chosen
   ]
 
 
 def _check_selection(n: int | None, order: str) -> None:
   if order not in ORDERS:
-    raise ValueError(f'order must be one of {ORDERS}, got {order!r}')
+    raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
   if n is not None and n < 0:
-    raise ValueError(f'n must be >= 0 or None, got {n}')
+    raise ValueError(f"n must be >= 0 or None, got {n}")
 
 
 def _select(num_records: int, n: int | None, order: str, seed: int, *, source: str) -> Sequence[int]:
@@ -148,8 +148,8 @@ def _select(num_records: int, n: int | None, order: str, seed: int, *, source: s
   if n is None:
     n = num_records
   if n > num_records:
-    raise ValueError(f'{source}: asked for n={n} problems but it holds only {num_records}')
-  if order == 'first':
+    raise ValueError(f"{source}: asked for n={n} problems but it holds only {num_records}")
+  if order == "first":
     return range(n)
   return np.random.default_rng(seed).permutation(num_records)[:n].tolist()
 
@@ -164,14 +164,14 @@ def _to_problem(problem_id: str, record: Mapping, question_field: str,
 
 def _text_field(record: Mapping, field: str, where: str, *, allow_number: bool) -> str:
   if field not in record:
-    raise ValueError(f'{where}: missing field {field!r} (fields: {sorted(record)})')
+    raise ValueError(f"{where}: missing field {field!r} (fields: {sorted(record)})")
   value = record[field]
   if isinstance(value, (bytes, np.bytes_)):
-    return bytes(value).decode('utf-8')
+    return bytes(value).decode("utf-8")
   if isinstance(value, str):
     return value
   # Some benchmarks store numeric answers (SVAMP's floats); they are compared as text downstream.
   if allow_number and isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
     return str(value.item() if isinstance(value, np.number) else value)
-  expected = 'a string or a number' if allow_number else 'a string'
-  raise ValueError(f'{where}: field {field!r} must be {expected}, got {type(value).__name__}')
+  expected = "a string or a number" if allow_number else "a string"
+  raise ValueError(f"{where}: field {field!r} must be {expected}, got {type(value).__name__}")

@@ -78,6 +78,9 @@ class ModelConfig:
 
     hidden = int(need("hidden_size"))
     heads = int(need("num_attention_heads"))
+    kv_heads = int(d.get("num_key_value_heads") or heads)
+    if heads % kv_heads:
+      raise ValueError(f"{source}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")
     head_dim = d.get("head_dim") or hidden // heads
     if model_type == "qwen2":
       qkv_bias, o_bias = True, False  # Qwen2 attention: q/k/v bias, no o bias.
@@ -89,7 +92,7 @@ class ModelConfig:
         hidden_size=hidden,
         num_layers=int(need("num_hidden_layers")),
         num_heads=heads,
-        num_kv_heads=int(d.get("num_key_value_heads") or heads),
+        num_kv_heads=kv_heads,
         head_dim=int(head_dim),
         intermediate_size=int(need("intermediate_size")),
         rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),

@@ -46,16 +46,27 @@ class Pretrained(NamedTuple):
 
 
 def resolve_checkpoint(path_or_id: str) -> str:
-  """A local folder as is; otherwise a hub id through huggingface_hub (local cache first)."""
+  """A local folder as is; otherwise a hub id through huggingface_hub (local cache first).
+
+  With HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) set, only the cache is consulted.
+  """
   if os.path.isdir(path_or_id):
     return path_or_id
   if path_or_id.startswith((".", "/", "~")) or path_or_id.count("/") != 1:
     raise FileNotFoundError(f"{path_or_id}: no such checkpoint directory (and not a hub id of the form org/name)")
-  from huggingface_hub import snapshot_download
+  from huggingface_hub import constants, snapshot_download
+  from huggingface_hub.errors import LocalEntryNotFoundError
   try:
     return snapshot_download(path_or_id, allow_patterns=_HUB_PATTERNS, local_files_only=True)
-  except Exception:  # not cached: try the hub
-    pass
+  except LocalEntryNotFoundError:
+    pass  # not cached
+  # huggingface_hub reads HF_HUB_OFFLINE once, at import; read the environment too so a later setting counts.
+  offline = constants.HF_HUB_OFFLINE or any(
+      os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+  if offline:
+    raise FileNotFoundError(f"{path_or_id}: not a local directory and not in the Hugging Face cache "
+                            f"({constants.HF_HUB_CACHE}); offline mode (HF_HUB_OFFLINE) forbids downloading it: "
+                            "download it once with network access, or pass a local checkpoint folder")
   try:
     return snapshot_download(path_or_id, allow_patterns=_HUB_PATTERNS)
   except Exception as e:
@@ -79,11 +90,12 @@ def weight_files(folder: str) -> dict[str, str]:
   single = os.path.join(folder, SINGLE_FILE)
   if os.path.isfile(single):
     return {name: single for name in SafetensorsFile(single).keys()}
-  if any(f.endswith((".bin", ".pt", ".pth", ".ckpt")) for f in os.listdir(folder)):
+  pickles = sorted(f for f in os.listdir(folder) if f.endswith((".bin", ".pt", ".pth", ".ckpt")))
+  if pickles:
     raise ValueError(
-        f"{folder}: only pickle weights (e.g. pytorch_model.bin) found; lr_jax loads safetensors only, because "
+        f"{folder}: only pickle weights ({', '.join(pickles)}) found; lr_jax loads safetensors only, because "
         "unpickling can run arbitrary code. Convert once in a trusted environment: "
-        "AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(OUT, safe_serialization=True)")
+        "AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(OUT) writes model.safetensors")
   raise FileNotFoundError(f"{folder}: no {SINGLE_FILE} or {INDEX_FILE}")
 
 
@@ -134,12 +146,13 @@ def param_paths(state: nnx.State) -> Iterator[tuple[tuple, nnx.Variable]]:
 def load_state(folder: str, cfg: ModelConfig, abstract_state: nnx.State, dtype, layout: Layout | None) -> nnx.State:
   """Fills `abstract_state` (from `nnx.eval_shape`) with the checkpoint's tensors, sharded per `layout`."""
   files = weight_files(folder)
+  listing = os.path.join(folder, INDEX_FILE if os.path.isfile(os.path.join(folder, INDEX_FILE)) else SINGLE_FILE)
   opened: dict[str, SafetensorsFile] = {}
   used = set()
 
   def tensor(name: str) -> np.ndarray:
     if name not in files:
-      raise ValueError(f"{folder}: missing tensor {name} (required by config.json: model_type={cfg.model_type}, "
+      raise ValueError(f"{listing}: missing tensor {name} (required by config.json: model_type={cfg.model_type}, "
                        f"layers={cfg.num_layers}, tie_word_embeddings={cfg.tie_word_embeddings})")
     file = files[name]
     if file not in opened:
@@ -164,9 +177,12 @@ def load_state(folder: str, cfg: ModelConfig, abstract_state: nnx.State, dtype, 
     return var.replace(value)
 
   leaves = {path: load(path, var) for path, var in param_paths(abstract_state)}
-  expected_extra = {"lm_head.weight"} if cfg.tie_word_embeddings else set()
-  unexpected = sorted(n for n in files if n not in used and n not in expected_extra
-                      and not n.endswith("rotary_emb.inv_freq"))
+  if cfg.tie_word_embeddings and "lm_head.weight" in files:
+    # Some exporters store the tied head too; accept it only if it is the embedding.
+    if not np.array_equal(tensor("lm_head.weight"), tensor("model.embed_tokens.weight")):
+      raise ValueError(f"{files['lm_head.weight']}: tensor lm_head.weight differs from model.embed_tokens.weight, "
+                       "but config.json has tie_word_embeddings=true")
+  unexpected = sorted(n for n in files if n not in used and not n.endswith("rotary_emb.inv_freq"))
   if unexpected:
     raise ValueError(f"{files[unexpected[0]]}: unexpected tensor {unexpected[0]}"
                      + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else "")

@@ -44,16 +44,22 @@ class SafetensorsFile:
         header = json.loads(f.read(n))
       except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: corrupt safetensors header ({e})") from None
+    if not isinstance(header, dict):
+      raise ValueError(f"{path}: corrupt safetensors header (not a JSON object)")
     self.metadata = header.pop("__metadata__", None) or {}
     self._start = 8 + n
     self._info = header
     for name, info in header.items():
-      if info.get("dtype") not in DTYPES:
-        raise ValueError(f"{path}: tensor {name} has unsupported dtype {info.get('dtype')!r}")
-      begin, end = info["data_offsets"]
-      want = int(np.prod(info["shape"], dtype=np.int64)) * DTYPES[info["dtype"]].itemsize
-      if end - begin != want:
-        raise ValueError(f"{path}: tensor {name} has {end - begin} bytes, its shape needs {want}")
+      try:
+        dtype, shape = info["dtype"], [int(d) for d in info["shape"]]
+        begin, end = (int(o) for o in info["data_offsets"])
+      except (TypeError, KeyError, ValueError):
+        raise ValueError(f"{path}: tensor {name} has a corrupt header entry {info!r}") from None
+      if dtype not in DTYPES:
+        raise ValueError(f"{path}: tensor {name} has unsupported dtype {dtype!r}")
+      want = int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype].itemsize
+      if end - begin != want or begin < 0:
+        raise ValueError(f"{path}: tensor {name} spans bytes [{begin}, {end}), its shape needs {want}")
       if self._start + end > size:
         raise ValueError(f"{path}: truncated file: tensor {name} ends at byte {self._start + end}, "
                          f"the file has {size}")
@@ -70,9 +76,11 @@ class SafetensorsFile:
     dtype = DTYPES[info["dtype"]]
     begin, _ = info["data_offsets"]
     shape = tuple(info["shape"])
-    if not shape or 0 in shape:
+    if 0 in shape:
       return np.zeros(shape, dtype)
-    return np.memmap(self.path, dtype=dtype, mode="r", offset=self._start + begin, shape=shape)
+    # np.memmap needs at least one dimension (and keeps it through reshape): map a scalar as [1].
+    mapped = np.memmap(self.path, dtype=dtype, mode="r", offset=self._start + begin, shape=shape or (1,))
+    return mapped if shape else np.asarray(mapped).reshape(())
 
 
 def save_file(tensors: dict[str, np.ndarray], path: str, metadata: dict[str, str] | None = None) -> None:
@@ -81,7 +89,8 @@ def save_file(tensors: dict[str, np.ndarray], path: str, metadata: dict[str, str
   offset = 0
   arrays = []
   for name in sorted(tensors):
-    arr = np.ascontiguousarray(tensors[name])
+    arr = np.asarray(tensors[name])
+    arr = np.ascontiguousarray(arr).reshape(arr.shape)  # ascontiguousarray turns a scalar into [1]
     if arr.dtype not in _CODES:
       raise ValueError(f"{path}: tensor {name} has unsupported dtype {arr.dtype}")
     header[name] = {"dtype": _CODES[arr.dtype], "shape": list(arr.shape),

@@ -1,0 +1,98 @@
+"""LightReasoner on Qwen2.5-Math-1.5B (expert) against Qwen2.5-0.5B (amateur), the paper's main setting.
+
+Usage: python -m lr_jax.main --config=configs/qwen_math.py[:VARIANT] --workdir=DIR
+Variants (the paper's other experts): math-7b, math-1.5b-instruct, math-7b-instruct, r1-distill-1.5b;
+and `reference`, which reproduces the original code's choices (prompt "Please reason step by step.",
+beta compared with >=, first generated token not scored).
+Mesh layouts: sampling decodes with tensor-parallel weights and the batch over data (`mesh.sample`);
+training shards the frozen base FSDP over all devices (`mesh.train`).
+"""
+import ml_collections
+
+from lr_jax.data.prompts import DEFAULT_SYSTEM_PROMPT
+
+EXPERTS = {
+    "": "Qwen/Qwen2.5-Math-1.5B",
+    "math-7b": "Qwen/Qwen2.5-Math-7B",
+    "math-1.5b-instruct": "Qwen/Qwen2.5-Math-1.5B-Instruct",
+    "math-7b-instruct": "Qwen/Qwen2.5-Math-7B-Instruct",
+    "r1-distill-1.5b": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
+    "reference": "Qwen/Qwen2.5-Math-1.5B",
+}
+BENCHMARKS = ("gsm8k", "math", "svamp", "asdiv", "minerva_math", "olympiadbench", "mmlu_stem")
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+  if variant not in EXPERTS:
+    raise ValueError(f"configs/qwen_math.py: unknown variant {variant!r}; known: {', '.join(sorted(EXPERTS))}")
+  c = ml_collections.ConfigDict()
+  c.expert = EXPERTS[variant]
+  c.amateur = "Qwen/Qwen2.5-0.5B"
+  c.dtype = "bfloat16"
+  c.seed = 0
+  c.stages = "sample,distill,eval,export,report"
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.sample = (-1, 1, 1)   # (data, fsdp, tensor): batch over every device, weights replicated
+  c.mesh.train = (1, -1, 1)    # frozen base fully sharded, batch over fsdp
+  c.mesh.eval = (-1, 1, 1)
+
+  c.prompt = ml_collections.ConfigDict()
+  c.prompt.template = "qwen25-math-cot"
+  c.prompt.system_prompt = DEFAULT_SYSTEM_PROMPT
+
+  c.data = ml_collections.ConfigDict()
+  c.data.path = "../shared/data/gsm8k/train.jsonl"   # a JSONL file, or tfds:NAME[:SPLIT] with data.tfds_dir
+  c.data.tfds_dir = ""
+  c.data.num_problems = 1000
+  c.data.order = "first"        # first N in file order (the original), or "random" (seeded)
+  c.data.question_field = "question"
+
+  c.sample = ml_collections.ConfigDict()
+  c.sample.max_new_tokens = 128
+  c.sample.batch_size = 64
+  c.sample.alpha = 0.2
+  c.sample.beta = 0.4
+  c.sample.beta_inclusive = False
+  c.sample.score_first_token = True
+  c.sample.top_k = 32
+  c.sample.chunk_size = 256
+  c.sample.allow_tokenizer_mismatch = False
+
+  c.distill = ml_collections.ConfigDict()
+  c.distill.lora_rank = 8
+  c.distill.lora_alpha = 16.0
+  c.distill.lora_dropout = 0.05
+  c.distill.lora_targets = ("q_proj", "v_proj")
+  c.distill.learning_rate = 5e-5
+  c.distill.updates = 1000
+  c.distill.steps_per_update = 16
+  c.distill.rows_per_update = 16
+  c.distill.grad_clip = 1.0
+  c.distill.micro_batches = 1
+  c.distill.remat = True
+  c.distill.checkpoint_every = 100
+  c.distill.keep_checkpoints = 3
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.benchmarks = ",".join(BENCHMARKS)
+  c.eval.data_dir = "../shared/data"
+  c.eval.limit = 0              # items per benchmark; 0 = all
+  c.eval.template = "qwen25-math-cot"
+  c.eval.system_prompt = ""     # empty: prompt.system_prompt
+  c.eval.max_new_tokens = 2048
+  c.eval.batch_size = 64
+  c.eval.models = "base,tuned"
+
+  c.export = ml_collections.ConfigDict()
+  c.export.merged = True
+  c.export.peft = True
+  c.export.dtype = "bfloat16"
+  c.export.max_shard_bytes = 5 * 2**30
+
+  if variant == "reference":
+    c.prompt.system_prompt = "Please reason step by step."   # sampling and training
+    c.eval.system_prompt = DEFAULT_SYSTEM_PROMPT               # the original evaluated with the boxed cue
+    c.sample.beta_inclusive = True
+    c.sample.score_first_token = False
+  return c

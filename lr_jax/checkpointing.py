@@ -1,0 +1,94 @@
+"""Orbax checkpoints of the distillation state, resumable after a kill at any moment.
+
+Each checkpoint `<dir>/<step>/` holds two items: `state`, the `TrainState` pytree (trainable params,
+optimizer state, step, dropout rng), and `meta`, a JSON object (the data position and the run's
+config). Saves run in the background (Orbax async) every `save_every` updates; the last `keep`
+checkpoints stay. Orbax writes a step to a temporary folder and renames it when complete, so a kill
+mid-save leaves no step folder (the temporary one is removed on the next start).
+
+`restore` tries the newest step first. A step that fails to load (a truncated or deleted file, a
+corrupt JSON, a shape that no longer matches) is reported with a warning, moved aside to
+`<dir>/<step>.corrupt` (never deleted: a person may want it) and the previous one is tried.
+
+Restoring takes a target state (e.g. a freshly initialised one) whose arrays carry the shardings
+wanted now: a checkpoint saved on one mesh restores onto any other, or onto one device.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """Saves and restores (state pytree, JSON meta) pairs under `directory`."""
+
+  def __init__(self, directory: str, *, save_every: int, keep: int = 3, async_save: bool = True):
+    if save_every < 1 or keep < 1:
+      raise ValueError(f"Checkpointer: save_every ({save_every}) and keep ({keep}) must be >= 1")
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=save_every,
+        max_to_keep=keep,
+        enable_async_checkpointing=async_save,
+        cleanup_tmp_directories=True,
+        # Save every `save_every`-th step even while the previous save is still being written (the
+        # manager then waits for it), so which steps exist does not depend on timing.
+        enable_should_save_is_saving_in_progress_check=False,
+    )
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, meta: dict[str, Any], *, force: bool = False) -> bool:
+    """Starts saving `state` and `meta` as `step` if it is a multiple of `save_every` (or `force`).
+
+    Returns whether a save started. The arrays are copied before this returns, so the caller may
+    donate `state` to the next update right away.
+    """
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+    return self._manager.save(step, args=args, force=force)
+
+  def restore(self, target: Any) -> tuple[Any, dict[str, Any]] | None:
+    """(state, meta) of the newest loadable step, laid out like `target`; None when there is none."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    for step in reversed(self.all_steps()):
+      args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+      try:
+        restored = self._manager.restore(step, args=args)
+        return restored.state, restored.meta
+      except Exception as e:  # noqa: BLE001 - any failure to load marks the step unusable
+        self._set_aside(step, e)
+    return None
+
+  def _set_aside(self, step: int, error: Exception) -> None:
+    path = os.path.join(self.directory, str(step))
+    reason = str(error).splitlines()[0][:200] if str(error) else ""
+    warnings.warn(f"checkpoint {path} is unreadable ({type(error).__name__}: {reason}); moved to "
+                  f"{path}.corrupt, trying the previous one", RuntimeWarning, stacklevel=3)
+    if jax.process_index() == 0 and os.path.isdir(path):
+      os.replace(path, _free_name(path + ".corrupt"))
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f"lr_jax checkpoint set aside {step}")
+    self._manager.reload()
+
+  def wait(self) -> None:
+    """Blocks until the background save (if any) is on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def _free_name(path: str) -> str:
+  """`path`, or `path.1`, `path.2`, ... whichever does not exist yet."""
+  candidate, n = path, 0
+  while os.path.exists(candidate):
+    n += 1
+    candidate = f"{path}.{n}"
+  return candidate

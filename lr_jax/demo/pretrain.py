@@ -1,0 +1,96 @@
+"""Pre-trains the demo's expert and amateur from scratch with lr_jax's own model, saved as HF checkpoints.
+
+Sequences are `chat prompt + solution + <|im_end|>`; the loss covers the assistant part only, so
+the models learn to solve problems in the format the pipeline prompts them with.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm.auto import tqdm
+
+from lr_jax.models.config import ModelConfig
+from lr_jax.models.hf_io import save_pretrained, to_hf_tensors
+from lr_jax.models.transformer import Transformer, positions_from_mask
+
+
+def tiny_qwen2_config(vocab_size: int, hidden: int, layers: int, heads: int, kv_heads: int, mlp: int,
+                      max_positions: int = 512) -> ModelConfig:
+  """A Qwen2-architecture config (q/k/v bias, tied embeddings) of the given size."""
+  return ModelConfig(model_type="qwen2", vocab_size=vocab_size, hidden_size=hidden, num_layers=layers,
+                     num_heads=heads, num_kv_heads=kv_heads, head_dim=hidden // heads, intermediate_size=mlp,
+                     rms_norm_eps=1e-6, rope_theta=10000.0, max_position_embeddings=max_positions,
+                     tie_word_embeddings=True, qkv_bias=True, o_bias=False)
+
+
+def pack_examples(prompts: Sequence[list[int]], completions: Sequence[list[int]], seq_len: int,
+                  pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """One example per row, right-padded to `seq_len` (longer ones dropped).
+
+  Returns tokens int32 `[N, L]`, mask bool `[N, L]` (real tokens) and loss_mask bool `[N, L]`
+  (True where the *next* token is part of the completion).
+  """
+  rows = [(p, c) for p, c in zip(prompts, completions) if len(p) + len(c) <= seq_len]
+  tokens = np.full((len(rows), seq_len), pad_id, np.int32)
+  mask = np.zeros((len(rows), seq_len), bool)
+  loss_mask = np.zeros((len(rows), seq_len), bool)
+  for i, (p, c) in enumerate(rows):
+    n = len(p) + len(c)
+    tokens[i, :n] = p + c
+    mask[i, :n] = True
+    loss_mask[i, len(p) - 1:n - 1] = True
+  return tokens, mask, loss_mask
+
+
+def pretrain(cfg: ModelConfig, tokens: np.ndarray, mask: np.ndarray, loss_mask: np.ndarray, *, steps: int,
+             batch_size: int, learning_rate: float, seed: int, desc: str = "pretrain") -> tuple[Transformer, list[float]]:
+  """Trains a fresh float32 `Transformer` with AdamW (warm-up + cosine decay) on next-token loss.
+
+  Returns the model and the loss of every step.
+  """
+  model = Transformer(cfg, dtype=jnp.float32, rngs=nnx.Rngs(seed))
+  graphdef, params = nnx.split(model)
+  schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, max(1, steps // 20), steps, learning_rate * 0.05)
+  tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.01))
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def train_step(params, opt_state, tok, msk, lmask):
+    def loss_fn(params):
+      m = nnx.merge(graphdef, params)
+      hidden, _ = m(tok, positions_from_mask(msk), msk)
+      logits = m.logits(hidden)  # [B, L, V]: the demo vocabulary is a few hundred rows
+      logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
+      nll = -jnp.take_along_axis(logp, tok[:, 1:, None], axis=-1)[..., 0]
+      w = lmask[:, :-1].astype(jnp.float32)
+      return jnp.sum(nll * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  rng = np.random.default_rng(seed)
+  losses = []
+  for _ in tqdm(range(steps), desc=desc, disable=jax.process_index() != 0):
+    idx = rng.integers(0, len(tokens), batch_size)
+    params, opt_state, loss = train_step(params, opt_state, tokens[idx], mask[idx], loss_mask[idx])
+    losses.append(loss)
+  return nnx.merge(graphdef, params), [float(x) for x in jax.device_get(losses)]
+
+
+def save_model(model: Transformer, out_dir: str, tokenizer_dir: str, eos_ids: Sequence[int], pad_id: int) -> None:
+  """Writes an HF checkpoint (config, safetensors, tokenizer, greedy generation config)."""
+  cfg = model.config
+  save_pretrained(to_hf_tensors(nnx.state(model), cfg), cfg, out_dir, source_dir=tokenizer_dir, dtype_name="float32")
+  gen = {"do_sample": False, "eos_token_id": list(eos_ids), "pad_token_id": pad_id}
+  tmp = os.path.join(out_dir, "generation_config.json.tmp")
+  with open(tmp, "w") as f:
+    json.dump(gen, f, indent=2)
+  os.replace(tmp, os.path.join(out_dir, "generation_config.json"))

@@ -1,0 +1,139 @@
+"""The run: config checks, then the selected stages in order, each resumable from the workdir."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import ml_collections
+
+from lr_jax import sharding
+from lr_jax.stages import common
+
+STAGE_ORDER = ("demo", "sample", "distill", "eval", "export", "report")
+
+
+class ConfigError(ValueError):
+  """A config problem, reported in one line before any model is loaded."""
+
+
+def _looks_local(path: str) -> bool:
+  return path.startswith((".", "/", "~")) or os.path.exists(path) or path.count("/") != 1
+
+
+def _local_model_config(path_or_id: str):
+  """ModelConfig of a local folder or a cached hub id; None when only the hub has it."""
+  from lr_jax.models.config import ModelConfig
+  if os.path.isdir(path_or_id):
+    return ModelConfig.from_json(path_or_id)
+  try:
+    from huggingface_hub import hf_hub_download
+    return ModelConfig.from_json(hf_hub_download(path_or_id, "config.json", local_files_only=True))
+  except Exception:  # not cached: checked when the stage loads it
+    return None
+
+
+def stages_of(config) -> list[str]:
+  stages = [s.strip() for s in config.stages.split(",") if s.strip()]
+  unknown = [s for s in stages if s not in STAGE_ORDER]
+  if unknown:
+    raise ConfigError(f"config.stages: unknown stage {unknown[0]!r}; known: {', '.join(STAGE_ORDER)}")
+  return sorted(stages, key=STAGE_ORDER.index)
+
+
+def check_config(config, stages: list[str]) -> None:
+  """Raises ConfigError (one line) for anything that would fail later, before loading a model."""
+  if config.dtype not in common.DTYPES:
+    raise ConfigError(f"config.dtype: {config.dtype!r} is not one of {', '.join(common.DTYPES)}")
+  needs_models = any(s in stages for s in ("sample", "distill", "eval", "export"))
+  if needs_models and "demo" not in stages:
+    for role in ("expert", "amateur"):
+      path = getattr(config, role)
+      if not path:
+        raise ConfigError(f"config.{role}: empty; give a checkpoint folder or a hub id such as Qwen/Qwen2.5-0.5B")
+      if _looks_local(path) and not os.path.isdir(path):
+        raise ConfigError(f"config.{role}: {path} is not a checkpoint folder (and not a hub id org/name)")
+    e, a = _local_model_config(config.expert), _local_model_config(config.amateur)
+    if e is not None and a is not None and a.num_params() > e.num_params():
+      raise ConfigError(f"config.amateur ({config.amateur}, {a.num_params() / 1e6:.0f}M params) is larger than "
+                        f"config.expert ({config.expert}, {e.num_params() / 1e6:.0f}M): swapped by mistake?")
+  if "sample" in stages and "demo" not in stages and not config.data.path.startswith("tfds:"):
+    if not os.path.isfile(config.data.path):
+      raise ConfigError(f"config.data.path: {config.data.path} does not exist (a JSONL file or tfds:NAME[:SPLIT])")
+  n_dev = jax.device_count()
+  for stage, mesh_name, batch in (("sample", "sample", config.sample.batch_size),
+                                  ("distill", "train", config.distill.rows_per_update),
+                                  ("eval", "eval", config.eval.batch_size)):
+    if stage not in stages:
+      continue
+    try:
+      mesh = sharding.make_mesh(tuple(getattr(config.mesh, mesh_name)))
+    except ValueError as e:
+      raise ConfigError(f"config.mesh.{mesh_name}: {e}") from None
+    ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    if batch % ways:
+      raise ConfigError(f"batch size {batch} of stage {stage} is not divisible by the {ways} data-parallel "
+                        f"ways of config.mesh.{mesh_name}={tuple(getattr(config.mesh, mesh_name))} ({n_dev} devices)")
+    if batch % jax.process_count():
+      raise ConfigError(f"batch size {batch} of stage {stage} is not divisible by {jax.process_count()} processes")
+
+
+def _save_config(config, workdir: common.Workdir) -> None:
+  if jax.process_index() == 0:
+    common.write_json(workdir.config, json.loads(config.to_json_best_effort()))
+
+
+def run(config: ml_collections.ConfigDict, workdir_path: str) -> None:
+  """Runs the configured stages; a finished run does nothing and says so."""
+  sharding.maybe_initialize_distributed()
+  stages = stages_of(config)
+  config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy: the demo stage fills in paths
+  workdir = common.Workdir(workdir_path)
+  check_config(config, stages)
+  os.makedirs(workdir.root, exist_ok=True)
+  from lr_jax.metrics import MetricsWriter
+  writer = MetricsWriter(workdir.root)
+  timings = common.read_json(workdir.timings) if os.path.isfile(workdir.timings) else {}
+  did_work = False
+  for stage in stages:
+    t0 = time.time()
+    summary = _run_stage(stage, config, workdir, writer)
+    seconds = time.time() - t0
+    if stage == "demo":
+      _save_config(config, workdir)
+    if summary.get("skipped"):
+      common.log("%s: already done, skipped", stage)
+      continue
+    did_work = True
+    timings[stage] = seconds
+    writer.write("time", STAGE_ORDER.index(stage), {f"{stage}_seconds": seconds})
+    if jax.process_index() == 0:
+      common.write_json(workdir.timings, timings)
+  if "demo" not in stages:
+    _save_config(config, workdir)
+  writer.close()
+  if not did_work:
+    common.log("lr_jax: every stage of %s is already done; nothing to do", workdir.root)
+  else:
+    common.log("lr_jax: done; artifacts in %s", workdir.root)
+
+
+def _run_stage(stage: str, config, workdir: common.Workdir, writer) -> dict:
+  if stage == "demo":
+    from lr_jax.stages import demo
+    return demo.run(config, workdir)
+  if stage == "sample":
+    from lr_jax.stages import sample
+    return sample.run(config, workdir, writer)
+  if stage == "distill":
+    from lr_jax.stages import distill
+    return distill.run(config, workdir, writer)
+  if stage == "eval":
+    from lr_jax.stages import evaluate
+    return evaluate.run(config, workdir, writer)
+  if stage == "export":
+    from lr_jax.stages import export
+    return export.run(config, workdir)
+  from lr_jax import report
+  return report.run(config, workdir)

@@ -1,0 +1,102 @@
+"""What every stage shares: workdir layout, dtype names, loading models and tokenizers, logging."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from lr_jax.models.hf_io import Pretrained, from_pretrained, resolve_checkpoint
+from lr_jax.sharding import Layout, make_mesh
+
+DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32, "float16": jnp.float16}
+
+
+class Workdir:
+  """Paths of a run's artifacts; stages communicate only through these files."""
+
+  def __init__(self, root: str):
+    self.root = root
+
+  def __getattr__(self, name: str) -> str:
+    paths = {
+        "config": "config.json",
+        "samples": "samples",
+        "sample_stats": "samples/stats",
+        "checkpoints": "checkpoints",
+        "distill_done": "checkpoints/DONE.json",
+        "eval": "eval",
+        "export_merged": "export/merged",
+        "export_peft": "export/peft",
+        "export_done": "export/DONE.json",
+        "report": "report.md",
+        "plots": "plots",
+        "demo": "demo",
+        "timings": "timings.json",
+    }
+    if name not in paths:
+      raise AttributeError(name)
+    return os.path.join(self.root, paths[name])
+
+
+def is_main_process() -> bool:
+  return jax.process_index() == 0
+
+
+def log(msg: str, *args: Any) -> None:
+  """Logs on process 0 only."""
+  if is_main_process():
+    logging.info(msg, *args)
+    print(msg % args if args else msg, flush=True)
+
+
+def dtype_of(name: str):
+  if name not in DTYPES:
+    raise ValueError(f"config.dtype: {name!r} is not one of {', '.join(DTYPES)}")
+  return DTYPES[name]
+
+
+def make_layout(mesh_shape, rules: str) -> Layout:
+  return Layout.create(make_mesh(tuple(mesh_shape)), rules)
+
+
+def load_model(path_or_id: str, dtype_name: str, layout: Layout | None, remat: bool = False) -> Pretrained:
+  return from_pretrained(path_or_id, dtype=dtype_of(dtype_name), layout=layout, remat=remat)
+
+
+def load_tokenizer(path_or_id: str):
+  """The checkpoint's HF tokenizer (offline when the folder is local)."""
+  from transformers import AutoTokenizer
+  return AutoTokenizer.from_pretrained(resolve_checkpoint(path_or_id))
+
+
+def eos_ids(path_or_id: str, tokenizer) -> list[int]:
+  """Every EOS id of a checkpoint: generation_config.json's eos_token_id (int or list) + the tokenizer's."""
+  ids = []
+  gen = os.path.join(resolve_checkpoint(path_or_id), "generation_config.json")
+  if os.path.isfile(gen):
+    with open(gen) as f:
+      value = json.load(f).get("eos_token_id")
+    ids += value if isinstance(value, list) else ([] if value is None else [value])
+  if tokenizer.eos_token_id is not None:
+    ids.append(tokenizer.eos_token_id)
+  return sorted(set(int(i) for i in ids))
+
+
+def write_json(path: str, obj: Any) -> None:
+  """Atomic JSON write (process 0's business; callers decide who writes)."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True, default=str)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def read_json(path: str) -> Any:
+  with open(path) as f:
+    return json.load(f)

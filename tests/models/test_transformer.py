@@ -1,0 +1,180 @@
+"""The NNX decoder against transformers' PyTorch models, and its padding / KV-cache / remat invariants.
+
+Every model is tiny (hidden 64, 2 layers; hidden 32 for the 151,936-row vocabulary) and randomly
+initialised with std 0.2, which gives logits of std ~1.6 and max |logit| ~7.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from lr_jax.models import KVCache, from_pretrained, positions_from_mask
+from tests.helpers import gsm8k_question, hf_logits, jax_hidden, jax_logits, load_hf, make_tiny_hf, random_ids
+
+torch = pytest.importorskip("torch")
+
+VOCAB = 512
+LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 64}
+
+
+@pytest.fixture(autouse=True)
+def highest_precision():
+  with jax.default_matmul_precision("highest"):
+    yield
+
+
+def left_padded_batch(lengths, total, vocab, seed=0):
+  """ids int32 `[B, total]` and mask bool `[B, total]`, row b real on its last lengths[b] slots."""
+  ids = random_ids(len(lengths), total, vocab, seed)
+  mask = np.arange(total)[None, :] >= total - np.asarray(lengths)[:, None]
+  return np.where(mask, ids, 0).astype(np.int32), mask
+
+
+def assert_close(ours, ref, atol, what):
+  err = float(np.max(np.abs(ours - ref)))
+  scale = float(np.max(np.abs(ref)))
+  assert err <= atol, f"{what}: max abs diff {err:.3g} > {atol:g} (reference max |logit| {scale:.3g})"
+
+
+PARITY_CASES = {
+    "qwen2_bias_untied": ("qwen2", dict(tie_word_embeddings=False)),
+    "qwen2_bias_tied": ("qwen2", dict(tie_word_embeddings=True)),
+    # GQA 8/2 heads, head_dim 32 != 64 / 8, llama3 RoPE scaling, tied head
+    "llama_gqa_llama3_tied_headdim": ("llama", dict(num_heads=8, num_kv_heads=2, head_dim=32, rope_theta=5e5,
+                                                    rope_scaling=LLAMA3, tie_word_embeddings=True)),
+    "llama_attention_bias_untied": ("llama", dict(attention_bias=True, tie_word_embeddings=False)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PARITY_CASES))
+def test_fp32_logits_match_transformers(tmp_path, case):
+  family, kw = PARITY_CASES[case]
+  model_dir = make_tiny_hf(tmp_path, family, vocab_size=VOCAB, tokenizer=False, **kw)
+  # 80 tokens: positions beyond the llama3 original context (64), one row left-padded by 13
+  ids, mask = left_padded_batch([80, 67], 80, VOCAB)
+  ref = hf_logits(load_hf(model_dir), ids, mask)
+  ours = jax_logits(from_pretrained(model_dir, dtype=jnp.float32).model, ids, mask)
+  assert_close(ours[mask], ref[mask], 1e-4, case)
+
+
+def test_151936_row_vocab_with_real_qwen_tokens_matches_transformers(tmp_path):
+  from transformers import AutoTokenizer
+  model_dir = make_tiny_hf(tmp_path, "qwen2", hidden_size=32, intermediate_size=64, num_heads=2, num_kv_heads=1)
+  tok = AutoTokenizer.from_pretrained(model_dir)
+  chat = [{"role": "user", "content": gsm8k_question(0)}]
+  ids = np.asarray(tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=True)
+                   ["input_ids"], np.int32)[None]
+  assert ids.max() >= 151644 and ids.shape[1] > 50  # chat markers exercise the top embedding rows
+  pre = from_pretrained(model_dir, dtype=jnp.float32)
+  assert pre.model.embed.shape == (151936, 32) and len(tok) == 151665
+  ref = hf_logits(load_hf(model_dir), ids)
+  assert_close(jax_logits(pre.model, ids), ref, 1e-4, "vocab 151936")
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_bf16_checkpoint_logits_within_bf16_tolerance(tmp_path, family):
+  """bf16 weights and activations vs transformers fp32 on the same (bf16-rounded) weights.
+
+  Tolerance: max abs diff <= 10% of the reference max |logit| (measured ~3.6% at scale ~6.5), and
+  no more than 1.5x the error of transformers' own bf16 forward; fp32 loading of the bf16 file
+  stays within the fp32 bound (1e-4).
+  """
+  model_dir = make_tiny_hf(tmp_path, family, vocab_size=VOCAB, dtype="bfloat16", tokenizer=False)
+  ids = random_ids(2, 40, VOCAB)
+  ref = hf_logits(load_hf(model_dir, "float32"), ids)
+  torch_bf16_err = np.max(np.abs(hf_logits(load_hf(model_dir, "bfloat16"), ids) - ref))
+  bf16 = from_pretrained(model_dir, dtype=jnp.bfloat16).model
+  assert bf16.embed[...].dtype == jnp.bfloat16
+  ours = jax_logits(bf16, ids)
+  assert_close(ours, ref, min(0.1 * np.max(np.abs(ref)), 1.5 * torch_bf16_err), f"{family} bf16")
+  assert_close(jax_logits(from_pretrained(model_dir, dtype=jnp.float32).model, ids), ref, 1e-4, "bf16 file, fp32")
+
+
+@pytest.fixture(scope="module")
+def qwen2_tiny(tmp_path_factory):
+  model_dir = make_tiny_hf(tmp_path_factory.mktemp("tiny"), "qwen2", vocab_size=VOCAB, tokenizer=False)
+  return from_pretrained(model_dir, dtype=jnp.float32).model
+
+
+def test_left_padding_gives_unpadded_results_at_real_positions(qwen2_tiny):
+  lengths = [24, 17, 9]
+  ids, mask = left_padded_batch(lengths, 24, VOCAB, seed=1)
+  padded = jax_logits(qwen2_tiny, ids, mask)
+  # The unpadded reference: each row's real tokens moved to the front, no mask. The filler after
+  # them cannot reach earlier positions (causal attention), and all calls share one compiled shape.
+  unpadded_ids = np.stack([np.roll(row, n) for row, n in zip(ids, lengths)])
+  unpadded = jax_logits(qwen2_tiny, unpadded_ids)
+  for row, n in enumerate(lengths):
+    assert_close(padded[row, -n:], unpadded[row, :n], 1e-5, f"row {row} ({24 - n} pad)")
+
+
+def test_kv_cache_prefill_then_steps_equals_full_forward(qwen2_tiny):
+  model = qwen2_tiny
+  prompt, prompt_mask = left_padded_batch([12, 7], 12, VOCAB, seed=2)
+  steps = random_ids(2, 4, VOCAB, seed=3)
+  full_ids = np.concatenate([prompt, steps], axis=1)
+  full_mask = np.concatenate([prompt_mask, np.ones(steps.shape, bool)], axis=1)
+  full = jax_logits(model, full_ids, full_mask)
+
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def step(state, tokens, positions, mask, cache):
+    m = nnx.merge(graphdef, state)
+    hidden, cache = m(tokens, positions, mask, cache)
+    return m.logits(hidden), cache
+
+  # 3 more slots than needed: unwritten slots must stay masked
+  cache = KVCache.zeros(model.config, 2, 12 + 4 + 3, jnp.float32)
+  mask = jnp.asarray(prompt_mask)
+  positions = positions_from_mask(mask)
+  logits, cache = step(state, jnp.asarray(prompt), positions, mask, cache)
+  assert_close(np.asarray(logits)[prompt_mask], full[:, :12][prompt_mask], 1e-5, "prefill")
+  last = positions[:, -1:]
+  for i in range(steps.shape[1]):
+    logits, cache = step(state, jnp.asarray(steps[:, i:i + 1]), last + 1 + i, jnp.ones((2, 1), bool), cache)
+    assert_close(np.asarray(logits)[:, 0], full[:, 12 + i], 1e-5, f"decode step {i}")
+  assert int(cache.end) == 16
+  np.testing.assert_array_equal(np.asarray(cache.valid), np.concatenate([full_mask, np.zeros((2, 3), bool)], 1))
+
+
+def test_logits_at_gathered_positions_equal_full_logits(qwen2_tiny):
+  ids, mask = left_padded_batch([10, 6], 10, VOCAB, seed=4)
+  hidden = jax_hidden(qwen2_tiny, ids, mask)
+  full = np.asarray(qwen2_tiny.logits(hidden))
+  rows, cols = np.array([0, 1, 1]), np.array([9, 4, 9])
+  picked = np.asarray(qwen2_tiny.logits(hidden[rows, cols]))
+  assert picked.shape == (3, VOCAB) and picked.dtype == np.float32
+  np.testing.assert_allclose(picked, full[rows, cols], rtol=1e-6, atol=1e-6)
+  # rows >= valid_vocab (an embedding padded past the tokenizer) are -inf, the others untouched
+  masked = np.asarray(qwen2_tiny.logits(hidden[rows, cols], valid_vocab=500))
+  assert np.all(np.isneginf(masked[:, 500:])) and np.array_equal(masked[:, :500], picked[:, :500])
+
+
+def test_remat_forward_and_gradient_under_jit_equal_plain(tmp_path):
+  model_dir = make_tiny_hf(tmp_path, "llama", vocab_size=VOCAB, tokenizer=False)
+  ids, mask = left_padded_batch([16, 11], 16, VOCAB, seed=5)
+  ids, mask = jnp.asarray(ids), jnp.asarray(mask)
+
+  def run(remat):
+    graphdef, state = nnx.split(from_pretrained(model_dir, dtype=jnp.float32, remat=remat).model)
+
+    @jax.jit
+    def loss_and_grad(state):
+      def loss(state):
+        m = nnx.merge(graphdef, state)
+        hidden, _ = m(ids, positions_from_mask(mask), mask)
+        return jnp.mean(jnp.where(mask, jax.nn.logsumexp(m.logits(hidden), axis=-1), 0.0))
+      return jax.value_and_grad(loss)(state)
+
+    value, grads = loss_and_grad(state)
+    return value, jax.tree.leaves(grads)
+
+  (v0, g0), (v1, g1) = run(False), run(True)
+  assert abs(float(v0) - float(v1)) <= 1e-6
+  for a, b in zip(g0, g1):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6)
