@@ -57,6 +57,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.sample.score_first_token = True
   c.sample.top_k = 32
   c.sample.chunk_size = 256
+  c.sample.scoring = "lockstep"
   c.sample.allow_tokenizer_mismatch = False
 
   c.distill = ml_collections.ConfigDict()

@@ -30,15 +30,11 @@ class Checkpointer:
     if save_every < 1 or keep < 1:
       raise ValueError(f"Checkpointer: save_every ({save_every}) and keep ({keep}) must be >= 1")
     self.directory = os.path.abspath(directory)
+    self.save_every = save_every
+    # Which steps are saved is decided here (multiples of save_every), never by Orbax's policies:
+    # its interval policy also saves the first step, and it may skip a step while a save is running.
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=save_every,
-        max_to_keep=keep,
-        enable_async_checkpointing=async_save,
-        cleanup_tmp_directories=True,
-        # Save every `save_every`-th step even while the previous save is still being written (the
-        # manager then waits for it), so which steps exist does not depend on timing.
-        enable_should_save_is_saving_in_progress_check=False,
-    )
+        max_to_keep=keep, enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def all_steps(self) -> list[int]:
@@ -50,8 +46,10 @@ class Checkpointer:
     Returns whether a save started. The arrays are copied before this returns, so the caller may
     donate `state` to the next update right away.
     """
+    if step % self.save_every and not force:
+      return False
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-    return self._manager.save(step, args=args, force=force)
+    return self._manager.save(step, args=args, force=True)
 
   def restore(self, target: Any) -> tuple[Any, dict[str, Any]] | None:
     """(state, meta) of the newest loadable step, laid out like `target`; None when there is none."""

@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from lr_jax.ops import vocab as vocab_ops
 
@@ -50,99 +51,158 @@ class ContrastiveTargets(NamedTuple):
   amateur_top1: jax.Array
 
 
-def _valid_f32(logits: jax.Array, valid_vocab: int, name: str) -> jax.Array:
+def _f32_rows(logits: jax.Array, valid_vocab: int, name: str) -> jax.Array:
+  """float32 [N, V]; ids >= valid_vocab are never read, so no slice is copied."""
   if logits.ndim != 2 or logits.shape[-1] < valid_vocab:
     raise ValueError(
         f"{name}: expected logits [N, V] with V >= valid_vocab={valid_vocab}, got shape {logits.shape}")
-  return logits[:, :valid_vocab].astype(jnp.float32)
+  return logits.astype(jnp.float32)
 
 
-def _exp_from_max(scores: jax.Array, score_max: jax.Array) -> jax.Array:
-  """exp(scores - score_max) that stays exact when score_max is +inf.
+def _masked_scores(e: jax.Array, a: jax.Array, max_e: jax.Array,
+                   log_alpha: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(M membership, contrastive score xE - xA on M and -inf elsewhere), both [N, W]."""
+  in_mask = (e - max_e) >= log_alpha
+  return in_mask, jnp.where(in_mask, e - a, -jnp.inf)
 
-  A +inf score (amateur logit -inf inside M) is the limit where those tokens
-  take all the mass equally; mapping score == max to 1 gives that limit and
-  avoids inf - inf.
+
+def _score_exp(e: jax.Array, a: jax.Array, ref_e: jax.Array, ref_a: jax.Array,
+               score: jax.Array, score_max: jax.Array) -> jax.Array:
+  """exp(score - score_max) for scores on M, given the logits (ref_e, ref_a) of the top score.
+
+  Computed as exp((e - ref_e) - (a - ref_a)): both differences are small or
+  exact, whereas xE - xA itself is rounded at its own magnitude (1e-5 at 200).
+  A +inf top score (amateur logit -inf on M) is the limit where the +inf
+  scores share all the mass, so those get 1 and the rest 0.
   """
-  return jnp.where(scores == score_max, 1.0, jnp.exp(scores - score_max))
+  return jnp.where(score_max == jnp.inf, (score == jnp.inf).astype(jnp.float32),
+                   jnp.exp((e - ref_e) - (a - ref_a)))
 
 
 def contrastive_targets(expert_logits: jax.Array, amateur_logits: jax.Array, *,
                         valid_vocab: int, alpha: float = 0.2, beta: float = 0.4,
                         top_k: int = 32, beta_inclusive: bool = False,
-                        block: int = vocab_ops.DEFAULT_BLOCK) -> ContrastiveTargets:
+                        block: int | None = None) -> ContrastiveTargets:
   """KL, keep decision and top-K contrastive targets for N decoding steps.
 
-  Jittable; hyper-parameters are static. Holds at most a few [N, valid_vocab]
-  float32 temporaries that XLA fuses into its vocabulary reductions.
+  Jittable; all keyword arguments but beta are static. Walks the vocabulary in blocks
+  (`lr_jax.ops.vocab.fold_vocab_blocks`), so besides the float32 view of the
+  inputs it holds only [N, block] temporaries: pass 1 gives both
+  log-normalisers and argmaxes, pass 2 the KL, |M| and a column-max fold of
+  the masked scores that narrows the top-K to a few candidates, and pass 3,
+  run only when some |M| > K, the mass outside the top-K. Scores are ranked
+  as float32 xE - xA.
 
   Args:
-    expert_logits: [N, VE] float (e.g. bf16), VE >= valid_vocab.
-    amateur_logits: [N, VA] float, VA >= valid_vocab; row n is the same prefix
-      as the expert's row n.
-    valid_vocab: static number of real token ids; only ids < valid_vocab count.
+    expert_logits: [N, VE] float (float32 avoids a copy on XLA:CPU), VE >= valid_vocab.
+    amateur_logits: [N, VA] float, VA >= valid_vocab; row n has the same
+      prefix as the expert's row n.
+    valid_vocab: number of real token ids; only ids < valid_vocab count.
     alpha: mask threshold relative to the expert's top probability, in (0, 1].
     beta: KL threshold for keeping a step.
-    top_k: static K, 1 <= K <= valid_vocab.
+    top_k: K, 1 <= K <= min(valid_vocab, block).
     beta_inclusive: keep when kl >= beta instead of kl > beta.
-    block: static fold width of the vocabulary reductions.
+    block: vocabulary block width (default `lr_jax.ops.vocab.auto_block(N)`).
   Returns:
     ContrastiveTargets (see its docstring for shapes and dtypes).
   """
   if not 0.0 < alpha <= 1.0:
     raise ValueError(f"contrastive_targets: alpha must be in (0, 1], got {alpha}")
-  if not 1 <= top_k <= valid_vocab:
-    raise ValueError(f"contrastive_targets: top_k must be in [1, valid_vocab={valid_vocab}], got {top_k}")
-  x_e = _valid_f32(expert_logits, valid_vocab, "contrastive_targets expert_logits")
-  x_a = _valid_f32(amateur_logits, valid_vocab, "contrastive_targets amateur_logits")
-  if x_e.shape[0] != x_a.shape[0]:
-    raise ValueError(f"contrastive_targets: expert has {x_e.shape[0]} positions, amateur {x_a.shape[0]}")
+  x_e = _f32_rows(expert_logits, valid_vocab, "contrastive_targets expert_logits")
+  x_a = _f32_rows(amateur_logits, valid_vocab, "contrastive_targets amateur_logits")
+  n = x_e.shape[0]
+  if x_a.shape[0] != n:
+    raise ValueError(f"contrastive_targets: expert has {n} positions, amateur {x_a.shape[0]}")
+  block = block or vocab_ops.auto_block(n)
+  width = min(block, valid_vocab)
+  if not 1 <= top_k <= width:
+    raise ValueError(f"contrastive_targets: top_k must be in [1, {width}] "
+                     f"(valid_vocab={valid_vocab}, block={block}), got {top_k}")
+  log_alpha = jnp.float32(math.log(alpha))
 
-  lse_e = vocab_ops.logsumexp(x_e)[:, None]
-  lse_a = vocab_ops.logsumexp(x_a)[:, None]
-  # log pE - log pA = (xE - xA) - (lseE - lseA): one rounding on each difference
-  # instead of on two large log-probabilities. pE == 0 terms are 0 (and would
-  # be NaN where both logits are -inf).
-  log_ratio = (x_e - x_a) - (lse_e - lse_a)
-  kl_terms = jnp.where(x_e == -jnp.inf, 0.0, jnp.exp(x_e - lse_e) * log_ratio)
-  kl = jnp.sum(kl_terms, axis=-1)
-  kept = kl >= beta if beta_inclusive else kl > beta
+  def fold(step, init):
+    return vocab_ops.fold_vocab_blocks(step, init, [x_e, x_a], block, valid_vocab)
 
-  max_e = jnp.max(x_e, axis=-1, keepdims=True)
-  in_mask = (x_e - max_e) >= jnp.float32(math.log(alpha))
-  mask_size = jnp.sum(in_mask, axis=-1, dtype=jnp.int32)
-  scores = jnp.where(in_mask, x_e - x_a, -jnp.inf)
+  def normaliser_step(carry, start, e, a):
+    lse_e, lse_a, top_e, top_a = carry
+    return (vocab_ops.update_logsumexp(lse_e, e), vocab_ops.update_logsumexp(lse_a, a),
+            vocab_ops.update_column_max(top_e, start, e),
+            vocab_ops.update_column_max(top_a, start, a))
 
-  top_scores, top_ids = vocab_ops.top_k(scores, top_k, block=block)
+  lse_e, lse_a, top_e, top_a = fold(
+      normaliser_step,
+      (vocab_ops.init_logsumexp(n), vocab_ops.init_logsumexp(n),
+       vocab_ops.init_column_max(n, width), vocab_ops.init_column_max(n, width)))
+  max_e = lse_e[0][:, None]
+  lse_e = vocab_ops.finish_logsumexp(lse_e)[:, None]
+  # log pE - log pA = (xE - xA) - (lseE - lseA): one rounding on each small
+  # difference instead of on two large log-probabilities.
+  lse_gap = lse_e - vocab_ops.finish_logsumexp(lse_a)[:, None]
+
+  def kl_step(carry, start, e, a):
+    kl, mask_size, score_cols = carry
+    # pE == 0 terms are 0 (and NaN when both logits are -inf).
+    terms = jnp.where(e == -jnp.inf, 0.0, jnp.exp(e - lse_e) * ((e - a) - lse_gap))
+    in_mask, scores = _masked_scores(e, a, max_e, log_alpha)
+    return (kl + jnp.sum(terms, axis=-1), mask_size + jnp.sum(in_mask, axis=-1, dtype=jnp.int32),
+            vocab_ops.update_column_max(score_cols, start, scores))
+
+  kl, mask_size, score_cols = fold(
+      kl_step, (jnp.zeros((n,), jnp.float32), jnp.zeros((n,), jnp.int32),
+                vocab_ops.init_column_max(n, width)))
+
+  def gather(ids):
+    return (jnp.take_along_axis(x_e, ids, axis=-1), jnp.take_along_axis(x_a, ids, axis=-1))
+
+  cand_ids = vocab_ops.top_k_candidate_ids(*score_cols, top_k, valid_vocab)
+  in_range = cand_ids < valid_vocab
+  _, cand_scores = _masked_scores(*gather(jnp.where(in_range, cand_ids, 0)), max_e, log_alpha)
+  top_scores, pos = lax.top_k(jnp.where(in_range, cand_scores, -jnp.inf), top_k)
+  top_ids = jnp.take_along_axis(cand_ids, pos, axis=-1)
+
+  # The top score's own token, found without slicing the top_k output (XLA
+  # rewrites a sliced top_k into a full sort).
+  ref_e, ref_a = gather(vocab_ops.column_argmax(*score_cols, valid_vocab)[:, None])
   score_max = jnp.max(top_scores, axis=-1, keepdims=True)
-  top_exp = _exp_from_max(top_scores, score_max)
-  top_exp = jnp.where(top_scores == -jnp.inf, 0.0, top_exp)
-  mask_exp = jnp.where(in_mask, _exp_from_max(scores, score_max), 0.0)
-  total = jnp.sum(mask_exp, axis=-1)
+  top_exp = jnp.where(top_scores == -jnp.inf, 0.0,
+                      _score_exp(*gather(top_ids), ref_e, ref_a, top_scores, score_max))
   kept_exp = jnp.sum(top_exp, axis=-1)
 
-  # Mass outside the top-K, summed directly (not 1 - kept) so a small remainder
-  # keeps its relative precision: everything below the K-th score, plus the
-  # copies of the K-th score that the K slots did not take.
-  kth_score = jnp.min(top_scores, axis=-1, keepdims=True)
-  below_kth = jnp.sum(jnp.where(in_mask & (scores < kth_score), mask_exp, 0.0), axis=-1)
-  tied_out = (jnp.sum(in_mask & (scores == kth_score), axis=-1, dtype=jnp.int32)
-              - jnp.sum(top_scores == kth_score, axis=-1, dtype=jnp.int32))
-  kth_exp = _exp_from_max(kth_score, score_max)[:, 0]
-  outside = below_kth + tied_out.astype(jnp.float32) * kth_exp
-  dropped_mass = jnp.where(mask_size > top_k, outside / total, 0.0)
+  def outside_mass():
+    # Summed directly (not total - kept) so a small remainder keeps its
+    # relative precision: every score below the K-th, plus the copies of the
+    # K-th score that the K slots did not take.
+    kth_score = jnp.min(top_scores, axis=-1, keepdims=True)
 
+    def outside_step(carry, start, e, a):
+      del start
+      below_kth, tied = carry
+      in_mask, scores = _masked_scores(e, a, max_e, log_alpha)
+      below = in_mask & (scores < kth_score)
+      below_exp = jnp.where(below, _score_exp(e, a, ref_e, ref_a, scores, score_max), 0.0)
+      return (below_kth + jnp.sum(below_exp, axis=-1),
+              tied + jnp.sum(in_mask & (scores == kth_score), axis=-1, dtype=jnp.int32))
+
+    below_kth, tied = fold(outside_step, (jnp.zeros((n,), jnp.float32), jnp.zeros((n,), jnp.int32)))
+    at_kth = top_scores == kth_score
+    tied_out = tied - jnp.sum(at_kth, axis=-1, dtype=jnp.int32)
+    kth_exp = jnp.min(jnp.where(at_kth, top_exp, jnp.inf), axis=-1)
+    return jnp.where(mask_size > top_k, below_kth + tied_out.astype(jnp.float32) * kth_exp, 0.0)
+
+  outside = lax.cond(jnp.any(mask_size > top_k), outside_mass,
+                     lambda: jnp.zeros((n,), jnp.float32))
   slot_used = jnp.arange(top_k) < mask_size[:, None]
+  # An all -inf expert row has an empty mask: weights 0, not 0 / 0.
+  has_mass = kept_exp[:, None] > 0
   return ContrastiveTargets(
       kl=kl,
-      kept=kept,
-      target_ids=jnp.where(slot_used, top_ids, 0).astype(jnp.int32),
-      # An all -inf expert row has an empty mask: weights 0, not 0 / 0.
-      target_weights=jnp.where(kept_exp[:, None] > 0, top_exp / kept_exp[:, None], 0.0),
-      dropped_mass=dropped_mass,
+      kept=kl >= beta if beta_inclusive else kl > beta,
+      target_ids=jnp.where(slot_used, top_ids, 0),
+      target_weights=jnp.where(has_mass, top_exp / jnp.where(has_mass, kept_exp[:, None], 1.0), 0.0),
+      dropped_mass=jnp.where(outside > 0, outside / (kept_exp + outside), 0.0),
       mask_size=mask_size,
-      expert_top1=vocab_ops.argmax(x_e, block=block),
-      amateur_top1=vocab_ops.argmax(x_a, block=block),
+      expert_top1=vocab_ops.column_argmax(*top_e, valid_vocab),
+      amateur_top1=vocab_ops.column_argmax(*top_a, valid_vocab),
   )
 
 
@@ -167,9 +227,9 @@ def kl_loss(target_ids: jax.Array, target_weights: jax.Array, student_logits: ja
         f"kl_loss: student_logits last axis {student_logits.shape[-1]} < valid_vocab={valid_vocab}")
   if target_ids.shape != target_weights.shape:
     raise ValueError(f"kl_loss: target_ids {target_ids.shape} and target_weights {target_weights.shape} differ")
-  x = student_logits[..., :valid_vocab].astype(jnp.float32)
+  x = student_logits.astype(jnp.float32)
   student_logp = (jnp.take_along_axis(x, target_ids, axis=-1)
-                  - vocab_ops.logsumexp(x)[..., None])
+                  - vocab_ops.logsumexp(x, valid_vocab=valid_vocab)[..., None])
   w = target_weights.astype(jnp.float32)
   used = w > 0
   # The guards keep 0 * (-inf) and log(0) out of both the value and the gradient.

@@ -74,9 +74,12 @@ def make_optimizer(config: DistillConfig) -> optax.GradientTransformation:
 
 
 def init_train_state(params: nnx.State, config: DistillConfig, seed: int, layout: Layout | None = None) -> TrainState:
-  """Step 0 state for the trainable tree `params` (placed per its logical axes under `layout`)."""
-  params = shard_state(params, layout)
-  opt_state = jax.jit(make_optimizer(config).init)(params)
+  """Step 0 state for the trainable tree `params` (placed per its logical axes under `layout`).
+
+  The state holds copies, so donating it to `distill_step` leaves the model's own arrays intact.
+  """
+  params = jax.tree.map(jnp.copy, shard_state(params, layout))
+  opt_state = jax.jit(lambda p: _keep_layout(make_optimizer(config).init(p), layout))(params)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
                     rng=jax.random.key_data(jax.random.key(seed)))
 
@@ -136,11 +139,27 @@ def make_loss_and_grads(graphdef: nnx.GraphDef, config: DistillConfig) -> Callab
   return loss_and_grads
 
 
-def make_distill_step(graphdef: nnx.GraphDef, config: DistillConfig) -> Callable:
+def _keep_layout(tree: Any, layout: Layout | None) -> Any:
+  """Pins every leaf to its logical-axes sharding (bare arrays: replicated), so the partitioner
+  cannot hand back the trainable state in some other layout."""
+  if layout is None:
+    return tree
+
+  def pin(x):
+    if isinstance(x, nnx.Variable):
+      axes = getattr(x, "logical_axes", None) or (None,) * x.ndim
+      return x.replace(layout.constrain(x[...], axes))
+    return layout.constrain(x, (None,) * jnp.ndim(x))
+
+  return jax.tree.map(pin, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def make_distill_step(graphdef: nnx.GraphDef, config: DistillConfig, layout: Layout | None = None) -> Callable:
   """Jitted `distill_step(state, frozen, batch) -> (state, metrics)`; `state` is donated.
 
   graphdef, frozen: from `lora.split_trainable(model, ...)`; the model's `remat` flag (set when it was
-  built) decides rematerialisation. metrics (float32 scalars): loss (mean KL over supervised steps),
+  built) decides rematerialisation. layout: the one the model was built with; the new trainable and
+  optimizer states keep the layout of `init_train_state(..., layout)`. metrics (float32 scalars): loss (mean KL over supervised steps),
   grad_norm (before clipping), lr (used for this update), supervised_steps, tokens (forward tokens,
   padding excluded).
   """
@@ -153,7 +172,8 @@ def make_distill_step(graphdef: nnx.GraphDef, config: DistillConfig) -> Callable
     loss, grads, n = loss_and_grads(state.params, frozen, batch, key)
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    params = _keep_layout(optax.apply_updates(state.params, updates), layout)
+    opt_state = _keep_layout(opt_state, layout)
     metrics = {
         "loss": loss,
         "grad_norm": optax.global_norm(grads),

@@ -26,6 +26,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
+from lr_jax.generation.chat import format_chat
 from lr_jax.generation.engine import (MIN_PROMPT_BUCKET, DecodeSpec, bucket_size, decode_jit,
                                       decode_step, next_token_logits, output_slots, prefill, start_jit)
 from lr_jax.generation.sampling import SamplingConfig
@@ -33,7 +34,7 @@ from lr_jax.generation.stopping import eos_ids_from_checkpoint, stop_length
 from lr_jax.sharding import Layout, host_local_to_global
 
 __all__ = ["GenerationOutput", "SamplingConfig", "generate", "generate_batched", "eos_ids_from_checkpoint",
-           "prefill", "decode_step", "next_token_logits"]
+           "format_chat", "prefill", "decode_step", "next_token_logits"]
 
 STOP_CHECK_EVERY = 32  # decode steps between host-side stop-string checks
 
@@ -85,9 +86,11 @@ def _agree_max(*values: int) -> tuple[int, ...]:
   return tuple(int(v) for v in np.asarray(gathered).reshape(-1, len(values)).max(axis=0))
 
 
-def _validate(prompts, vocab_size: int, max_new_tokens: int, stop_strings, tokenizer, sample_ids) -> None:
+def _validate(prompts, vocab_size: int, max_new_tokens: int, stop_strings, tokenizer, sample_ids, seed: int) -> None:
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+  if not 0 <= seed < 2**31:
+    raise ValueError(f"seed must be in [0, 2**31), got {seed}")
   if stop_strings and tokenizer is None:
     raise ValueError("stop_strings need a tokenizer to decode the generated ids; pass tokenizer=")
   if sample_ids is not None and len(sample_ids) != len(prompts):
@@ -192,7 +195,7 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
     a `GenerationOutput` in prompt order.
   """
   graphdef, state, module = _unpack(model)
-  _validate(prompts, module.config.vocab_size, max_new_tokens, stop_strings, tokenizer, sample_ids)
+  _validate(prompts, module.config.vocab_size, max_new_tokens, stop_strings, tokenizer, sample_ids, seed)
   if not prompts and jax.process_count() == 1:
     return GenerationOutput([], np.zeros((0,), np.int32), [], [] if return_logprobs else None)
   return _run(graphdef, state, module, prompts, max_new_tokens=max_new_tokens, sampling=sampling,
@@ -216,7 +219,7 @@ def generate_batched(model, prompts: Sequence[Sequence[int]], *, max_new_tokens:
     raise ValueError("generate_batched sets sample_ids itself (each prompt's input index)")
   graphdef, state, module = _unpack(model)
   _validate(prompts, module.config.vocab_size, max_new_tokens, options.get("stop_strings"),
-            options.get("tokenizer"), None)
+            options.get("tokenizer"), None, options.get("seed", 0))
   order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
   batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
   (num_batches,) = _agree_max(len(batches))

@@ -97,6 +97,9 @@ def run(config: ml_collections.ConfigDict, workdir_path: str) -> None:
   timings = common.read_json(workdir.timings) if os.path.isfile(workdir.timings) else {}
   did_work = False
   for stage in stages:
+    if stage == "report" and not did_work and os.path.isfile(workdir.report):
+      common.log("report: already written and nothing changed, skipped")
+      continue
     t0 = time.time()
     summary = _run_stage(stage, config, workdir, writer)
     seconds = time.time() - t0

@@ -9,10 +9,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 from typing import Any, Sequence
 
 import jax
 import numpy as np
+from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -126,8 +128,6 @@ def constrain(layout: Layout | None, x: jax.Array, logical_axes: Sequence[str | 
 
 def state_shardings(state: Any, layout: Layout) -> Any:
   """NamedSharding per leaf of an nnx State whose Variables carry `logical_axes` metadata."""
-  from flax import nnx
-
   def one(v):
     axes = getattr(v, "logical_axes", None)
     shape = v.shape if hasattr(v, "shape") else np.shape(v.get_value())
@@ -149,18 +149,17 @@ def maybe_initialize_distributed(coordinator: str | None = None, num_processes: 
                                  process_id: int | None = None) -> None:
   """Calls `jax.distributed.initialize` when a multi-process run is configured.
 
-  With no arguments it relies on the cluster's environment (TPU VM, SLURM, or the
-  JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables set by launch/).
+  Configured by JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID (launch/gpu_multihost.sh),
+  or LR_JAX_DISTRIBUTED=1 (launch/tpu_vm.sh) or SLURM, where jax reads the cluster's environment.
   """
-  import os
   coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
   num_processes = num_processes or int(os.environ.get("JAX_NUM_PROCESSES", "0") or 0)
   if process_id is None and os.environ.get("JAX_PROCESS_ID"):
     process_id = int(os.environ["JAX_PROCESS_ID"])
   if coordinator and num_processes and num_processes > 1:
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
-  elif os.environ.get("SLURM_NTASKS", "1") != "1" or os.environ.get("TPU_WORKER_HOSTNAMES"):
-    jax.distributed.initialize()
+  elif os.environ.get("LR_JAX_DISTRIBUTED") == "1" or os.environ.get("SLURM_NTASKS", "1") != "1":
+    jax.distributed.initialize()  # the cluster (TPU VM slice, SLURM) describes itself
 
 
 def host_local_to_global(batch: Any, layout: Layout, logical_axes: Sequence[str | None] = ("batch",)) -> Any:

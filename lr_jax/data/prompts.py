@@ -48,13 +48,13 @@ def render_prompt(question: str, template: str, *, tokenizer: Any = None,
   """
   if template in (QWEN25_MATH_COT, CHAT):
     system = DEFAULT_SYSTEM_PROMPT if system_prompt is None else system_prompt
-    user = question if fewshot is None else f"{fewshot.rstrip()}\n\n{question}"
+    user = f"{fewshot.rstrip()}\n\n{question}" if fewshot else question
     if template == CHAT:
       return _apply_chat_template(tokenizer, system, user)
     system_turn = f"<|im_start|>system\n{system}<|im_end|>\n" if system else ""
     return f"{system_turn}<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
   body = _plain_format(template).replace(_QUESTION_SLOT, question)
-  return body if fewshot is None else f"{fewshot.rstrip()}\n\n{body}"
+  return f"{fewshot.rstrip()}\n\n{body}" if fewshot else body
 
 
 def default_stop_strings(template: str) -> tuple[str, ...]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from typing import Sequence
 
 import jax
@@ -24,6 +25,9 @@ from lr_jax.models.transformer import Transformer, positions_from_mask
 def tiny_qwen2_config(vocab_size: int, hidden: int, layers: int, heads: int, kv_heads: int, mlp: int,
                       max_positions: int = 512) -> ModelConfig:
   """A Qwen2-architecture config (q/k/v bias, tied embeddings) of the given size."""
+  if hidden % heads or heads % kv_heads:
+    raise ValueError(f"tiny_qwen2_config: need hidden % heads == 0 and heads % kv_heads == 0, got "
+                     f"hidden={hidden} heads={heads} kv_heads={kv_heads}")
   return ModelConfig(model_type="qwen2", vocab_size=vocab_size, hidden_size=hidden, num_layers=layers,
                      num_heads=heads, num_kv_heads=kv_heads, head_dim=hidden // heads, intermediate_size=mlp,
                      rms_norm_eps=1e-6, rope_theta=10000.0, max_position_embeddings=max_positions,
@@ -53,8 +57,18 @@ def pretrain(cfg: ModelConfig, tokens: np.ndarray, mask: np.ndarray, loss_mask: 
              batch_size: int, learning_rate: float, seed: int, desc: str = "pretrain") -> tuple[Transformer, list[float]]:
   """Trains a fresh float32 `Transformer` with AdamW (warm-up + cosine decay) on next-token loss.
 
-  Returns the model and the loss of every step.
+  Args:
+    cfg: the architecture; weights are initialised from `seed`.
+    tokens, mask, loss_mask: `[N, L]` rows from `pack_examples`.
+    steps, batch_size: each step takes `batch_size` rows, walking seeded permutations of the rows
+      epoch after epoch (every row once per epoch).
+    learning_rate: peak of the schedule (linear warm-up over 5% of the steps, cosine to 5%).
+  Returns:
+    The trained model and the mean loss (nats per completion token) of every step.
+  Deterministic: the same arguments give bitwise the same weights on the same machine.
   """
+  if len(tokens) < batch_size:
+    raise ValueError(f"pretrain: {len(tokens)} training rows, fewer than batch_size={batch_size}")
   model = Transformer(cfg, dtype=jnp.float32, rngs=nnx.Rngs(seed))
   graphdef, params = nnx.split(model)
   schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, max(1, steps // 20), steps, learning_rate * 0.05)
@@ -77,20 +91,25 @@ def pretrain(cfg: ModelConfig, tokens: np.ndarray, mask: np.ndarray, loss_mask: 
     return optax.apply_updates(params, updates), opt_state, loss
 
   rng = np.random.default_rng(seed)
+  order = np.empty(0, np.int64)
   losses = []
   for _ in tqdm(range(steps), desc=desc, disable=jax.process_index() != 0):
-    idx = rng.integers(0, len(tokens), batch_size)
+    if len(order) < batch_size:
+      order = np.concatenate([order, rng.permutation(len(tokens))])
+    idx, order = order[:batch_size], order[batch_size:]
     params, opt_state, loss = train_step(params, opt_state, tokens[idx], mask[idx], loss_mask[idx])
     losses.append(loss)
   return nnx.merge(graphdef, params), [float(x) for x in jax.device_get(losses)]
 
 
 def save_model(model: Transformer, out_dir: str, tokenizer_dir: str, eos_ids: Sequence[int], pad_id: int) -> None:
-  """Writes an HF checkpoint (config, safetensors, tokenizer, greedy generation config)."""
+  """Writes an HF checkpoint (config, float32 safetensors, tokenizer, greedy generation config)."""
   cfg = model.config
   save_pretrained(to_hf_tensors(nnx.state(model), cfg), cfg, out_dir, source_dir=tokenizer_dir, dtype_name="float32")
   gen = {"do_sample": False, "eos_token_id": list(eos_ids), "pad_token_id": pad_id}
-  tmp = os.path.join(out_dir, "generation_config.json.tmp")
-  with open(tmp, "w") as f:
+  fd, tmp = tempfile.mkstemp(dir=out_dir, prefix="generation_config.json.", suffix=".tmp")
+  with os.fdopen(fd, "w") as f:
     json.dump(gen, f, indent=2)
+    f.flush()
+    os.fsync(f.fileno())
   os.replace(tmp, os.path.join(out_dir, "generation_config.json"))

@@ -75,7 +75,10 @@ class LoRA(nnx.Module):
     self.b = LoRAParam(jnp.zeros((rank, *out_shape), jnp.float32), logical_axes=("lora_rank",) + (None,) * len(out_shape))
     self.scale = alpha / rank
     # Evaluation mode by default, so sampling and export never drop anything; training flips it.
-    self.dropout = nnx.Dropout(dropout, deterministic=True, rngs=rngs)
+    # The stream is tagged 'dropout' even when `rngs` only has a default stream, so that
+    # `nnx.reseed(model, dropout=key)` reaches it.
+    stream = nnx.RngStream(rngs["dropout"](), tag="dropout")
+    self.dropout = nnx.Dropout(dropout, deterministic=True, rngs=stream)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     a, b = self.a[...], self.b[...]

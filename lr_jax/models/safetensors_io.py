@@ -78,9 +78,8 @@ class SafetensorsFile:
     shape = tuple(info["shape"])
     if 0 in shape:
       return np.zeros(shape, dtype)
-    # np.memmap needs at least one dimension (and keeps it through reshape): map a scalar as [1].
-    mapped = np.memmap(self.path, dtype=dtype, mode="r", offset=self._start + begin, shape=shape or (1,))
-    return mapped if shape else np.asarray(mapped).reshape(())
+    # np.memmap needs at least one dimension: a scalar is mapped as [1], then viewed as [].
+    return np.memmap(self.path, dtype=dtype, mode="r", offset=self._start + begin, shape=shape or (1,)).reshape(shape)
 
 
 def save_file(tensors: dict[str, np.ndarray], path: str, metadata: dict[str, str] | None = None) -> None:

@@ -217,8 +217,12 @@ class Transformer(nnx.Module):
 
     Without a cache, attends causally within `tokens`. With a cache, writes this call's keys and
     values at slots `[cache.end, cache.end + T)` and attends over every valid slot up to each query.
+    The caller sizes the cache: `cache.end` is traced, so a write past the last slot cannot be
+    refused here (XLA would clamp it onto earlier slots); only T > S is.
     Returns final-normed hidden `[B, T, D]` (parameter dtype) and the updated cache.
     """
+    if cache is not None and tokens.shape[1] > cache.valid.shape[1]:
+      raise ValueError(f"{tokens.shape[1]} tokens do not fit a KV cache of {cache.valid.shape[1]} slots")
     inv_freq = rope_inv_freq(self.config)
     x = jnp.take(self.embed[...], tokens, axis=0)
     x = constrain(self.layout, x, ("batch", "length", "act_embed"))
@@ -227,11 +231,11 @@ class Transformer(nnx.Module):
     else:
       valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, mask, cache.end, axis=1)
       start = cache.end
+    call = nnx.remat(DecoderLayer.__call__) if self.remat else DecoderLayer.__call__
     new_k, new_v = [], []
     for i, layer in enumerate(self.layers):
       kc = None if cache is None else cache.k[i]
       vc = None if cache is None else cache.v[i]
-      call = nnx.remat(DecoderLayer.__call__) if self.remat else DecoderLayer.__call__
       x, k, v = call(layer, x, positions, inv_freq, kc, vc, valid, start)
       x = constrain(self.layout, x, ("batch", "length", "act_embed"))
       new_k.append(k)

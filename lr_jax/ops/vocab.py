@@ -26,8 +26,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-# Rows x block elements kept per step (4 MiB of float32) unless a block is given.
-_BLOCK_ELEMENTS = 1 << 20
+# Rows x block elements per step (2 MiB of float32, cache-sized) unless a block is given:
+# measured best on XLA:CPU at 64 rows (8192) and 256 rows (2048-4096).
+_BLOCK_ELEMENTS = 1 << 19
 _MIN_BLOCK, _MAX_BLOCK = 1024, 16384
 
 
@@ -37,7 +38,7 @@ def auto_block(rows: int) -> int:
   return min(1 << (target.bit_length() - 1), _MAX_BLOCK)
 
 
-def as_f32_rows(x: jax.Array, name: str) -> jax.Array:
+def _as_f32_rows(x: jax.Array, name: str) -> jax.Array:
   """[..., V] float -> float32 [R, V] with R the product of the leading axes."""
   if x.ndim < 1 or not jnp.issubdtype(x.dtype, jnp.floating):
     raise ValueError(f"{name}: expected float logits [..., V], got {x.dtype}{list(x.shape)}")
@@ -45,20 +46,25 @@ def as_f32_rows(x: jax.Array, name: str) -> jax.Array:
 
 
 def fold_vocab_blocks(step: Callable[..., Any], init: Any, arrays: Sequence[jax.Array],
-                      block: int) -> Any:
-  """carry = step(carry, start, *blocks) over the vocabulary in increasing order.
+                      block: int, vocab: int | None = None) -> Any:
+  """carry = step(carry, start, *blocks) over ids [0, vocab) in increasing order.
 
   Args:
     step: (carry, start int32 scalar, *blocks float32 [R, W]) -> carry, where
       block column c holds vocabulary id start + c.
     init: initial carry (a pytree).
-    arrays: float32 [R, V] arrays of one shape, sliced together.
-    block: static block width; W = min(block, V). A last partial block is
-      padded with -inf.
+    arrays: float32 [R, V_i] arrays, V_i >= vocab, sliced together in place
+      (no copy of the first `vocab` columns is made).
+    block: static block width; W = min(block, vocab). The last partial block
+      is padded with -inf.
+    vocab: static number of ids to visit (default: the arrays' common width).
   Returns:
     The final carry.
   """
-  vocab = arrays[0].shape[-1]
+  vocab = vocab or arrays[0].shape[-1]
+  if any(a.ndim != 2 or a.shape[-1] < vocab for a in arrays):
+    raise ValueError(f"fold_vocab_blocks: expected [R, >= {vocab}] arrays, got "
+                     f"{[a.shape for a in arrays]}")
   width = min(block, vocab)
   num_full = vocab // width
 
@@ -69,7 +75,7 @@ def fold_vocab_blocks(step: Callable[..., Any], init: Any, arrays: Sequence[jax.
   carry = lax.fori_loop(0, num_full, body, init)
   if vocab % width:
     pad = ((0, 0), (0, width - vocab % width))
-    tails = (jnp.pad(a[:, num_full * width:], pad, constant_values=-jnp.inf) for a in arrays)
+    tails = (jnp.pad(a[:, num_full * width:vocab], pad, constant_values=-jnp.inf) for a in arrays)
     carry = step(carry, jnp.int32(num_full * width), *tails)
   return carry
 
@@ -143,7 +149,7 @@ def argmax(logits: jax.Array, *, block: int | None = None) -> jax.Array:
   Returns:
     int32 [...]; ties go to the lowest index; an all -inf row gives 0.
   """
-  rows = as_f32_rows(logits, "argmax")
+  rows = _as_f32_rows(logits, "argmax")
   vocab = rows.shape[-1]
   block = block or auto_block(rows.shape[0])
   state = fold_vocab_blocks(update_column_max, init_column_max(rows.shape[0], min(block, vocab)),
@@ -156,41 +162,63 @@ def _shifted_exp(x: jax.Array, shift: jax.Array) -> jax.Array:
   return jnp.exp(x - jnp.where(shift == -jnp.inf, 0.0, shift))
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
-def _logsumexp_rows(rows: jax.Array, block: int) -> jax.Array:
-  def step(carry, start, values):
-    del start
-    run_max, run_sum = carry
-    new_max = jnp.maximum(run_max, jnp.max(values, axis=-1))
-    block_sum = jnp.sum(_shifted_exp(values, new_max[:, None]), axis=-1)
-    return new_max, run_sum * _shifted_exp(run_max, new_max) + block_sum
+def init_logsumexp(rows: int) -> tuple[jax.Array, jax.Array]:
+  """Empty online log-sum-exp state: (running max -inf [R], running sum 0 [R])."""
+  return jnp.full((rows,), -jnp.inf, jnp.float32), jnp.zeros((rows,), jnp.float32)
 
-  init = (jnp.full(rows.shape[:1], -jnp.inf, jnp.float32), jnp.zeros(rows.shape[:1], jnp.float32))
-  run_max, run_sum = fold_vocab_blocks(step, init, [rows], block)
+
+def update_logsumexp(state: tuple[jax.Array, jax.Array],
+                     values: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Folds a block [R, W] into (running max, sum of exp(x - running max))."""
+  run_max, run_sum = state
+  new_max = jnp.maximum(run_max, jnp.max(values, axis=-1))
+  block_sum = jnp.sum(_shifted_exp(values, new_max[:, None]), axis=-1)
+  return new_max, run_sum * _shifted_exp(run_max, new_max) + block_sum
+
+
+def finish_logsumexp(state: tuple[jax.Array, jax.Array]) -> jax.Array:
+  """float32 [R] log-sum-exp from the state; -inf for a row with no finite entry."""
+  run_max, run_sum = state
   return jnp.log(run_sum) + jnp.where(run_max == -jnp.inf, 0.0, run_max)
 
 
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+def _logsumexp_rows(rows: jax.Array, block: int, vocab: int) -> jax.Array:
+  state = fold_vocab_blocks(lambda state, start, values: update_logsumexp(state, values),
+                            init_logsumexp(rows.shape[0]), [rows], block, vocab)
+  return finish_logsumexp(state)
+
+
 @_logsumexp_rows.defjvp
-def _logsumexp_rows_jvp(block, primals, tangents):
+def _logsumexp_rows_jvp(block, vocab, primals, tangents):
   # The online loop is not differentiated; d lse = sum(softmax * d rows).
   (rows,), (rows_dot,) = primals, tangents
-  lse = _logsumexp_rows(rows, block)
-  probs = jnp.where(rows == -jnp.inf, 0.0, jnp.exp(rows - lse[:, None]))
-  return lse, jnp.sum(probs * rows_dot, axis=-1)
+  lse = _logsumexp_rows(rows, block, vocab)
+  valid = rows[:, :vocab]
+  probs = jnp.where(valid == -jnp.inf, 0.0, jnp.exp(valid - lse[:, None]))
+  return lse, jnp.sum(probs * rows_dot[:, :vocab], axis=-1)
 
 
-def logsumexp(logits: jax.Array, *, block: int | None = None) -> jax.Array:
+def logsumexp(logits: jax.Array, *, valid_vocab: int | None = None,
+              block: int | None = None) -> jax.Array:
   """log(sum(exp(logits))) over the last axis in float32 (online, one pass).
 
   Args:
     logits: [..., V] float.
+    valid_vocab: static; only ids < valid_vocab count (default V). Cheaper
+      than slicing, which copies the logits.
     block: static block width (default `auto_block(rows)`).
   Returns:
     float32 [...]; an all -inf row gives -inf (not NaN). Differentiable: the
-    gradient is softmax(logits) (0 at -inf entries).
+    gradient is softmax over the valid ids (0 at -inf entries and past
+    valid_vocab).
   """
-  rows = as_f32_rows(logits, "logsumexp")
-  return _logsumexp_rows(rows, block or auto_block(rows.shape[0])).reshape(logits.shape[:-1])
+  rows = _as_f32_rows(logits, "logsumexp")
+  vocab = valid_vocab or rows.shape[-1]
+  if not 1 <= vocab <= rows.shape[-1]:
+    raise ValueError(f"logsumexp: valid_vocab must be in [1, {rows.shape[-1]}], got {valid_vocab}")
+  lse = _logsumexp_rows(rows, block or auto_block(rows.shape[0]), vocab)
+  return lse.reshape(logits.shape[:-1])
 
 
 def top_k(values: jax.Array, k: int, *, block: int | None = None) -> tuple[jax.Array, jax.Array]:
@@ -207,7 +235,7 @@ def top_k(values: jax.Array, k: int, *, block: int | None = None) -> tuple[jax.A
   Returns:
     (top values [..., k] in values' dtype, their indices int32 [..., k]).
   """
-  rows = as_f32_rows(values, "top_k")
+  rows = _as_f32_rows(values, "top_k")
   vocab = rows.shape[-1]
   if not 1 <= k <= vocab:
     raise ValueError(f"top_k: k must be in [1, {vocab}] for a last axis of {vocab}, got {k}")

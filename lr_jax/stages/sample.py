@@ -1,14 +1,25 @@
 """The sampling stage: expert trajectories, scored against the amateur, into the sample store.
 
-Per batch: greedy expert generation, then `contrastive_step` over the whole trajectories (one
-teacher-forced forward per model), then one atomic append to this process's shard of the store.
-A restarted stage skips the problems whose batch reached the store.
+Per batch, by `config.sample.scoring`:
+  'lockstep' (default): `lr_jax.lockstep.contrastive_decode`: the expert decodes greedily and the
+    amateur follows in the same loop; each step's expert logits give both the token and the record.
+  'teacher_forced': greedy `generate`, then `contrastive_step` over the whole trajectories (one
+    teacher-forced forward per model); the way to score trajectories that already exist.
+Both give the same records (up to float rounding); the store's meta names the mode. Then one atomic
+append to this process's shard of the store; a restarted stage skips the problems whose batch
+reached the store.
+
+`config.sample.batch_size` (global rows) and `config.sample.chunk_size` (LM-head rows per scoring
+call): 0 means chosen from the models' shapes, the vocabulary, the longest prompt and the device
+memory (`lr_jax.lockstep.default_sampling_batch`); the choice is logged.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
@@ -20,9 +31,16 @@ from lr_jax.data.prompts import render_prompt
 from lr_jax.data.sample_stats import compute_stats, write_stats
 from lr_jax.data.store import TARGET_PAD_ID, SampleStore, TrajectoryRecord
 from lr_jax.data.tokenizer_pair import check_tokenizer_pair
-from lr_jax.generate import generate
+from lr_jax.generate import _agree_max, generate
+from lr_jax.generation.engine import MIN_PROMPT_BUCKET, bucket_size, output_slots
+from lr_jax.lockstep import contrastive_decode, default_sampling_batch, device_memory_bytes
+from lr_jax.models.config import ModelConfig
+from lr_jax.models.hf_io import resolve_checkpoint
 from lr_jax.sharding import host_local_to_global
 from lr_jax.stages import common
+
+LOCKSTEP, TEACHER_FORCED = "lockstep", "teacher_forced"
+SCORINGS = (LOCKSTEP, TEACHER_FORCED)
 
 
 def contrastive_config(config) -> ContrastiveConfig:
@@ -64,9 +82,39 @@ def to_records(problem_ids, prompts, completions, finish_reasons, scored) -> lis
   return records
 
 
+def scoring_of(config) -> str:
+  """config.sample.scoring, checked: 'lockstep' (default) or 'teacher_forced'."""
+  scoring = config.sample.get("scoring", LOCKSTEP)
+  if scoring not in SCORINGS:
+    raise ValueError(f"config.sample.scoring: {scoring!r} is not one of {', '.join(SCORINGS)}")
+  return scoring
+
+
+def batch_and_chunk(config, expert_cfg: ModelConfig, amateur_cfg: ModelConfig, valid_vocab: int,
+                    longest_prompt: int, layout) -> tuple[int, int]:
+  """Global batch and scoring chunk: the config's, or `default_sampling_batch` where they are 0 (logged)."""
+  batch, chunk = config.sample.batch_size, config.sample.chunk_size
+  if batch and chunk:
+    return batch, chunk
+  max_len = bucket_size(longest_prompt, MIN_PROMPT_BUCKET) + output_slots(config.sample.max_new_tokens)
+  memory = device_memory_bytes()
+  per_device, auto_chunk = default_sampling_batch(expert_cfg, amateur_cfg, valid_vocab, max_len, memory,
+                                                  param_bytes=jnp.dtype(common.dtype_of(config.dtype)).itemsize)
+  ways = layout.data_size
+  if not batch:
+    batch = per_device * ways
+    common.log("sample: batch %d (%d rows on each of %d data-parallel devices, %.1f GiB each, %d cache slots)",
+               batch, per_device, ways, memory / 2**30, max_len)
+  if not chunk:
+    chunk = auto_chunk
+    common.log("sample: scoring chunk %d rows", chunk)
+  return batch, chunk
+
+
 def run(config, workdir: common.Workdir, writer) -> dict:
   """Runs (or resumes) the stage; returns a summary. Does nothing when every problem is stored."""
   pi, pc = jax.process_index(), jax.process_count()
+  scoring = scoring_of(config)
   problems = load_problems(config.data.path, n=config.data.num_problems, order=config.data.order,
                            seed=config.seed, question_field=config.data.question_field)
   mine = problems[pi::pc]
@@ -81,56 +129,66 @@ def run(config, workdir: common.Workdir, writer) -> dict:
           "alpha": ccfg.alpha, "beta": ccfg.beta, "top_k": ccfg.top_k, "beta_inclusive": ccfg.beta_inclusive,
           "score_first_token": ccfg.score_first_token, "max_new_tokens": config.sample.max_new_tokens,
           "template": config.prompt.template, "system_prompt": config.prompt.system_prompt,
-          "eos_ids": eos, "tokenizer_pair": pair_report, "scoring": "teacher_forced"}
+          "eos_ids": eos, "tokenizer_pair": pair_report, "scoring": scoring}
   store = SampleStore(workdir.samples, pi, pc, meta=meta)
   done = store.done_ids()
   todo = [p for p in mine if p.id not in done]
-  bs = config.sample.batch_size // pc
+  prompt_ids = [expert_tok.encode(render_prompt(p.question, config.prompt.template, tokenizer=expert_tok,
+                                                system_prompt=config.prompt.system_prompt),
+                                  add_special_tokens=False) for p in todo or mine[:1] or problems[:1]]
+  layout = common.make_layout(config.mesh.sample, "sample")
+  expert_cfg = ModelConfig.from_json(resolve_checkpoint(config.expert))
+  amateur_cfg = ModelConfig.from_json(resolve_checkpoint(config.amateur))
+  valid_vocab = min(len(expert_tok), expert_cfg.vocab_size, amateur_cfg.vocab_size)
+  (longest,) = _agree_max(max(map(len, prompt_ids)))
+  global_batch, chunk = batch_and_chunk(config, expert_cfg, amateur_cfg, valid_vocab, longest, layout)
+  bs = global_batch // pc
   n_batches = -(-len(todo) // bs)
-  if pc > 1:
-    n_batches = int(np.max(multihost_utils.process_allgather(np.array([n_batches]))))
+  (n_batches,) = _agree_max(n_batches)
   if n_batches == 0:
     common.log("sample: all %d problems already in %s, nothing to do", len(problems), workdir.samples)
   else:
-    common.log("sample: %d problems (%d already stored), %d batches of %d", len(problems), len(done),
-               n_batches, config.sample.batch_size)
-    layout = common.make_layout(config.mesh.sample, "sample")
+    common.log("sample: %d problems (%d already stored), %d batches of %d, %s scoring", len(problems), len(done),
+               n_batches, global_batch, scoring)
     expert = common.load_model(config.expert, config.dtype, layout)
     amateur = common.load_model(config.amateur, config.dtype, layout)
-    valid_vocab = min(len(expert_tok), expert.config.vocab_size, amateur.config.vocab_size)
-    ccfg = ContrastiveConfig(**{**ccfg.__dict__, "valid_vocab": valid_vocab})
+    ccfg = dataclasses.replace(ccfg, valid_vocab=valid_vocab, chunk_size=chunk)
     eg, es = nnx.split(expert.model)
     ag, as_ = nnx.split(amateur.model)
-    step = make_contrastive_step(eg, ag, ccfg)
-    t_gen = t_score = 0.0
+    step = make_contrastive_step(eg, ag, ccfg) if scoring == TEACHER_FORCED else None
+    seconds = {"gen_seconds": 0.0, "score_seconds": 0.0, "lockstep_seconds": 0.0}
     for b in tqdm(range(n_batches), desc="sample", disable=pi != 0):
-      chunk = todo[b * bs:(b + 1) * bs]
-      questions = [p.question for p in chunk] or [mine[0].question]
-      prompts = [expert_tok.encode(render_prompt(q, config.prompt.template, tokenizer=expert_tok,
-                                                 system_prompt=config.prompt.system_prompt),
-                                   add_special_tokens=False) for q in questions]
+      chunk_problems = todo[b * bs:(b + 1) * bs]
+      prompts = prompt_ids[b * bs:(b + 1) * bs] or prompt_ids[:1]
       prompts += [prompts[-1]] * (bs - len(prompts))  # fixed global batch; padding rows are not stored
       t0 = time.time()
-      gen = generate((eg, es), prompts, max_new_tokens=config.sample.max_new_tokens, eos_ids=eos,
-                     pad_id=pad_id, valid_vocab=valid_vocab, layout=layout)
-      t1 = time.time()
-      completions = [list(map(int, c)) for c in gen.tokens]
-      batch = host_local_to_global(pad_batch(prompts, completions, pad_id), layout)
-      scored = step(es, as_, batch)
-      scored = jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))
-                            if pc > 1 else np.asarray(x), scored)
-      if pc > 1:  # rows of this process within the gathered global batch
-        scored = jax.tree.map(lambda x: x[pi * bs:(pi + 1) * bs], scored)
-      t2 = time.time()
-      t_gen, t_score = t_gen + t1 - t0, t_score + t2 - t1
-      if chunk:
-        store.append(to_records([p.id for p in chunk], prompts, completions, list(gen.finish_reasons), scored))
-      kept = float(np.sum(scored.kept[:len(chunk)]))
-      steps = float(np.sum(np.asarray(batch["completion_mask"])[:len(chunk)])) if pc == 1 else float(
-          sum(len(c) for c in completions[:len(chunk)]))
-      writer.write("sample", b, {"kept_ratio": kept / max(steps, 1.0), "gen_seconds": t1 - t0,
-                                 "score_seconds": t2 - t1, "new_tokens": steps})
-    common.log("sample: generation %.1fs, scoring %.1fs", t_gen, t_score)
+      if scoring == LOCKSTEP:
+        gen, scored = contrastive_decode((eg, es), (ag, as_), prompts, max_new_tokens=config.sample.max_new_tokens,
+                                         eos_ids=eos, pad_id=pad_id, config=ccfg, layout=layout)
+        timing = {"lockstep_seconds": time.time() - t0}
+      else:
+        gen = generate((eg, es), prompts, max_new_tokens=config.sample.max_new_tokens, eos_ids=eos,
+                       pad_id=pad_id, valid_vocab=valid_vocab, layout=layout)
+        t1 = time.time()
+        batch = host_local_to_global(pad_batch(prompts, gen.tokens, pad_id), layout)
+        scored = step(es, as_, batch)
+        scored = jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))
+                              if pc > 1 else np.asarray(x), scored)
+        if pc > 1:  # rows of this process within the gathered global batch
+          scored = jax.tree.map(lambda x: x[pi * bs:(pi + 1) * bs], scored)
+        timing = {"gen_seconds": t1 - t0, "score_seconds": time.time() - t1}
+      seconds = {k: v + timing.get(k, 0.0) for k, v in seconds.items()}
+      completions = gen.tokens[:len(chunk_problems)]
+      if chunk_problems:
+        store.append(to_records([p.id for p in chunk_problems], prompts, completions,
+                                list(gen.finish_reasons), scored))
+      kept = float(np.sum(scored.kept[:len(chunk_problems)]))
+      steps = float(sum(map(len, completions)))
+      writer.write("sample", b, {"kept_ratio": kept / max(steps, 1.0), "new_tokens": steps, **timing})
+    if scoring == LOCKSTEP:
+      common.log("sample: lockstep generation and scoring %.1fs", seconds["lockstep_seconds"])
+    else:
+      common.log("sample: generation %.1fs, scoring %.1fs", seconds["gen_seconds"], seconds["score_seconds"])
   if pi == 0:
     records = list(SampleStore(workdir.samples).iter_records())
     stats = compute_stats(records, beta=config.sample.beta)

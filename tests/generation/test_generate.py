@@ -116,15 +116,17 @@ def test_same_seed_reproduces_samples_and_another_seed_changes_them(models):
 
 
 def test_valid_vocab_keeps_padding_embedding_rows_from_being_chosen(models):
-  model = from_pretrained(models["qwen2_tied"], dtype=jnp.float32).model
+  hf = load_hf(models["qwen2_tied"])
   prompts = prompts_for(QWEN_VALID_VOCAB)
-  free = generate(model, prompts, max_new_tokens=MAX_NEW)
+  free = [hf_greedy(hf, p, eos_ids=None) for p in prompts]
+  model = from_pretrained(models["qwen2_tied"], dtype=jnp.float32).model
   masked = generate(model, prompts, max_new_tokens=MAX_NEW, valid_vocab=QWEN_VALID_VOCAB)
-  assert any(t >= QWEN_VALID_VOCAB for row in free.tokens for t in row)  # this model does prefer them
+  assert any(t >= QWEN_VALID_VOCAB for row in free for t in row)  # this model does prefer them
   assert all(t < QWEN_VALID_VOCAB for row in masked.tokens for t in row)
-  for f, m in zip(free.tokens, masked.tokens):
+  for f, m in zip(free, masked.tokens):
     cut = next((i for i, t in enumerate(f) if t >= QWEN_VALID_VOCAB), len(f))
     assert m[:cut] == f[:cut]  # identical until the first padding-row pick
+    assert len(m) == MAX_NEW
 
 
 def test_stop_strings_trim_after_the_completing_token_with_reason_stop(models, monkeypatch):
@@ -150,7 +152,7 @@ def test_stop_strings_trim_after_the_completing_token_with_reason_stop(models, m
     assert out.tokens[i] == free.tokens[i] or stop in text
 
 
-def test_batched_run_over_40_lengths_compiles_once_per_bucket_and_matches_one_batch(models):
+def test_batched_run_over_40_lengths_compiles_once_per_bucket_and_keeps_input_order(models):
   model = from_pretrained(models["qwen2_untied"], dtype=jnp.float32).model
   prompts = prompts_for(1024, lengths=range(1, 41), seed=1)
   buckets = {bucket_size(len(p), MIN_PROMPT_BUCKET) for p in prompts}
@@ -167,13 +169,17 @@ def test_batched_run_over_40_lengths_compiles_once_per_bucket_and_matches_one_ba
                                progress=False)
   finally:
     jax.monitoring.unregister_event_duration_listener(count)
-  one_batch = generate(model, prompts, max_new_tokens=4, sampling=SAMPLED, seed=7)
 
   assert len(buckets) == 3
   assert compiled["jit(start_decoding)"] == len(buckets)
   assert compiled["jit(decode_until)"] == len(buckets)
-  assert batched.tokens == one_batch.tokens  # input order, and per-prompt random streams
+  # Prompts from different sorted batches, in one batch of the same (compiled) shape: same samples.
+  picked = [39, 0, 20, 5, 33, 12, 8, 1]
+  direct = generate(model, [prompts[i] for i in picked], max_new_tokens=4, sampling=SAMPLED, seed=7,
+                    sample_ids=picked)
+  assert direct.tokens == [batched.tokens[i] for i in picked]
   assert batched.finish_reasons == ["length"] * len(prompts)
+  assert [len(t) for t in batched.tokens] == [4] * len(prompts)
 
 
 @pytest.mark.parametrize("prompts, kwargs, message", [
@@ -181,6 +187,8 @@ def test_batched_run_over_40_lengths_compiles_once_per_bucket_and_matches_one_ba
     ([[1, 5000]], {}, r"prompts\[0\] holds id 5000, outside the model's vocabulary \[0, 1024\)"),
     ([[1]], {"max_new_tokens": 0}, "max_new_tokens must be >= 1"),
     ([[1]], {"stop_strings": ["x"]}, "stop_strings need a tokenizer"),
+    ([[1]], {"seed": -1}, r"seed must be in \[0, 2\*\*31\)"),
+    ([[1], [2]], {"sample_ids": [0]}, "sample_ids has 1 entries for 2 prompts"),
 ])
 def test_bad_arguments_give_one_line_errors(models, prompts, kwargs, message):
   model = from_pretrained(models["qwen2_untied"], dtype=jnp.float32).model

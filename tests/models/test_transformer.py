@@ -72,7 +72,7 @@ def test_151936_row_vocab_with_real_qwen_tokens_matches_transformers(tmp_path):
   pre = from_pretrained(model_dir, dtype=jnp.float32)
   assert pre.model.embed.shape == (151936, 32) and len(tok) == 151665
   ref = hf_logits(load_hf(model_dir), ids)
-  assert_close(jax_logits(pre.model, ids), ref, 1e-4, "vocab 151936")
+  assert_close(jax_logits(pre.model, ids), ref, 1e-4, "vocab 151936")  # one row: [T, V] f32 is ~50 MB
 
 
 @pytest.mark.parametrize("family", ["qwen2", "llama"])
@@ -140,6 +140,13 @@ def test_kv_cache_prefill_then_steps_equals_full_forward(qwen2_tiny):
     assert_close(np.asarray(logits)[:, 0], full[:, 12 + i], 1e-5, f"decode step {i}")
   assert int(cache.end) == 16
   np.testing.assert_array_equal(np.asarray(cache.valid), np.concatenate([full_mask, np.zeros((2, 3), bool)], 1))
+
+
+def test_more_tokens_than_cache_slots_refused(qwen2_tiny):
+  cache = KVCache.zeros(qwen2_tiny.config, 1, 4, jnp.float32)
+  ids = jnp.zeros((1, 5), jnp.int32)
+  with pytest.raises(ValueError, match="5 tokens do not fit a KV cache of 4 slots"):
+    qwen2_tiny(ids, ids, jnp.ones((1, 5), bool), cache)
 
 
 def test_logits_at_gathered_positions_equal_full_logits(qwen2_tiny):

@@ -1,0 +1,665 @@
+"""One-call accelerator suite: ceilings, generation, contrastive scoring, distillation, projection.
+
+Random-weight bf16 models with the exact shapes of the paper's pair (expert Qwen2.5-Math-1.5B:
+28 layers, hidden 1536, 12/2 heads of 128, FFN 8960; amateur Qwen2.5-0.5B: 24 layers, hidden 896,
+14/2 heads of 64, FFN 4864; both vocab 151,936, tied head), built directly with lr_jax (no checkpoint
+I/O). Sections, in order (each guarded: an error is recorded and the next section runs):
+
+  ceilings     bf16 matmul FLOP/s and device-copy bytes/s, measured in this run.
+  generate     expert greedy decoding, prompt 128, 128 new tokens forced (no EOS ids), batch 64 and 256:
+               new tokens/s and the decode step's fraction of the bandwidth roofline, i.e.
+               (weight bytes + KV-cache bytes read per step) / copy bandwidth / step time.
+  contrastive  `make_contrastive_step` on 64 trajectories of 128 + 128 tokens: trajectories/s, MFU
+               (2 * trunk params * tokens for both trunks + 2 * D * V per scored position for both
+               heads) over the measured and the nominal peak, and a check that no float32
+               [B, T, V] buffer exists (compiled temp bytes and the largest f32 buffer in the HLO).
+  distill      `make_distill_step` with LoRA r 8 on q, v; 16 packed rows of 255 tokens, one kept step
+               each (16 steps per update): updates/s and MFU (4 * trunk params * tokens + 4 * D * V
+               per supervised step: the frozen base needs input gradients only), remat on, then off
+               when the time budget allows.
+  torch        the original approach in PyTorch + transformers on the same device (a subprocess, so a
+               CUDA-library clash cannot take the JAX results down): per problem, batch-1 expert
+               `generate(output_scores=True)` then one amateur forward per generated prefix.
+  projection   the paper's workload (1000 problems x 128 sampled tokens, 1000 updates of 16 steps) from
+               the rates above, compile time included, against the original's 0.5 h on an H200.
+
+Every timing: AOT compile timed alone, then the first call, then the median of N calls, each call
+ending in one `jax.block_until_ready`. Device memory: the running `peak_bytes_in_use` after each
+section (XLA cannot reset it). Results go to OUT/results.json after every section (a timeout keeps
+what finished) and OUT/results.md at the end; a summary table is printed last. Sections that would
+start after --budget-seconds (counted from process start) are skipped with a note.
+
+  PYTHONPATH=. python bench/accelerator_suite.py --out $OUT/suite          # one GPU, ~6-7 min
+  python bench/accelerator_suite.py --smoke --out /tmp/suite                # tiny shapes, CPU, < 1 min
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import math
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from types import SimpleNamespace
+from typing import Any, Callable
+
+_T0 = time.perf_counter()
+# The torch subprocess shares the device: JAX grows its pool on demand instead of taking 75% up front.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from lr_jax.contrastive import ContrastiveConfig, make_contrastive_step  # noqa: E402
+from lr_jax.data.packing import PackedUpdates, PackingConfig  # noqa: E402
+from lr_jax.distill import DistillConfig, init_train_state, make_distill_step, shard_batch  # noqa: E402
+from lr_jax.generation.engine import DecodeSpec, decode_until, output_slots, start_decoding  # noqa: E402
+from lr_jax.generation.sampling import SamplingConfig  # noqa: E402
+from lr_jax.models.config import ModelConfig  # noqa: E402
+from lr_jax.models.lora import LoRAConfig, apply_lora, split_trainable  # noqa: E402
+from lr_jax.models.transformer import Transformer  # noqa: E402
+
+SECTIONS = ("ceilings", "generate", "contrastive", "distill", "torch", "projection")
+PAPER_HOURS_H200 = 0.5  # the original LightReasoner run (sampling + training) as the paper reports it
+WORKLOAD = dict(problems=1000, new_tokens=128, updates=1000, steps_per_update=16)
+TORCH_MARKER = "TORCH_RESULT "
+# Rough seconds a section needs on one H100 (compile dominates), so the optional remat-off variant
+# of `distill` is skipped when it would squeeze the torch section out of the budget.
+TORCH_RESERVE_S, DISTILL_VARIANT_S = 90.0, 60.0
+
+
+def qwen2(vocab, hidden, layers, heads, kv_heads, head_dim, ffn, theta) -> ModelConfig:
+  return ModelConfig(model_type="qwen2", vocab_size=vocab, hidden_size=hidden, num_layers=layers, num_heads=heads,
+                     num_kv_heads=kv_heads, head_dim=head_dim, intermediate_size=ffn, rms_norm_eps=1e-6,
+                     rope_theta=theta, max_position_embeddings=4096, tie_word_embeddings=True, qkv_bias=True,
+                     o_bias=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Shapes:
+  """Model pair and workload sizes of one suite run."""
+  expert: ModelConfig
+  amateur: ModelConfig
+  gen_batches: tuple[int, ...]
+  prompt_len: int
+  new_tokens: int
+  contrastive_batch: int
+  chunk_size: int  # contrastive LM-head chunk (positions); < batch * new_tokens so chunking is real
+  distill_rows: int  # rows per update = supervised steps per update (one kept step per row)
+  distill_remat: tuple[bool, ...]  # variants; the first is the pipeline's default (remat on)
+  top_k: int
+  matmul_n: int
+  copy_bytes: int
+  repeats: int
+  torch_problems: int
+  torch_device: str  # "cuda", or "cpu" allowed (smoke only)
+
+
+FULL = Shapes(
+    expert=qwen2(151936, 1536, 28, 12, 2, 128, 8960, 10000.0),
+    amateur=qwen2(151936, 896, 24, 14, 2, 64, 4864, 1000000.0),
+    gen_batches=(64, 256), prompt_len=128, new_tokens=128, contrastive_batch=64, chunk_size=256,
+    distill_rows=16, distill_remat=(True, False), top_k=32, matmul_n=8192, copy_bytes=1 << 30, repeats=5, torch_problems=8, torch_device="cuda")
+SMOKE = Shapes(
+    expert=qwen2(1024, 64, 2, 4, 2, 16, 128, 10000.0),
+    amateur=qwen2(1024, 32, 2, 4, 2, 8, 64, 1000000.0),
+    gen_batches=(4,), prompt_len=8, new_tokens=8, contrastive_batch=16, chunk_size=8,
+    distill_rows=4, distill_remat=(True,), top_k=8, matmul_n=256, copy_bytes=1 << 22, repeats=2, torch_problems=1,
+    torch_device="cpu")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--out", default="accelerator_suite_out", help="folder for results.json and results.md")
+  p.add_argument("--smoke", action="store_true", help="tiny shapes on CPU (seconds)")
+  p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+  p.add_argument("--budget-seconds", type=float, default=420.0,
+                 help="skip sections that would start later than this (seconds since process start)")
+  p.add_argument("--peak-tflops", type=float, default=989.0, help="nominal bf16 dense peak (H100/H200 SXM: 989)")
+  p.add_argument("--repeats", type=int, default=None, help="timed calls per measurement (median reported)")
+  p.add_argument("--torch-problems", type=int, default=None, help="problems in the PyTorch baseline")
+  p.add_argument("--torch-worker", default=None, help=argparse.SUPPRESS)
+  args = p.parse_args(argv)
+  args.sections = tuple(s.strip() for s in args.sections.split(",") if s.strip())
+  unknown = [s for s in args.sections if s not in SECTIONS]
+  if unknown or not args.sections:
+    raise ValueError(f"--sections: {','.join(unknown) or '(empty)'} not among {','.join(SECTIONS)}")
+  return args
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+def log(msg: str) -> None:
+  print(f"[{time.perf_counter() - _T0:6.1f}s] {msg}", flush=True)
+
+
+def elapsed() -> float:
+  return time.perf_counter() - _T0
+
+
+def write_atomic(path: str, text: str) -> None:
+  folder = os.path.dirname(path) or "."
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+  with os.fdopen(fd, "w") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def timed_calls(fn: Callable[[], Any], repeats: int) -> list[float]:
+  """Seconds of `repeats` calls of `fn`, each ending in one block_until_ready."""
+  out = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    out.append(time.perf_counter() - t0)
+  return out
+
+
+def compile_timed(jitted, *args):
+  """(compiled executable, seconds spent lowering and compiling)."""
+  t0 = time.perf_counter()
+  compiled = jitted.lower(*args).compile()
+  return compiled, time.perf_counter() - t0
+
+
+def device_memory() -> dict[str, Any]:
+  """Running peak and current bytes on device 0 (None where the backend keeps no statistics)."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  return {"peak_bytes_in_use": stats.get("peak_bytes_in_use"), "bytes_in_use": stats.get("bytes_in_use"),
+          "bytes_limit": stats.get("bytes_limit")}
+
+
+def compiled_temp_bytes(compiled) -> int | None:
+  analysis = compiled.memory_analysis()
+  return None if analysis is None else int(analysis.temp_size_in_bytes)
+
+
+_F32_SHAPE = re.compile(r"\bf32\[([0-9,]*)\]")
+
+
+def largest_f32_buffer(hlo_text: str) -> tuple[int, str]:
+  """(elements, "f32[dims]") of the largest float32 array shape named anywhere in an HLO dump."""
+  best, shape = 0, ""
+  for m in _F32_SHAPE.finditer(hlo_text):
+    n = math.prod(int(d) for d in m.group(1).split(",") if d)
+    if n > best:
+      best, shape = n, m.group(0)
+  return best, shape
+
+
+def trunk_params(cfg: ModelConfig) -> int:
+  """Parameters in matmuls of the layers (embedding lookup and LM head excluded)."""
+  return cfg.num_params(include_head=False) - cfg.vocab_size * cfg.hidden_size
+
+
+def random_ids(rng: np.random.Generator, shape, vocab: int) -> np.ndarray:
+  return rng.integers(0, min(vocab, 151643), shape, dtype=np.int32)  # below Qwen's special ids
+
+
+class Context:
+  """Run-wide state: arguments, shapes, the measured results so far and a model cache."""
+
+  def __init__(self, args, shapes: Shapes):
+    self.args, self.shapes = args, shapes
+    self.repeats = args.repeats or shapes.repeats
+    self.results: dict[str, Any] = {}
+    self._models: dict[str, Transformer] = {}
+
+  def model(self, name: str) -> Transformer:
+    if name not in self._models:
+      cfg = getattr(self.shapes, name)
+      t0 = time.perf_counter()
+      self._models[name] = Transformer(cfg, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+      jax.block_until_ready(nnx.state(self._models[name]))
+      log(f"built random {name} ({cfg.num_params() / 1e9:.3f} B params) in {time.perf_counter() - t0:.1f} s")
+    return self._models[name]
+
+  def take_model(self, name: str) -> Transformer:
+    """The cached model, removed from the cache (the caller mutates it)."""
+    model = self.model(name)
+    del self._models[name]
+    return model
+
+  def section(self, name: str) -> dict[str, Any] | None:
+    out = self.results.get(name)
+    return out if out and out.get("status") == "ok" else None
+
+
+# ---------------------------------------------------------------------------------------- sections
+
+def section_ceilings(ctx: Context) -> dict[str, Any]:
+  n, reps = ctx.shapes.matmul_n, 10
+  ka, kb = jax.random.split(jax.random.key(0))
+  a = jax.random.normal(ka, (n, n), jnp.bfloat16)
+  b = jax.random.normal(kb, (n, n), jnp.bfloat16)
+  matmul, compile_s = compile_timed(jax.jit(jnp.matmul), a, b)
+  jax.block_until_ready(matmul(a, b))
+  # `reps` independent launches per trial, one sync: the median of 3 trials' per-matmul seconds.
+  mm_s = statistics.median(t / reps for t in timed_calls(lambda: [matmul(a, b) for _ in range(reps)], 3))
+  flops = 2 * n ** 3 / mm_s
+
+  x = jnp.zeros((ctx.shapes.copy_bytes // 4,), jnp.float32)
+  add_one, _ = compile_timed(jax.jit(lambda v: v + 1, donate_argnums=0), x)  # read + write every byte
+  state = {"x": add_one(x)}
+
+  def passes():
+    for _ in range(reps):
+      state["x"] = add_one(state["x"])
+    return state["x"]
+
+  copy_s = statistics.median(t / reps for t in timed_calls(passes, 3))
+  bandwidth = 2 * ctx.shapes.copy_bytes / copy_s
+  log(f"ceilings: matmul {flops / 1e12:.1f} TFLOP/s ({n}^3 bf16), copy {bandwidth / 1e9:.1f} GB/s")
+  return {"matmul_n": n, "matmul_flops_per_s": flops, "matmul_compile_s": compile_s,
+          "copy_bytes": ctx.shapes.copy_bytes, "copy_bytes_per_s": bandwidth,
+          "nominal_flops_per_s": ctx.args.peak_tflops * 1e12}
+
+
+def decode_step_bytes(cfg: ModelConfig, batch: int, slots: int) -> int:
+  """Bytes one bf16 decode step reads: every weight once plus the whole K and V caches."""
+  cache = 2 * cfg.num_layers * batch * slots * cfg.num_kv_heads * cfg.head_dim * 2
+  return cfg.num_params() * 2 + cache
+
+
+def section_generate(ctx: Context) -> dict[str, Any]:
+  s = ctx.shapes
+  cfg = s.expert
+  graphdef, state = nnx.split(ctx.model("expert"))
+  ceilings = ctx.section("ceilings")
+  out_len = output_slots(s.new_tokens)
+  spec = DecodeSpec(sampling=SamplingConfig(), eos_ids=(), pad_id=0, valid_vocab=None,
+                    slots=s.prompt_len + out_len, out_len=out_len, return_logprobs=False)
+  start = jax.jit(functools.partial(start_decoding, graphdef, spec=spec))
+  decode = jax.jit(functools.partial(decode_until, graphdef, spec=spec), donate_argnums=1)
+  until = jnp.int32(s.new_tokens)
+  rng = np.random.default_rng(0)
+  result: dict[str, Any] = {"prompt_len": s.prompt_len, "new_tokens": s.new_tokens, "batches": {}}
+  for batch in s.gen_batches:
+    if elapsed() > ctx.args.budget_seconds:
+      result["batches"][str(batch)] = {"status": "skipped", "note": "time budget spent"}
+      continue
+    tokens = jnp.asarray(random_ids(rng, (batch, s.prompt_len), cfg.vocab_size))
+    args = (state, tokens, jnp.ones(tokens.shape, bool), jnp.arange(batch, dtype=jnp.int32), jnp.int32(0))
+    start_c, start_compile = compile_timed(start, *args)
+    first = start_c(*args)
+    decode_c, decode_compile = compile_timed(decode, state, first, until)
+    t0 = time.perf_counter()
+    jax.block_until_ready(decode_c(state, first, until))
+    first_call = time.perf_counter() - t0
+    prefill_s, decode_s = [], []
+    for _ in range(ctx.repeats):
+      t0 = time.perf_counter()
+      started = jax.block_until_ready(start_c(*args))
+      t1 = time.perf_counter()
+      done = jax.block_until_ready(decode_c(state, started, until))
+      prefill_s.append(t1 - t0)
+      decode_s.append(time.perf_counter() - t1)
+    full = bool(np.all(np.asarray(done.num_tokens) == s.new_tokens))
+    prefill, dec = statistics.median(prefill_s), statistics.median(decode_s)
+    step = dec / max(s.new_tokens - 1, 1)
+    row = {"tokens_per_s": batch * s.new_tokens / (prefill + dec), "prefill_s": prefill, "decode_s": dec,
+           "step_s": step, "compile_s": start_compile + decode_compile, "decode_first_call_s": first_call,
+           "all_rows_full_length": full, "step_bytes": decode_step_bytes(cfg, batch, spec.slots)}
+    if ceilings:
+      row["roofline_fraction"] = row["step_bytes"] / ceilings["copy_bytes_per_s"] / step
+    result["batches"][str(batch)] = row
+    log(f"generate batch {batch}: {row['tokens_per_s']:.0f} new tok/s, {step * 1e3:.2f} ms/step, "
+        f"roofline {row.get('roofline_fraction', float('nan')) * 100:.1f}%, compile {row['compile_s']:.1f} s")
+  return result
+
+
+def mfu(flops: float, seconds: float, ctx: Context) -> dict[str, float | None]:
+  ceilings = ctx.section("ceilings")
+  return {"model_flops": flops,
+          "mfu_vs_measured": flops / seconds / ceilings["matmul_flops_per_s"] if ceilings else None,
+          "mfu_vs_nominal": flops / seconds / (ctx.args.peak_tflops * 1e12)}
+
+
+def section_contrastive(ctx: Context) -> dict[str, Any]:
+  s = ctx.shapes
+  b, p, t = s.contrastive_batch, s.prompt_len, s.new_tokens
+  eg, es = nnx.split(ctx.model("expert"))
+  ag, as_ = nnx.split(ctx.model("amateur"))
+  step = make_contrastive_step(eg, ag, ContrastiveConfig(chunk_size=s.chunk_size, top_k=s.top_k))
+  rng = np.random.default_rng(1)
+  batch = {"prompt_tokens": random_ids(rng, (b, p), s.expert.vocab_size), "prompt_mask": np.ones((b, p), bool),
+           "completion_tokens": random_ids(rng, (b, t), s.expert.vocab_size),
+           "completion_mask": np.ones((b, t), bool)}
+  batch = {k: jnp.asarray(v) for k, v in batch.items()}
+  compiled, compile_s = compile_timed(step, es, as_, batch)
+  vocab = s.expert.vocab_size
+  full_logits_bytes = b * t * vocab * 4
+  temp = compiled_temp_bytes(compiled)
+  largest, largest_shape = largest_f32_buffer(compiled.as_text())
+  t0 = time.perf_counter()
+  out = jax.block_until_ready(compiled(es, as_, batch))
+  first_call = time.perf_counter() - t0
+  secs = statistics.median(timed_calls(lambda: compiled(es, as_, batch), ctx.repeats))
+  tokens = b * (p + t)
+  flops = (2 * (trunk_params(s.expert) + trunk_params(s.amateur)) * tokens
+           + 2 * (s.expert.hidden_size + s.amateur.hidden_size) * vocab * b * t)
+  result = {"batch": b, "prompt_len": p, "completion_len": t, "chunk_size": s.chunk_size, "step_s": secs,
+            "trajectories_per_s": b / secs, "compile_s": compile_s, "first_call_s": first_call,
+            "kept_fraction": float(np.mean(np.asarray(out.kept))), **mfu(flops, secs, ctx),
+            "no_full_logits": {"bsv_f32_bytes": full_logits_bytes, "compiled_temp_bytes": temp,
+                               "temp_below_bsv_f32": None if temp is None else temp < full_logits_bytes,
+                               "largest_f32_buffer": largest_shape, "largest_f32_elements": largest,
+                               "largest_f32_below_bsv": largest < b * t * vocab}}
+  log(f"contrastive: {result['trajectories_per_s']:.1f} traj/s ({secs * 1e3:.0f} ms per {b}), "
+      f"MFU {result['mfu_vs_nominal'] * 100:.1f}% of nominal, compile {compile_s:.1f} s, "
+      f"temp {temp} B vs [B,T,V] f32 {full_logits_bytes} B, largest f32 {largest_shape}")
+  return result
+
+
+def distill_records(s: Shapes) -> list[SimpleNamespace]:
+  """One trajectory per row, prompt + completion tokens, kept step at the last completion token."""
+  rng = np.random.default_rng(2)
+  records = []
+  for i in range(s.distill_rows):
+    weights = rng.random(s.top_k).astype(np.float32)
+    records.append(SimpleNamespace(
+        problem_id=f"synthetic-{i}", prompt_ids=random_ids(rng, s.prompt_len, s.expert.vocab_size),
+        completion_ids=random_ids(rng, s.new_tokens, s.expert.vocab_size),
+        steps=np.asarray([s.new_tokens - 1], np.int32),
+        target_ids=random_ids(rng, (1, s.top_k), s.expert.vocab_size),
+        target_weights=(weights / weights.sum())[None]))
+  return records
+
+
+def section_distill(ctx: Context) -> dict[str, Any]:
+  s = ctx.shapes
+  model = ctx.take_model("expert")  # apply_lora mutates it
+  lora = LoRAConfig(targets=("q_proj", "v_proj"), rank=8, alpha=16.0, dropout=0.05)
+  apply_lora(model, lora, rngs=nnx.Rngs(0))
+  packed = PackedUpdates(distill_records(s), PackingConfig(steps_per_update=s.distill_rows, shuffle_seed=None))
+  host_batch = packed.batch(0)
+  batch = shard_batch(host_batch, None)
+  config = DistillConfig(total_updates=WORKLOAD["updates"])
+  real_tokens = int(host_batch["mask"].sum())
+  supervised = int(host_batch["sup_mask"].sum())
+  flops = 4 * trunk_params(s.expert) * real_tokens + 4 * s.expert.hidden_size * s.expert.vocab_size * supervised
+  result: dict[str, Any] = {"rows": host_batch["tokens"].shape[1], "row_len": host_batch["tokens"].shape[2],
+                            "real_tokens": real_tokens, "supervised_steps": supervised, "lora": "r8 q,v",
+                            "variants": {}}
+  reserve = TORCH_RESERVE_S if "torch" in ctx.args.sections else 0.0
+  for i, remat in enumerate(s.distill_remat):
+    name = "remat" if remat else "no_remat"
+    if i and elapsed() + DISTILL_VARIANT_S + reserve > ctx.args.budget_seconds:
+      result["variants"][name] = {"status": "skipped", "note": "time budget kept for later sections"}
+      continue
+    model.remat = remat  # static: read when the step is traced
+    graphdef, params, frozen = split_trainable(model, lora)
+    train_state = init_train_state(params, config, seed=0)
+    step = make_distill_step(graphdef, config)
+    compiled, compile_s = compile_timed(step, train_state, frozen, batch)
+    temp = compiled_temp_bytes(compiled)
+    t0 = time.perf_counter()
+    train_state, metrics = jax.block_until_ready(compiled(train_state, frozen, batch))
+    first_call = time.perf_counter() - t0
+    holder = {"state": train_state}
+
+    def one_update():
+      holder["state"], m = compiled(holder["state"], frozen, batch)
+      return m
+
+    secs = statistics.median(timed_calls(one_update, ctx.repeats))
+    row = {"step_s": secs, "updates_per_s": 1.0 / secs, "compile_s": compile_s, "first_call_s": first_call,
+           "compiled_temp_bytes": temp, "loss_finite": bool(np.isfinite(float(metrics["loss"]))),
+           **mfu(flops, secs, ctx), "memory_after": device_memory()}
+    result["variants"][name] = row
+    log(f"distill {name}: {row['updates_per_s']:.2f} updates/s ({secs * 1e3:.0f} ms), "
+        f"MFU {row['mfu_vs_nominal'] * 100:.1f}% of nominal, compile {compile_s:.1f} s")
+    del holder, train_state
+  return result
+
+
+def section_torch(ctx: Context) -> dict[str, Any]:
+  s = ctx.shapes
+  spec = {"expert": s.expert.to_hf_dict(), "amateur": s.amateur.to_hf_dict(), "device": s.torch_device,
+          "problems": ctx.args.torch_problems or s.torch_problems, "prompt_len": s.prompt_len,
+          "new_tokens": s.new_tokens}
+  timeout = max(ctx.args.budget_seconds - elapsed(), 30.0)
+  proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--torch-worker", json.dumps(spec)],
+                        capture_output=True, text=True, timeout=timeout)
+  lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(TORCH_MARKER)]
+  if proc.returncode or not lines:
+    raise RuntimeError(f"torch worker exited {proc.returncode}: {proc.stderr.strip()[-2000:]}")
+  result = json.loads(lines[-1][len(TORCH_MARKER):])
+  if result.get("status") == "skipped":
+    return result
+  log(f"torch original: {result['seconds_per_problem']:.2f} s/problem "
+      f"({result['problems']} problems on {result['device']})")
+  return result
+
+
+def torch_worker(spec: dict[str, Any]) -> dict[str, Any]:
+  """The original sampling loop in PyTorch: batch-1 greedy generate with scores, then per generated
+  step one amateur forward over the prefix (full logits, as a plain `model(ids)` call returns)."""
+  try:
+    import torch
+    import transformers
+  except ImportError as e:
+    return {"status": "skipped", "note": f"torch/transformers unavailable: {e}"}
+  device = spec["device"]
+  if device == "cuda" and not torch.cuda.is_available():
+    return {"status": "skipped", "note": "torch sees no CUDA device"}
+
+  def build(hf: dict[str, Any]):
+    cfg = transformers.Qwen2Config(**{k: v for k, v in hf.items() if k != "architectures"})
+    torch.manual_seed(0)
+    with torch.device(device):  # random init on the device itself: seconds, not minutes
+      model = transformers.Qwen2ForCausalLM(cfg)
+    model = model.to(device=device, dtype=torch.bfloat16).eval()
+    model.generation_config.eos_token_id = None  # no EOS: every problem runs to full length
+    model.generation_config.pad_token_id = 0
+    return model
+
+  def sync():
+    if device == "cuda":
+      torch.cuda.synchronize()
+
+  t0 = time.perf_counter()
+  expert, amateur = build(spec["expert"]), build(spec["amateur"])
+  build_s = time.perf_counter() - t0
+  n, p = spec["new_tokens"], spec["prompt_len"]
+  rng = np.random.default_rng(3)
+  prompts = [random_ids(rng, p, spec["expert"]["vocab_size"]).tolist() for _ in range(spec["problems"])]
+  log_alpha, beta = math.log(0.2), 0.4
+
+  def one_problem(prompt, new_tokens):
+    ids = torch.tensor([prompt], device=device)
+    out = expert.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                          min_new_tokens=new_tokens, do_sample=False, output_scores=True,
+                          return_dict_in_generate=True, pad_token_id=0)
+    kept = []
+    for step, scores in enumerate(out.scores):
+      log_pe = torch.log_softmax(scores[0].float(), -1)
+      log_pa = torch.log_softmax(amateur(input_ids=out.sequences[:, :len(prompt) + step]).logits[0, -1].float(), -1)
+      kl = torch.sum(log_pe.exp() * (log_pe - log_pa))
+      in_mask = log_pe >= log_pe.max() + log_alpha
+      torch.softmax(torch.where(in_mask, log_pe - log_pa, -torch.inf), -1)  # the target, as the original keeps it
+      kept.append(kl > beta)
+    return torch.stack(kept).sum().item()  # one host sync per problem
+
+  with torch.inference_mode():
+    one_problem(prompts[0], 2)  # kernel selection, allocator warm-up
+    sync()
+    t0 = time.perf_counter()
+    for prompt in prompts:
+      one_problem(prompt, n)
+    sync()
+    total = time.perf_counter() - t0
+  return {"status": "ok", "device": device if device == "cpu" else torch.cuda.get_device_name(),
+          "torch": torch.__version__, "transformers": transformers.__version__, "problems": len(prompts),
+          "prompt_len": p, "new_tokens": n, "seconds": total, "seconds_per_problem": total / len(prompts),
+          "new_tokens_per_s": len(prompts) * n / total, "build_s": build_s}
+
+
+def section_projection(ctx: Context) -> dict[str, Any]:
+  w = WORKLOAD
+  gen, con, dis = ctx.section("generate"), ctx.section("contrastive"), ctx.section("distill")
+  missing = [name for name, r in (("generate", gen), ("contrastive", con), ("distill", dis)) if r is None]
+  if missing:
+    return {"status": "skipped", "note": f"needs results of {', '.join(missing)}"}
+  batches = {int(b): r for b, r in gen["batches"].items() if "tokens_per_s" in r}
+  variants = {k: v for k, v in dis["variants"].items() if "step_s" in v}
+  if not batches or not variants:
+    return {"status": "skipped", "note": "no generation batch or distill variant finished"}
+  gen_batch = max(batches, key=lambda b: batches[b]["tokens_per_s"])
+  g = batches[gen_batch]
+  variant = "remat" if "remat" in variants else next(iter(variants))
+  d = variants[variant]
+  sampling_s = math.ceil(w["problems"] / gen_batch) * (g["prefill_s"] + g["decode_s"])
+  scoring_s = math.ceil(w["problems"] / con["batch"]) * con["step_s"]
+  training_s = w["updates"] * d["step_s"]
+  compile_s = g["compile_s"] + con["compile_s"] + d["compile_s"]
+  total = sampling_s + scoring_s + training_s + compile_s
+  paper_s = PAPER_HOURS_H200 * 3600
+  result = {"workload": w, "generate_batch": gen_batch, "distill_variant": variant, "sampling_s": sampling_s,
+            "scoring_s": scoring_s, "training_s": training_s, "compile_s": compile_s, "total_s": total,
+            "paper_original_s": paper_s, "speedup_vs_paper": paper_s / total}
+  torch_result = ctx.section("torch")
+  if torch_result:
+    ours = (g["prefill_s"] + g["decode_s"]) / gen_batch + con["step_s"] / con["batch"]
+    result.update({"lr_jax_sampling_s_per_problem": ours,
+                   "torch_sampling_s_per_problem": torch_result["seconds_per_problem"],
+                   "sampling_speedup_vs_torch": torch_result["seconds_per_problem"] / ours,
+                   "torch_sampling_projected_s": torch_result["seconds_per_problem"] * w["problems"]})
+  log(f"projection: {total:.0f} s for the paper's workload (compile {compile_s:.0f} s) vs {paper_s:.0f} s "
+      f"-> {paper_s / total:.1f}x")
+  return result
+
+
+SECTION_FNS = {"ceilings": section_ceilings, "generate": section_generate, "contrastive": section_contrastive,
+               "distill": section_distill, "torch": section_torch, "projection": section_projection}
+
+
+# ----------------------------------------------------------------------------------------- report
+
+def _fmt(x, scale=1.0, unit="", digits=1) -> str:
+  return "-" if x is None else f"{x * scale:.{digits}f}{unit}"
+
+
+def summary_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
+  """(measure, value) lines of the printed table; '-' where a section did not produce it."""
+  sec = results["sections"]
+
+  def ok(name):
+    r = sec.get(name, {})
+    return r if r.get("status") == "ok" else {}
+
+  rows = [("device", results["meta"]["device"])]
+  c = ok("ceilings")
+  rows += [("matmul peak (measured)", _fmt(c.get("matmul_flops_per_s"), 1e-12, " TFLOP/s")),
+           ("copy bandwidth (measured)", _fmt(c.get("copy_bytes_per_s"), 1e-9, " GB/s"))]
+  for b, g in ok("generate").get("batches", {}).items():
+    rows.append((f"generate batch {b}", f"{_fmt(g.get('tokens_per_s'), digits=0)} tok/s, roofline "
+                 f"{_fmt(g.get('roofline_fraction'), 100, '%')}, compile {_fmt(g.get('compile_s'), unit=' s')}"
+                 if "tokens_per_s" in g else g.get("note", "-")))
+  k = ok("contrastive")
+  if k:
+    check = k["no_full_logits"]
+    rows += [(f"contrastive ({k['batch']} x {k['prompt_len'] + k['completion_len']} tok)", f"{_fmt(k['trajectories_per_s'])} traj/s, MFU "
+              f"{_fmt(k['mfu_vs_measured'], 100, '%')} measured / {_fmt(k['mfu_vs_nominal'], 100, '%')} nominal, "
+              f"compile {_fmt(k['compile_s'], unit=' s')}"),
+             ("no [B,T,V] f32 buffer", f"largest f32 {check['largest_f32_buffer']} "
+              f"({'ok' if check['largest_f32_below_bsv'] else 'FOUND'}), temp "
+              f"{_fmt(check['compiled_temp_bytes'], 1e-9, ' GB', 2)} < {_fmt(check['bsv_f32_bytes'], 1e-9, ' GB', 2)}: "
+              f"{check['temp_below_bsv_f32']}")]
+  for name, v in ok("distill").get("variants", {}).items():
+    rows.append((f"distill {name}", f"{_fmt(v.get('updates_per_s'), digits=2)} updates/s, MFU "
+                 f"{_fmt(v.get('mfu_vs_measured'), 100, '%')} measured / {_fmt(v.get('mfu_vs_nominal'), 100, '%')} "
+                 f"nominal, compile {_fmt(v.get('compile_s'), unit=' s')}" if "step_s" in v else v.get("note", "-")))
+  t = ok("torch")
+  if t:
+    rows.append(("torch original sampling", f"{_fmt(t['seconds_per_problem'], digits=2)} s/problem"))
+  pr = ok("projection")
+  if pr:
+    rows.append(("paper workload projected", f"{_fmt(pr['total_s'], digits=0)} s (compile "
+                 f"{_fmt(pr['compile_s'], digits=0)} s) vs {pr['paper_original_s']:.0f} s: "
+                 f"{_fmt(pr['speedup_vs_paper'], unit='x')}"))
+    if "sampling_speedup_vs_torch" in pr:
+      rows.append(("sampling vs torch original", _fmt(pr["sampling_speedup_vs_torch"], unit="x")))
+  peaks = [(name, (r.get("memory") or {}).get("peak_bytes_in_use")) for name, r in sec.items()]
+  if any(peak is not None for _, peak in peaks):
+    rows += [(f"peak memory after {name}", _fmt(peak, 1e-9, " GB", 2)) for name, peak in peaks]
+  else:
+    rows.append(("peak memory", "not reported by this backend"))
+  for name, r in sec.items():
+    if r.get("status") != "ok":
+      text = (r.get("note") or r.get("error") or "").strip()
+      rows.append((f"{name} {r.get('status')}", text.splitlines()[-1][:120] if text else "-"))
+  return rows
+
+
+def to_markdown(results: dict[str, Any]) -> str:
+  lines = ["# Accelerator suite", "", "| measure | value |", "|---|---|"]
+  lines += [f"| {k} | {v.replace('|', '/')} |" for k, v in summary_rows(results)]
+  lines += ["", "## Full results", "", "```json", json.dumps(results, indent=2, default=str), "```", ""]
+  return "\n".join(lines)
+
+
+def print_table(results: dict[str, Any]) -> None:
+  rows = summary_rows(results)
+  width = max(len(k) for k, _ in rows)
+  print("\n=== accelerator suite summary ===", flush=True)
+  for k, v in rows:
+    print(f"{k:<{width}}  {v}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------- main
+
+def main(argv=None) -> dict[str, Any]:
+  """Runs the selected sections; returns the results dict also written to OUT/results.json."""
+  args = parse_args(argv)
+  if args.torch_worker:
+    print(TORCH_MARKER + json.dumps(torch_worker(json.loads(args.torch_worker))), flush=True)
+    return {}
+  shapes = SMOKE if args.smoke else FULL
+  os.makedirs(args.out, exist_ok=True)
+  json_path = os.path.join(args.out, "results.json")
+  dev = jax.devices()[0]
+  results: dict[str, Any] = {"meta": {
+      "device": f"{dev.device_kind} ({dev.platform})", "jax": jax.__version__, "smoke": args.smoke,
+      "sections": list(args.sections), "budget_seconds": args.budget_seconds, "peak_tflops": args.peak_tflops,
+      "expert": dataclasses.asdict(shapes.expert), "amateur": dataclasses.asdict(shapes.amateur),
+      "xla_python_client_preallocate": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE")}, "sections": {}}
+  ctx = Context(args, shapes)
+  ctx.results = results["sections"]
+  log(f"accelerator suite on {results['meta']['device']}, jax {jax.__version__}, sections {','.join(args.sections)}")
+  for name in args.sections:
+    if name != "projection" and elapsed() > args.budget_seconds:
+      out = {"status": "skipped", "note": f"time budget of {args.budget_seconds:.0f} s spent before it started"}
+    else:
+      log(f"--- {name}")
+      t0 = time.perf_counter()
+      try:
+        out = SECTION_FNS[name](ctx)
+        out.setdefault("status", "ok")
+      except Exception as e:  # noqa: BLE001  one failing section must not lose the others
+        out = {"status": "error", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+        log(f"{name} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+      out["section_s"] = time.perf_counter() - t0
+    out["memory"] = device_memory()
+    results["sections"][name] = out
+    results["meta"]["elapsed_s"] = elapsed()
+    write_atomic(json_path, json.dumps(results, indent=2, default=str))
+  write_atomic(os.path.join(args.out, "results.md"), to_markdown(results))
+  print_table(results)
+  return results
+
+
+if __name__ == "__main__":
+  main()

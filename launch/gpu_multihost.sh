@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Multi-host GPU launch: maps SLURM or torchrun-style variables to jax.distributed.
+# Under SLURM:  srun --nodes=N --ntasks-per-node=1 --gpus-per-node=G launch/gpu_multihost.sh WORKDIR CONFIG [flags]
+# Elsewhere (one command per host): MASTER_ADDR=host0 MASTER_PORT=1234 WORLD_SIZE=N RANK=i \
+#   launch/gpu_multihost.sh WORKDIR CONFIG [flags]
+set -euo pipefail
+if [ $# -lt 2 ]; then
+  echo "usage: $0 WORKDIR CONFIG [--config.FIELD=VALUE ...]" >&2
+  exit 2
+fi
+workdir=$1 config=$2
+shift 2
+if [ -n "${SLURM_PROCID:-}" ]; then
+  head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+  export JAX_COORDINATOR_ADDRESS="${head}:${MASTER_PORT:-12355}"
+  export JAX_NUM_PROCESSES="$SLURM_NTASKS" JAX_PROCESS_ID="$SLURM_PROCID"
+else
+  : "${MASTER_ADDR:?set MASTER_ADDR (or run under SLURM)}" "${WORLD_SIZE:?set WORLD_SIZE}" "${RANK:?set RANK}"
+  export JAX_COORDINATOR_ADDRESS="${MASTER_ADDR}:${MASTER_PORT:-12355}"
+  export JAX_NUM_PROCESSES="$WORLD_SIZE" JAX_PROCESS_ID="$RANK"
+fi
+exec python3 -m lr_jax.main --config="$config" --workdir="$workdir" "$@"

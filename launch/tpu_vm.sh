@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs lr_jax on every worker of a TPU VM slice. The workdir must be shared storage (a gs:// path
+# through etils/epath, or an NFS mount) so that every host sees the same store and checkpoints.
+# Usage: launch/tpu_vm.sh TPU_NAME ZONE WORKDIR CONFIG [extra flags...]
+#   e.g. launch/tpu_vm.sh my-v5e-16 us-central2-b /mnt/nfs/runs/qwen15 configs/qwen_math.py
+set -euo pipefail
+if [ $# -lt 4 ]; then
+  echo "usage: $0 TPU_NAME ZONE WORKDIR CONFIG [--config.FIELD=VALUE ...]" >&2
+  exit 2
+fi
+name=$1 zone=$2 workdir=$3 config=$4
+shift 4
+extra=$(printf ' %q' "$@")
+cd "$(dirname "$0")/.."
+# This checkout goes to every worker; then the same command runs on all of them, and
+# jax.distributed.initialize() reads the TPU environment itself (LR_JAX_DISTRIBUTED=1).
+git ls-files -z | tar --null -czf /tmp/lr_jax_src.tgz -T -
+gcloud compute tpus tpu-vm scp /tmp/lr_jax_src.tgz "$name":lr_jax_src.tgz --zone="$zone" --worker=all
+gcloud compute tpus tpu-vm ssh "$name" --zone="$zone" --worker=all --command="
+  set -e
+  mkdir -p lr_jax && tar -xzf lr_jax_src.tgz -C lr_jax
+  cd lr_jax && python3 -m pip install -q -r requirements.txt 'jax[tpu]==0.10.2'
+  LR_JAX_DISTRIBUTED=1 python3 -m lr_jax.main --config=$config --workdir=$workdir$extra
+"

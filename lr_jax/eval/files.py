@@ -1,0 +1,47 @@
+"""JSON Lines and text files of the evaluation: strict reading, atomic writing."""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from lr_jax.data.store import write_file_atomic
+
+
+def iter_jsonl(path: str | os.PathLike, limit: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+  """Yields (1-based line number, record) for the first `limit` records of a JSON Lines file.
+
+  Blank lines are skipped. Raises FileNotFoundError for a missing file and ValueError naming
+  file:line for a line that is not a JSON object.
+  """
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path}: no such JSON Lines file")
+  count = 0
+  with open(path, encoding="utf-8") as f:
+    for line_number, line in enumerate(f, start=1):
+      if limit is not None and count >= limit:
+        return
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{line_number}: not valid JSON ({e.msg})") from None
+      if not isinstance(record, dict):
+        raise ValueError(f"{path}:{line_number}: expected a JSON object, got {type(record).__name__}")
+      count += 1
+      yield line_number, record
+
+
+def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -> None:
+  """Writes one JSON object per line (UTF-8, non-ASCII kept) via a temp file, fsync and rename."""
+  text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+  write_text_atomic(path, text)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+  """Writes `text` so that readers see the old file or the new one, never a part; makes parent dirs."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  write_file_atomic(path, text.encode("utf-8"))

@@ -1,0 +1,288 @@
+"""Lockstep contrastive decoding: the expert decodes greedily and the amateur follows in the same loop.
+
+Each step feeds the latest token to both models' KV caches, takes both next-token logits at the
+new position and turns them into the step's record (`contrastive_targets`, through the chunked
+`score_hidden` of `lr_jax.contrastive`); the expert's argmax over the compared vocabulary is the
+next token. The expert logits are computed once, for the choice and the record together, so the
+teacher-forced pass (a second forward of the expert over every trajectory and a second expert LM
+head at every step) disappears. Prefill and the whole decode loop are one jitted call.
+
+The records equal `contrastive_step` on the trajectory that `generate` produces (same greedy ids
+when generate's `valid_vocab` is the compared vocabulary). Rows stop contributing after their EOS
+(kept False, every field zero, ids `pad_id`).
+
+Also here: `default_sampling_batch`, the batch and chunk sizes that sampling uses when the config
+leaves them at 0, from the models' shapes and the device memory.
+
+Shapes: B rows (padded batch), P prompt bucket, N output slots (>= max_new_tokens), T =
+max_new_tokens, K top-k target slots, V vocabulary, D hidden.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from lr_jax.contrastive import ContrastiveConfig, ContrastiveOut, score_hidden
+from lr_jax.generate import GenerationOutput, _agree_max, _fetch, _first_local_row
+from lr_jax.generation.engine import MIN_PROMPT_BUCKET, bucket_size, decode_step, output_slots, prefill
+from lr_jax.models.config import ModelConfig
+from lr_jax.models.transformer import KVCache
+from lr_jax.sharding import Layout, constrain, host_local_to_global
+
+_TARGET_FIELDS = ("target_ids", "target_weights")  # [B, N, K]; every other ContrastiveOut field is [B, N]
+
+
+@dataclasses.dataclass(frozen=True)
+class LockstepSpec:
+  """Static settings of one compiled lockstep loop (hashable)."""
+  config: ContrastiveConfig
+  vocab: int  # V compared and chosen from: min(both row counts, config.valid_vocab)
+  eos_ids: tuple[int, ...]
+  pad_id: int
+  slots: int  # S = P + N
+  out_len: int  # N
+
+
+@flax.struct.dataclass
+class LockstepState:
+  """What the loop carries.
+
+  expert_cache, amateur_cache: the two KV caches; tokens: int32 `[B, N]` generated ids (pad_id after
+  a row finishes); num_tokens: int32 `[B]`, EOS included; last: int32 `[B]` the latest id;
+  positions: int32 `[B]` its RoPE position; finished: bool `[B]` (EOS, or a padding row);
+  step: int32 `[]` ids generated so far; scored: `ContrastiveOut` with `[B, N]` fields.
+  """
+  expert_cache: KVCache
+  amateur_cache: KVCache
+  tokens: jax.Array
+  num_tokens: jax.Array
+  last: jax.Array
+  positions: jax.Array
+  finished: jax.Array
+  step: jax.Array
+  scored: ContrastiveOut
+
+
+def _record_step(s: LockstepState, expert_hidden, amateur_hidden, expert, amateur, spec: LockstepSpec, layout):
+  """Scores step `s.step` from both hidden states `[B, D]`, appends the expert's greedy token."""
+  (eg, es), (ag, as_) = expert, amateur
+  active = ~s.finished
+  cfg = dataclasses.replace(spec.config, valid_vocab=spec.vocab, score_first_token=True)
+  out = score_hidden(eg, es, ag, as_, expert_hidden[:, None], amateur_hidden[:, None], active[:, None], cfg)
+  out = jax.tree.map(lambda x: x[:, 0], out)
+  scorable = active & ((s.step > 0) | spec.config.score_first_token)
+  out = out.replace(kept=out.kept & scorable)
+  out = jax.tree.map(lambda x: jnp.where(active.reshape((-1,) + (1,) * (x.ndim - 1)), x, jnp.zeros_like(x)), out)
+  token = jnp.where(active, out.expert_top1, spec.pad_id)
+  is_eos = jnp.isin(token, jnp.asarray(spec.eos_ids, jnp.int32)) if spec.eos_ids else jnp.zeros_like(active)
+
+  def write(buf, x):
+    return jax.lax.dynamic_update_slice_in_dim(buf, x[:, None].astype(buf.dtype), s.step, axis=1)
+
+  scored = jax.tree.map(write, s.scored, out)
+  scored = scored.replace(**{f: constrain(layout, getattr(scored, f), ("batch", None, None)) for f in _TARGET_FIELDS})
+  return s.replace(tokens=write(s.tokens, token), num_tokens=s.num_tokens + active.astype(jnp.int32), last=token,
+                   finished=s.finished | (active & is_eos), step=s.step + 1, scored=scored)
+
+
+def _empty_scored(b: int, spec: LockstepSpec, layout) -> ContrastiveOut:
+  n, k = spec.out_len, spec.config.top_k
+
+  def z(dtype, *shape):
+    return constrain(layout, jnp.zeros((b, n, *shape), dtype), ("batch",) + (None,) * (1 + len(shape)))
+
+  return ContrastiveOut(kl=z(jnp.float32), kept=z(bool), target_ids=z(jnp.int32, k),
+                        target_weights=z(jnp.float32, k), dropped_mass=z(jnp.float32),
+                        mask_size=z(jnp.int32), expert_top1=z(jnp.int32), amateur_top1=z(jnp.int32))
+
+
+def lockstep_decode(expert_graphdef: nnx.GraphDef, amateur_graphdef: nnx.GraphDef, expert_state: nnx.State,
+                    amateur_state: nnx.State, tokens: jax.Array, mask: jax.Array, max_new_tokens: jax.Array,
+                    *, spec: LockstepSpec) -> LockstepState:
+  """Prefill both models, then decode and score until `max_new_tokens` (int32 scalar <= N) or all EOS.
+
+  Args:
+    tokens, mask: `[B, P]` left-padded prompts (an all-False row is batch padding: finished).
+  Returns:
+    the final `LockstepState`; steps at or past a row's `num_tokens` are zero / pad_id.
+  """
+  expert, amateur = (expert_graphdef, expert_state), (amateur_graphdef, amateur_state)
+  layout = nnx.merge(expert_graphdef, expert_state).layout
+  b = tokens.shape[0]
+  expert_hidden, expert_cache = prefill(*expert, tokens, mask, spec.slots)
+  amateur_hidden, amateur_cache = prefill(*amateur, tokens, mask, spec.slots)
+  real = jnp.any(mask, axis=-1)
+  s = LockstepState(
+      expert_cache=expert_cache, amateur_cache=amateur_cache,
+      tokens=constrain(layout, jnp.full((b, spec.out_len), spec.pad_id, jnp.int32), ("batch", None)),
+      num_tokens=jnp.zeros((b,), jnp.int32), last=jnp.full((b,), spec.pad_id, jnp.int32),
+      positions=jnp.sum(mask, axis=-1, dtype=jnp.int32), finished=~real, step=jnp.zeros((), jnp.int32),
+      scored=_empty_scored(b, spec, layout))
+  s = _record_step(s, expert_hidden, amateur_hidden, expert, amateur, spec, layout)
+
+  def unfinished(s: LockstepState):
+    return (s.step < max_new_tokens) & ~jnp.all(s.finished)
+
+  def step(s: LockstepState) -> LockstepState:
+    expert_hidden, expert_cache = decode_step(*expert, s.expert_cache, s.last, s.positions)
+    amateur_hidden, amateur_cache = decode_step(*amateur, s.amateur_cache, s.last, s.positions)
+    s = s.replace(expert_cache=expert_cache, amateur_cache=amateur_cache, positions=s.positions + 1)
+    return _record_step(s, expert_hidden, amateur_hidden, expert, amateur, spec, layout)
+
+  return jax.lax.while_loop(unfinished, step, s)
+
+
+lockstep_jit = jax.jit(lockstep_decode, static_argnums=(0, 1), static_argnames=("spec",))
+
+
+def _check_prompts(prompts: Sequence[Sequence[int]], vocab: int, max_new_tokens: int) -> None:
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+  for i, p in enumerate(prompts):
+    if len(p) == 0:
+      raise ValueError(f"prompts[{i}] is empty; every prompt needs at least one token")
+    if min(p) < 0 or max(p) >= vocab:
+      raise ValueError(f"prompts[{i}] holds id {min(p) if min(p) < 0 else max(p)}, outside the vocabulary "
+                       f"[0, {vocab}) that both models hold")
+
+
+def contrastive_decode(expert: tuple[nnx.GraphDef, nnx.State], amateur: tuple[nnx.GraphDef, nnx.State],
+                       prompts: Sequence[Sequence[int]], *, max_new_tokens: int, eos_ids: Sequence[int] = (),
+                       pad_id: int = 0, config: ContrastiveConfig = ContrastiveConfig(),
+                       layout: Layout | None = None, min_batch: int = 1
+                       ) -> tuple[GenerationOutput, ContrastiveOut]:
+  """Greedy expert trajectories and their contrastive records, both models stepped together.
+
+  Args:
+    expert, amateur: `(graphdef, state)` of two models sharing a tokenizer (row counts may differ).
+    prompts: token-id lists (this host's, when multi-host), each of length >= 1.
+    max_new_tokens: T, the most ids generated per prompt.
+    eos_ids: ids that end a row (kept in its output).
+    pad_id: fills padding and the steps after a row's EOS.
+    config: the selection rule; `config.valid_vocab` (default: the smaller row count) is also the
+      vocabulary the greedy token is chosen from; `chunk_size` bounds the rows of each LM head call.
+    layout: shards the batch over ('data', 'fsdp'); default the expert's own layout.
+    min_batch: pad the batch to at least this many rows (one compiled shape across batches).
+  Returns:
+    (GenerationOutput of tokens / lengths / finish_reasons in prompt order, ContrastiveOut of
+    numpy arrays `[len(prompts), T]` (targets `[len(prompts), T, K]`) for this host's prompts).
+  """
+  (eg, es), (ag, as_) = expert, amateur
+  expert_model, amateur_model = nnx.merge(eg, es), nnx.merge(ag, as_)
+  rows_vocab = min(expert_model.config.vocab_size, amateur_model.config.vocab_size)
+  _check_prompts(prompts, rows_vocab, max_new_tokens)
+  layout = layout if layout is not None else expert_model.layout
+  n = len(prompts)
+  rows_needed, longest = _agree_max(max(n, min_batch), max((len(p) for p in prompts), default=1))
+  rows_multiple = 1
+  if layout is not None:
+    if layout.data_size % jax.process_count():
+      raise ValueError(f"layout splits the batch {layout.data_size} ways, not a multiple of "
+                       f"{jax.process_count()} processes")
+    rows_multiple = layout.data_size // jax.process_count()
+  rows = -(-bucket_size(rows_needed) // rows_multiple) * rows_multiple
+  length = bucket_size(longest, MIN_PROMPT_BUCKET)
+  out_len = output_slots(max_new_tokens)
+  spec = LockstepSpec(config=config, vocab=min(rows_vocab, config.valid_vocab or rows_vocab),
+                      eos_ids=tuple(int(e) for e in eos_ids), pad_id=int(pad_id), slots=length + out_len,
+                      out_len=out_len)
+
+  tokens = np.full((rows, length), pad_id, np.int32)
+  mask = np.zeros((rows, length), bool)
+  for i, p in enumerate(prompts):
+    tokens[i, length - len(p):] = p
+    mask[i, length - len(p):] = True
+  if layout is not None:
+    tokens, mask = host_local_to_global((tokens, mask), layout)
+  s = lockstep_jit(eg, ag, es, as_, tokens, mask, np.int32(max_new_tokens), spec=spec)
+
+  first = _first_local_row(s.tokens)
+  ids, counts = _fetch(s.tokens), _fetch(s.num_tokens)
+  local = slice(first, first + n)
+  scored = jax.tree.map(lambda x: _fetch(x)[local, :max_new_tokens], s.scored)
+  out_tokens = [ids[g, :counts[g]].tolist() for g in range(first, first + n)]
+  eos = set(spec.eos_ids)
+  reasons = ["eos" if row and row[-1] in eos else "length" for row in out_tokens]
+  gen = GenerationOutput(tokens=out_tokens, lengths=np.asarray([len(t) for t in out_tokens], np.int32),
+                         finish_reasons=reasons)
+  return gen, scored
+
+
+# Memory model of `default_sampling_batch`.
+USABLE_MEMORY_FRACTION = 0.5  # of the device memory: headroom for XLA's temporaries and fragmentation
+CHUNK_MEMORY_SHARE = 0.125  # of the usable memory left after weights, for one chunk of LM-head rows
+LOGIT_COPIES = 4  # float32 [rows, V] per chunk row: both models' logits and their vocabulary slices
+MAX_BATCH, MIN_CHUNK, MAX_CHUNK = 256, 16, 1024
+
+
+def _pow2_floor(x: float) -> int:
+  return 1 << (int(x).bit_length() - 1) if x >= 1 else 0
+
+
+def default_sampling_batch(expert_cfg: ModelConfig, amateur_cfg: ModelConfig, vocab: int, max_len: int,
+                           device_memory_bytes: int, *, param_bytes: int = 2) -> tuple[int, int]:
+  """Rows per device and scoring chunk for sampling, from the models' shapes and the device memory.
+
+  Memory model (bytes on one device; weights replicated, as under the 'sample' rules), with
+  usable = USABLE_MEMORY_FRACTION * device_memory_bytes - weights of both models:
+    chunk rows: LOGIT_COPIES float32 `[V]` rows each, within CHUNK_MEMORY_SHARE of usable;
+    batch rows: both KV caches over `max_len` slots, one forward's activations over `max_len`
+      tokens (3 MLP-wide and 4 hidden-wide vectors per token, float32 attention scores per head),
+      and float32 `[V]` logits of both models at one decode step; within the rest of usable.
+  Both are powers of two (batch capped at MAX_BATCH, chunk in [MIN_CHUNK, MAX_CHUNK]): on
+  memory-rich devices decoding is compute-bound well before MAX_BATCH rows.
+
+  Args:
+    expert_cfg, amateur_cfg: the two models.
+    vocab: V, rows compared (the LM heads are evaluated over every embedding row, the larger count).
+    max_len: prompt bucket plus new tokens: the cache slots per row.
+    device_memory_bytes: memory of one device (see `device_memory_bytes`).
+    param_bytes: bytes per weight and activation element (2 for bfloat16, 4 for float32).
+  Returns:
+    (batch, chunk): batch rows per device (multiply by the data-parallel ways for a global batch)
+    and `ContrastiveConfig.chunk_size`.
+  """
+  cfgs = (expert_cfg, amateur_cfg)
+  heads_vocab = max(vocab, *(c.vocab_size for c in cfgs))
+  weights = sum(c.num_params() for c in cfgs) * param_bytes
+  usable = USABLE_MEMORY_FRACTION * device_memory_bytes - weights
+  chunk_row = LOGIT_COPIES * heads_vocab * 4
+  kv_row = sum(2 * c.num_layers * c.num_kv_heads * c.head_dim * max_len * param_bytes for c in cfgs)
+  act_row = max(max_len * (3 * c.intermediate_size + 4 * c.hidden_size) * param_bytes
+                + c.num_heads * max_len * max_len * 4 for c in cfgs)
+  row = kv_row + act_row + 2 * heads_vocab * 4
+  chunk = min(max(_pow2_floor(CHUNK_MEMORY_SHARE * usable / chunk_row), MIN_CHUNK), MAX_CHUNK)
+  batch = min(_pow2_floor((usable - chunk * chunk_row) / row), MAX_BATCH)
+  if batch < 1:
+    raise ValueError(f"default_sampling_batch: {device_memory_bytes / 2**30:.2f} GiB per device cannot hold "
+                     f"both models ({weights / 2**30:.2f} GiB of weights) and one row of {max_len} tokens; "
+                     "set config.sample.batch_size, or use more devices")
+  logging.info("sampling batch %d rows per device, chunk %d: %.2f GiB per device, weights %.2f GiB, "
+               "%.1f MiB per row, %.1f MiB per chunk row", batch, chunk, device_memory_bytes / 2**30,
+               weights / 2**30, row / 2**20, chunk_row / 2**20)
+  return batch, chunk
+
+
+def device_memory_bytes(device: jax.Device | None = None) -> int:
+  """Memory of one device: its allocator limit, or on CPU the available host memory split over local devices."""
+  device = device or jax.local_devices()[0]
+  try:
+    stats = device.memory_stats()
+  except (NotImplementedError, RuntimeError):
+    stats = None
+  if stats and stats.get("bytes_limit"):
+    return int(stats["bytes_limit"])
+  try:
+    with open("/proc/meminfo") as f:
+      host = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+  except (OSError, StopIteration):
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  return host // max(len(jax.local_devices()), 1)

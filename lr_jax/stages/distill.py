@@ -1,0 +1,88 @@
+"""The distillation stage: LoRA-tune the expert on the stored contrastive targets.
+
+Packs the sample store into updates of `steps_per_update` kept steps (trajectories packed whole,
+one forward per row), runs `distill_step`, checkpoints with Orbax every `checkpoint_every` updates
+and resumes from the newest readable checkpoint. Ends with the adapter as a PEFT folder
+(workdir/checkpoints/final_adapter) and DONE.json.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from lr_jax.checkpointing import Checkpointer
+from lr_jax.data.packing import PackedUpdates, PackingConfig
+from lr_jax.data.store import SampleStore
+from lr_jax.distill import DistillConfig, init_train_state, make_distill_step, shard_batch
+from lr_jax.export import export_peft
+from lr_jax.models.lora import LoRAConfig, apply_lora, split_trainable
+from lr_jax.stages import common
+from lr_jax.stages.evaluate import ADAPTER_DIR
+
+
+def lora_config(config) -> LoRAConfig:
+  d = config.distill
+  return LoRAConfig(targets=tuple(d.lora_targets), rank=d.lora_rank, alpha=float(d.lora_alpha),
+                    dropout=d.lora_dropout)
+
+
+def run(config, workdir: common.Workdir, writer) -> dict:
+  if os.path.isfile(workdir.distill_done):
+    return {"skipped": True}
+  d = config.distill
+  records = list(SampleStore(workdir.samples).iter_records())
+  kept = sum(r.num_kept for r in records)
+  if not kept:
+    raise ValueError(f"{workdir.samples}: no kept steps to train on (lower sample.beta?)")
+  tokenizer = common.load_tokenizer(config.expert)
+  layout = common.make_layout(config.mesh.train, "train")
+  pretrained = common.load_model(config.expert, config.dtype, layout, remat=d.remat)
+  lora = lora_config(config)
+  apply_lora(pretrained.model, lora, rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1))
+  graphdef, params, frozen = split_trainable(pretrained.model, lora)
+  valid_vocab = min(len(tokenizer), pretrained.config.vocab_size)
+  dcfg = DistillConfig(total_updates=d.updates, learning_rate=d.learning_rate, max_grad_norm=d.grad_clip,
+                       valid_vocab=valid_vocab)
+  epochs = math.ceil(d.updates * d.steps_per_update / kept)  # the paper's 1000 updates revisit the data
+  pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+  packing = PackingConfig(steps_per_update=d.steps_per_update, micro_batches=d.micro_batches,
+                          row_multiple=layout.data_size, shuffle_seed=config.seed, epochs=epochs, pad_id=pad_id)
+  packed = PackedUpdates(records, packing, valid_vocab)
+  n_updates = min(d.updates, len(packed))
+  state = init_train_state(params, dcfg, config.seed, layout)
+  ckpt = Checkpointer(os.path.join(workdir.checkpoints, "orbax"), save_every=d.checkpoint_every,
+                      keep=d.keep_checkpoints)
+  start = 0
+  restored = ckpt.restore(state)
+  if restored is not None:
+    state, meta = restored
+    start = int(meta["next_update"])
+    common.log("distill: resumed at update %d of %d", start, n_updates)
+  step = make_distill_step(graphdef, dcfg, layout)
+  common.log("distill: %d records, %d kept steps, %d updates of %d steps (%d epochs)", len(records), kept,
+             n_updates, d.steps_per_update, epochs)
+  t0 = time.time()
+  for u in tqdm(range(start, n_updates), desc="distill", initial=start, total=n_updates,
+                disable=jax.process_index() != 0):
+    state, metrics = step(state, frozen, shard_batch(packed.batch(u), layout))
+    metrics = jax.device_get(metrics)
+    writer.write("distill", u, {**metrics, "supervised_steps_per_s": metrics["supervised_steps"] /
+                                max(time.time() - t0, 1e-9)})
+    t0 = time.time()
+    ckpt.save(u + 1, state, {"next_update": u + 1, "num_updates": n_updates})
+  ckpt.save(n_updates, state, {"next_update": n_updates, "num_updates": n_updates}, force=True)
+  ckpt.wait()
+  ckpt.close()
+  model = nnx.merge(graphdef, state.params, frozen)
+  if common.is_main_process():
+    export_peft(model, lora, os.path.join(workdir.checkpoints, ADAPTER_DIR), base_model_name_or_path=config.expert)
+    common.write_json(workdir.distill_done, {"updates": n_updates, "kept_steps": kept, "epochs": epochs,
+                                             "records": len(records)})
+  return {"updates": n_updates, "kept_steps": kept, "final_loss": float(np.asarray(metrics["loss"]))
+          if n_updates > start else None}

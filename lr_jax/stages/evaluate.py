@@ -1,0 +1,107 @@
+"""The evaluation stage: greedy pass@1 of the base expert, the tuned expert (and optionally the amateur).
+
+`config.eval.benchmarks` lists names of the shared benchmarks (`gsm8k`, `math`, ...) or custom sets
+as `LABEL=READER:PATH` (PATH read with benchmark READER's fields, reported as LABEL).
+Results go to workdir/eval/<model>/ (per-item JSONL, results.json/.md); base vs tuned with a paired
+significance test to workdir/eval/comparison.{json,md}.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+
+from lr_jax.data.prompts import default_stop_strings
+from lr_jax.eval.benchmarks import load_benchmark
+from lr_jax.eval.harness import Completion, compare_runs, comparison_markdown, evaluate
+from lr_jax.export import load_peft_adapter
+from lr_jax.generate import generate_batched
+from lr_jax.stages import common
+
+ADAPTER_DIR = "final_adapter"
+
+
+def parse_benchmarks(spec: str, data_dir: str, limit: int):
+  """Items of every benchmark in `spec` (comma-separated names or LABEL=READER:PATH)."""
+  items = []
+  for entry in (s.strip() for s in spec.split(",") if s.strip()):
+    if "=" in entry:
+      label, rest = entry.split("=", 1)
+      reader, _, path = rest.partition(":")
+      if not path:
+        raise ValueError(f"config.eval.benchmarks: {entry!r} should be LABEL=READER:PATH")
+      items += [dataclasses.replace(it, benchmark=label) for it in load_benchmark(reader, path, limit or None)]
+    else:
+      path = os.path.join(data_dir, entry, "test.jsonl") if data_dir else None
+      items += load_benchmark(entry, path, limit or None)
+  if not items:
+    raise ValueError("config.eval.benchmarks: no benchmark given")
+  return items
+
+
+def _completer(pretrained, tokenizer, config, layout):
+  eos = common.eos_ids(pretrained.path, tokenizer)
+  pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+  valid_vocab = min(len(tokenizer), pretrained.config.vocab_size)
+  stops = list(default_stop_strings(config.eval.template)) or None
+
+  def complete(prompts: list[str]) -> list[Completion]:
+    ids = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+    out = generate_batched(pretrained.model, ids, max_new_tokens=config.eval.max_new_tokens,
+                           batch_size=config.eval.batch_size // jax.process_count(), eos_ids=eos, pad_id=pad_id,
+                           stop_strings=stops, tokenizer=tokenizer if stops else None,
+                           valid_vocab=valid_vocab, layout=layout)
+    return [Completion(text=tokenizer.decode(t, skip_special_tokens=True), num_tokens=len(t),
+                       finish_reason="length" if r == "length" else "stop")
+            for t, r in zip(out.tokens, out.finish_reasons)]
+
+  return complete
+
+
+def _done(run_dir: str, items) -> bool:
+  path = os.path.join(run_dir, "results.json")
+  if not os.path.isfile(path):
+    return False
+  got = common.read_json(path)["benchmarks"]
+  want = {}
+  for it in items:
+    want[it.benchmark] = want.get(it.benchmark, 0) + 1
+  return all(b in got and got[b]["num_items"] == n for b, n in want.items())
+
+
+def run(config, workdir: common.Workdir, writer) -> dict:
+  items = parse_benchmarks(config.eval.benchmarks, config.eval.data_dir, config.eval.limit)
+  models = [m.strip() for m in config.eval.models.split(",") if m.strip()]
+  adapter = os.path.join(workdir.checkpoints, ADAPTER_DIR)
+  system_prompt = config.eval.system_prompt or config.prompt.system_prompt
+  layout = None
+  summary, skipped = {}, True
+  for name in models:
+    run_dir = os.path.join(workdir.eval, name)
+    if _done(run_dir, items):
+      summary[name] = common.read_json(os.path.join(run_dir, "results.json"))["average"]
+      continue
+    skipped = False
+    if name == "tuned" and not os.path.isdir(adapter):
+      raise FileNotFoundError(f"{adapter}: no trained adapter; run the distill stage first")
+    if layout is None:
+      layout = common.make_layout(config.mesh.eval, "sample")
+    source = config.amateur if name == "amateur" else config.expert
+    pretrained = common.load_model(source, config.dtype, layout)
+    if name == "tuned":
+      load_peft_adapter(pretrained.model, adapter)
+    tokenizer = common.load_tokenizer(source)
+    common.log("eval: %s (%s) on %d items", name, source, len(items))
+    results = evaluate(items, _completer(pretrained, tokenizer, config, layout), workdir.eval,
+                       template=config.eval.template, run_name=name, tokenizer=tokenizer,
+                       system_prompt=system_prompt)
+    summary[name] = results["average"]
+    for b, r in results["benchmarks"].items():
+      writer.write("eval", models.index(name), {f"{name}/{b}": r["accuracy"]})
+  if "base" in models and "tuned" in models and common.is_main_process():
+    comparison = compare_runs(os.path.join(workdir.eval, "base"), os.path.join(workdir.eval, "tuned"))
+    common.write_json(os.path.join(workdir.eval, "comparison.json"), comparison)
+    with open(os.path.join(workdir.eval, "comparison.md"), "w") as f:
+      f.write(comparison_markdown(comparison))
+  return {"skipped": skipped, **{f"average_{k}": v for k, v in summary.items()}}

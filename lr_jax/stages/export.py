@@ -1,0 +1,30 @@
+"""The export stage: the tuned expert as a merged HF checkpoint and as a PEFT adapter folder."""
+from __future__ import annotations
+
+import os
+
+from lr_jax.export import export_merged, export_peft, load_peft_adapter
+from lr_jax.models.hf_io import resolve_checkpoint
+from lr_jax.stages import common
+from lr_jax.stages.evaluate import ADAPTER_DIR
+
+
+def run(config, workdir: common.Workdir) -> dict:
+  """Writes workdir/export/{merged,peft} (process 0; each folder appears atomically)."""
+  adapter = os.path.join(workdir.checkpoints, ADAPTER_DIR)
+  if os.path.isfile(workdir.export_done):
+    return {"skipped": True}
+  if not os.path.isdir(adapter):
+    raise FileNotFoundError(f"{adapter}: no trained adapter; run the distill stage first")
+  if common.is_main_process():
+    pretrained = common.load_model(config.expert, config.export.dtype, None)
+    lora = load_peft_adapter(pretrained.model, adapter)
+    if config.export.merged:
+      export_merged(pretrained.model, workdir.export_merged, source_dir=resolve_checkpoint(config.expert),
+                    max_shard_bytes=config.export.max_shard_bytes, dtype=config.export.dtype)
+      common.log("export: merged checkpoint in %s", workdir.export_merged)
+    if config.export.peft:
+      export_peft(pretrained.model, lora, workdir.export_peft, base_model_name_or_path=config.expert)
+      common.log("export: PEFT adapter in %s", workdir.export_peft)
+    common.write_json(workdir.export_done, {"merged": bool(config.export.merged), "peft": bool(config.export.peft)})
+  return {}

@@ -1,0 +1,84 @@
+"""bench/accelerator_suite.py: the smoke run fills every section and prints the table last; the time
+guard, per-section error capture and the HLO buffer scan behave as the GPU run relies on."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import sys
+
+import pytest
+
+from tests.helpers import REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def suite():
+  name = "bench_accelerator_suite"
+  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO_ROOT, "bench", "accelerator_suite.py"))
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[name] = module  # dataclasses resolve string annotations through sys.modules
+  spec.loader.exec_module(module)
+  yield module
+  del sys.modules[name]
+
+
+def read_json(folder):
+  with open(os.path.join(folder, "results.json")) as f:
+    return json.load(f)
+
+
+def test_smoke_run_fills_every_section_and_prints_the_table_last(suite, tmp_path, capsys):
+  results = suite.main(["--smoke", "--out", str(tmp_path)])
+  printed = capsys.readouterr().out
+  on_disk = read_json(tmp_path)
+  assert list(on_disk["sections"]) == list(suite.SECTIONS)
+  torch_missing = importlib.util.find_spec("torch") is None
+  for name, section in on_disk["sections"].items():
+    expected = "skipped" if name == "torch" and torch_missing else "ok"
+    assert section["status"] == expected, (name, section.get("error"))
+    assert "memory" in section
+  sec = results["sections"]
+  assert sec["ceilings"]["matmul_flops_per_s"] > 0 and sec["ceilings"]["copy_bytes_per_s"] > 0
+  gen = sec["generate"]["batches"]["4"]
+  assert gen["all_rows_full_length"] and gen["tokens_per_s"] > 0 and gen["roofline_fraction"] > 0
+  con = sec["contrastive"]
+  assert con["no_full_logits"]["largest_f32_below_bsv"] and 0 < con["mfu_vs_nominal"] < con["mfu_vs_measured"]
+  assert sec["distill"]["variants"]["remat"]["loss_finite"] and sec["distill"]["supervised_steps"] == 4
+  proj = sec["projection"]
+  assert proj["total_s"] == pytest.approx(proj["sampling_s"] + proj["scoring_s"] + proj["training_s"]
+                                          + proj["compile_s"])
+  tail = printed[printed.index("=== accelerator suite summary ==="):]
+  assert "generate batch 4" in tail and "paper workload projected" in tail
+  assert not re.search(r"^\[\s*[0-9.]+s\]", tail, re.M), "a progress line came after the table"
+  with open(os.path.join(tmp_path, "results.md")) as f:
+    assert "| generate batch 4 |" in f.read()
+
+
+def test_sections_past_the_budget_are_skipped_with_a_note_and_still_written(suite, tmp_path):
+  suite.main(["--smoke", "--out", str(tmp_path), "--sections", "ceilings,distill,projection", "--budget-seconds", "0"])
+  sections = read_json(tmp_path)["sections"]
+  assert [s["status"] for s in sections.values()] == ["skipped"] * 3
+  assert "budget" in sections["ceilings"]["note"] and "needs results" in sections["projection"]["note"]
+
+
+def test_a_failing_section_is_recorded_and_the_next_one_still_runs(suite, tmp_path, monkeypatch):
+  def broken(ctx):
+    raise RuntimeError("device fell over")
+
+  monkeypatch.setitem(suite.SECTION_FNS, "generate", broken)
+  suite.main(["--smoke", "--out", str(tmp_path), "--sections", "generate,ceilings"])
+  sections = read_json(tmp_path)["sections"]
+  assert sections["generate"]["status"] == "error" and "device fell over" in sections["generate"]["error"]
+  assert sections["ceilings"]["status"] == "ok"
+
+
+def test_unknown_section_is_refused_in_one_line(suite):
+  with pytest.raises(ValueError, match="--sections: bogus not among"):
+    suite.parse_args(["--sections", "ceilings,bogus"])
+
+
+def test_hlo_scan_finds_the_largest_float32_shape(suite):
+  hlo = "%a = bf16[64,128,151936]{2,1,0} p0\n%b = f32[256,151936]{1,0} dot()\n%c = f32[] constant(0)\n%d = f32[9,9]"
+  assert suite.largest_f32_buffer(hlo) == (256 * 151936, "f32[256,151936]")

@@ -1,0 +1,29 @@
+"""bench/sampling.py --smoke runs end to end and prints seconds per problem and the ratios to the original."""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+
+from tests.helpers import REPO_ROOT, shared_path
+
+
+def test_smoke_run_prints_ratio_lines_and_the_three_approaches_agree(capsys):
+  pytest.importorskip("torch")
+  spec = importlib.util.spec_from_file_location("bench_sampling", os.path.join(REPO_ROOT, "bench", "sampling.py"))
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  results = bench.main(["--smoke", "--shared", os.path.dirname(shared_path("tokenizers"))])
+  out = capsys.readouterr().out
+  for key in ("teacher-forced", "lockstep"):
+    assert f"(b) lr_jax teacher-forced fp32" in out and f"(c) lr_jax lockstep fp32" in out
+    assert results[f"ratio_{key}_fp32"] == pytest.approx(
+        results["original_s_per_problem"] / results[f"{key}_fp32_s_per_problem"])
+  assert out.count("ratio vs original") == 2
+  assert "% of FLOP floor" in out and "peak host memory" in out
+  # Same fp32 weights and ids: the same greedy trajectories and kept steps on all three paths.
+  assert "lockstep == teacher-forced trajectories 2/2, == transformers 2/2" in out
+  kept = out.split("kept steps: original ")[1].split(";")[0]
+  original, teacher_forced, lockstep = (int(part.split()[-1]) for part in kept.split(","))
+  assert original == teacher_forced == lockstep

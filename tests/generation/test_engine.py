@@ -1,0 +1,90 @@
+"""The cached building blocks (`prefill`, `decode_step`, `next_token_logits`) against full forwards."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from lr_jax.generate import generate
+from lr_jax.generation.engine import bucket_size, decode_step, next_token_logits, output_slots, prefill
+from lr_jax.models import from_pretrained, positions_from_mask
+from tests.helpers import make_tiny_hf
+
+VOCAB = 1024
+
+
+@pytest.fixture(autouse=True)
+def highest_precision():
+  with jax.default_matmul_precision("highest"):
+    yield
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+  path = make_tiny_hf(tmp_path_factory.mktemp("engine"), "qwen2", vocab_size=VOCAB, tokenizer=False)
+  return from_pretrained(path, dtype=jnp.float32).model
+
+
+@pytest.fixture(scope="module")
+def full_logits(model):
+  """Jitted no-cache forward: float32 logits `[B, T, V]` for ids and mask `[B, T]`."""
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def run(state, ids, mask):
+    m = nnx.merge(graphdef, state)
+    hidden, _ = m(ids, positions_from_mask(mask), mask)
+    return m.logits(hidden)
+
+  return lambda ids, mask: np.asarray(run(state, jnp.asarray(ids, jnp.int32), jnp.asarray(mask, bool)))
+
+
+def test_buckets_are_powers_of_two_and_output_slots_round_up():
+  assert [bucket_size(n, 16) for n in (1, 16, 17, 33, 64, 65)] == [16, 16, 32, 64, 64, 128]
+  assert [bucket_size(n) for n in (1, 2, 3, 5)] == [1, 2, 4, 8]
+  assert [output_slots(n) for n in (1, 32, 33)] == [32, 32, 64]
+
+
+def test_prefill_then_decode_steps_reproduce_full_forward_logits(model, full_logits):
+  rng = np.random.default_rng(0)
+  lengths, prompt_len, steps = (5, 11), 16, 6
+  ids = np.zeros((2, prompt_len + steps), np.int32)
+  mask = np.zeros(ids.shape, bool)
+  for row, n in enumerate(lengths):  # left-padded prompts, then `steps` forced tokens
+    ids[row, prompt_len - n:] = rng.integers(0, VOCAB, n + steps)
+    mask[row, prompt_len - n:] = True
+  expected = full_logits(ids, mask)[:, prompt_len - 1:-1]
+
+  graphdef, state = nnx.split(model)
+  prefill_jit = jax.jit(prefill, static_argnums=(0, 4))
+  step_jit = jax.jit(decode_step, static_argnums=0)
+  logits_jit = jax.jit(next_token_logits, static_argnums=0)
+  hidden, cache = prefill_jit(graphdef, state, ids[:, :prompt_len], mask[:, :prompt_len], prompt_len + steps)
+  got = [logits_jit(graphdef, state, hidden)]
+  positions = mask[:, :prompt_len].sum(-1).astype(np.int32)
+  for j in range(steps - 1):
+    hidden, cache = step_jit(graphdef, state, cache, ids[:, prompt_len + j], positions + j)
+    got.append(logits_jit(graphdef, state, hidden))
+
+  np.testing.assert_allclose(np.stack(got, axis=1), expected, atol=1e-4)
+  assert int(cache.end) == prompt_len + steps - 1
+  np.testing.assert_array_equal(cache.valid[:, :prompt_len + steps - 1], mask[:, :-1])
+
+
+def test_greedy_generate_equals_argmax_of_repeated_full_forwards(model, full_logits):
+  rng = np.random.default_rng(1)
+  prompts = [rng.integers(0, VOCAB, n).tolist() for n in (2, 9, 15)]
+  new = 10
+  out = generate(model, prompts, max_new_tokens=new, return_logprobs=True)
+  for prompt, ids, logprobs in zip(prompts, out.tokens, out.logprobs):
+    seq, expected_lp = list(prompt), []
+    for _ in range(new):
+      padded = np.zeros((1, 32), np.int32)  # right padding: causal attention never sees it
+      padded[0, :len(seq)] = seq
+      row = full_logits(padded, (np.arange(32) < len(seq))[None])[0, len(seq) - 1].astype(np.float64)
+      seq.append(int(np.argmax(row)))
+      expected_lp.append(row[seq[-1]] - np.log(np.sum(np.exp(row - row.max()))) - row.max())
+    assert ids == seq[len(prompt):]
+    np.testing.assert_allclose(logprobs, expected_lp, atol=1e-4)
