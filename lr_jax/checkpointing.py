@@ -41,12 +41,13 @@ class Checkpointer:
     return sorted(self._manager.all_steps())
 
   def save(self, step: int, state: Any, meta: dict[str, Any], *, force: bool = False) -> bool:
-    """Starts saving `state` and `meta` as `step` if it is a multiple of `save_every` (or `force`).
+    """Starts saving `state` and `meta` as `step` if it is a multiple of `save_every` (or `force`)
+    and not saved already (a final forced save may repeat the last periodic one).
 
-    Returns whether a save started. The arrays are copied before this returns, so the caller may
-    donate `state` to the next update right away.
+    Returns whether a save started. The device-to-host transfer completes before this returns (the
+    write continues in the background), so the caller may donate `state` to the next update.
     """
-    if step % self.save_every and not force:
+    if (step % self.save_every and not force) or step in self._manager.all_steps():
       return False
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
     return self._manager.save(step, args=args, force=True)

@@ -83,10 +83,8 @@ def score_hidden(expert_graphdef, expert_state, amateur_graphdef, amateur_state,
 
   def chunk(args):
     he, ha = args
-    out = contrastive_targets(expert.logits(he)[:, :vocab], amateur.logits(ha)[:, :vocab], alpha=config.alpha,
-                              beta=config.beta, top_k=config.top_k, beta_inclusive=config.beta_inclusive,
-                              valid_vocab=vocab)
-    return out
+    return contrastive_targets(expert.logits(he), amateur.logits(ha), alpha=config.alpha, beta=config.beta,
+                               top_k=config.top_k, beta_inclusive=config.beta_inclusive, valid_vocab=vocab)
 
   out = jax.lax.map(chunk, (flat_e, flat_a))
   out = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:])[:n].reshape(b, t, *x.shape[2:]), out)

@@ -8,12 +8,13 @@ the gathered supervised positions (`[S, D]` hidden -> `[S, V]` float32 logits), 
 Micro-batches (the batch's leading axis) accumulate gradients of the summed KL in a `lax.scan`; the
 sum is divided by the update's supervised-step count once, so any split gives the same update.
 
-Optimizer (the original recipe, Hugging Face Trainer defaults): clip_by_global_norm(1.0) then AdamW
-(b1 0.9, b2 0.999, eps 1e-8, weight decay 0) with the learning rate decaying linearly from
-`learning_rate` at update 0 to 0 at `total_updates`, no warm-up.
+Optimizer (the original recipe: transformers' AdamW, linear schedule and gradient clipping):
+clip_by_global_norm(1.0) then AdamW (b1 0.9, b2 0.999, eps 1e-8, weight decay 0) with the learning
+rate decaying linearly from `learning_rate` at update 0 to 0 at `total_updates`, no warm-up.
 
 Batch layout: see `lr_jax.data.packing`. Sharding: the frozen base as its logical axes say (FSDP under
-the 'train' rules), rows over the data axes, LoRA factors and optimizer moments replicated.
+the 'train' rules), rows over the data axes, LoRA factors and their optimizer moments replicated
+(fully trained parameters, if any, keep their logical-axes sharding).
 """
 from __future__ import annotations
 
@@ -159,9 +160,9 @@ def make_distill_step(graphdef: nnx.GraphDef, config: DistillConfig, layout: Lay
 
   graphdef, frozen: from `lora.split_trainable(model, ...)`; the model's `remat` flag (set when it was
   built) decides rematerialisation. layout: the one the model was built with; the new trainable and
-  optimizer states keep the layout of `init_train_state(..., layout)`. metrics (float32 scalars): loss (mean KL over supervised steps),
-  grad_norm (before clipping), lr (used for this update), supervised_steps, tokens (forward tokens,
-  padding excluded).
+  optimizer states keep the layout of `init_train_state(..., layout)`.
+  metrics (float32 scalars): loss (mean KL over supervised steps), grad_norm (before clipping), lr
+  (used for this update), supervised_steps, tokens (forward tokens, padding excluded).
   """
   optimizer = make_optimizer(config)
   schedule = lr_schedule(config)

@@ -23,10 +23,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lr_jax.models.hf_io import save_pretrained, to_hf_tensors
-from lr_jax.models.lora import (TARGETS, LoRAConfig, LoRAParam, adapter_scale, apply_lora, from_peft_tensors, merge_lora,
-                                to_peft_tensors)
+from lr_jax.models.lora import (TARGETS, LoRAConfig, LoRAParam, adapter_scale, apply_lora, from_peft_tensors,
+                                merge_lora, to_peft_tensors)
 from lr_jax.models.safetensors_io import SafetensorsFile, save_file
 from lr_jax.models.transformer import Transformer
+from lr_jax.sharding import shard_state
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -39,6 +40,7 @@ def _atomic_dir(out_dir: str) -> Iterator[str]:
   parent = os.path.dirname(out_dir)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.tmp-")
+  os.chmod(tmp, 0o755)  # mkdtemp makes it private; an export is meant to be shared
   try:
     yield tmp
     old = None
@@ -147,7 +149,8 @@ def load_peft_adapter(model: Transformer, adapter_dir: str, *, rngs: nnx.Rngs | 
   """Loads a PEFT LoRA adapter into `model` (in place) and returns its config.
 
   A model without adapters gets them (`apply_lora`, dropout streams from `rngs`); a model that has
-  them must have the adapter's targets and rank.
+  them must have the adapter's targets, rank and scale. The factors are placed on the model's
+  mesh (replicated) when it has a layout.
   """
   lora = read_adapter_config(adapter_dir)
   weights = os.path.join(adapter_dir, ADAPTER_WEIGHTS)
@@ -161,5 +164,6 @@ def load_peft_adapter(model: Transformer, adapter_dir: str, *, rngs: nnx.Rngs | 
   present = nnx.state(model, LoRAParam)
   file = SafetensorsFile(weights)
   tensors = {name: file.get(name) for name in file.keys()}
-  nnx.update(model, from_peft_tensors(present, tensors, weights))
+  # Placed like the model (replicated over its mesh), so a sharded or multi-host model can use them.
+  nnx.update(model, shard_state(from_peft_tensors(present, tensors, weights), model.layout))
   return lora

@@ -186,6 +186,9 @@ def test_saves_every_n_updates_and_keeps_the_last_k(model_dir, tmp_path):
   saved = [ckpt.save(s, state, {"update": s}) for s in range(1, 8)]
   ckpt.wait()
   assert saved == [False, True, False, True, False, True, False] and ckpt.all_steps() == [4, 6]
+  assert ckpt.save(7, state, {"update": 7}, force=True) and not ckpt.save(7, state, {"update": 7}, force=True)
+  ckpt.wait()
+  assert ckpt.all_steps() == [6, 7]
   assert Checkpointer(str(tmp_path / "empty"), save_every=1).restore(state) is None
 
 

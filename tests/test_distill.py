@@ -20,7 +20,7 @@ from lr_jax.models import from_pretrained
 from lr_jax.models.lora import LoRAConfig, LoRAParam, apply_lora, split_trainable, to_peft_tensors
 from lr_jax.sharding import Layout, make_mesh, shard_state
 from tests.data.test_packing import make_records
-from tests.helpers import make_tiny_hf
+from tests.helpers import load_hf, make_tiny_hf
 
 torch = pytest.importorskip("torch")
 
@@ -80,14 +80,13 @@ def tuned(base_dir, records):
 
 def packed_batch(records, micro_batches, update=1):
   packed = PackedUpdates(records, PackingConfig(steps_per_update=STEPS, micro_batches=micro_batches,
-                                                length_multiple=8), valid_vocab=VALID)
+                                                row_multiple=4, length_multiple=8), valid_vocab=VALID)
   return packed.batch(update)
 
 
 def test_loss_equals_torch_kl_div_of_each_prefix_at_its_true_last_position(base_dir, records, tuned):
-  import peft
+  peft = pytest.importorskip("peft")
   import torch.nn.functional as F
-  from tests.helpers import load_hf
   batch = packed_batch(records, 1)
   loss, _, n = tuned["loss_and_grads"](tuned["params"], tuned["frozen"], shard_batch(batch, None), jax.random.key(0))
   assert int(n) == STEPS
@@ -229,9 +228,7 @@ def test_eight_sharded_devices_with_remat_equal_one_device(base_dir, records, tr
   graphdef, params, frozen = split_trainable(model, lora)
   frozen = shard_state(frozen, layout)
   assert len(frozen["embed"][...].sharding.device_set) == 8
-  packed = PackedUpdates(records, PackingConfig(steps_per_update=STEPS, row_multiple=4, length_multiple=8),
-                         valid_vocab=VALID)
-  host = packed.batch(1)
+  host = packed_batch(records, 1)  # 4 rows: one per data-parallel shard
   step = make_distill_step(graphdef, training["config"], layout)
   state = init_train_state(params, training["config"], seed=0, layout=layout)
   one = init_train_state(training["params"], training["config"], seed=0)

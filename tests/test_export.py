@@ -19,6 +19,7 @@ from flax import nnx
 from lr_jax.export import ADAPTER_CONFIG, export_merged, export_peft, load_peft_adapter
 from lr_jax.models import from_pretrained
 from lr_jax.models.lora import TARGETS, LoRAConfig, LoRAParam, apply_lora
+from lr_jax.sharding import Layout, make_mesh
 from tests.helpers import hf_logits, jax_logits, load_hf, make_tiny_hf, random_ids
 
 torch = pytest.importorskip("torch")
@@ -46,11 +47,9 @@ def tuned_model(base_dir, lora: LoRAConfig, seed: int = 0):
   """The fp32 base with adapters on `lora.targets`, A and B both random (std 0.05)."""
   model = from_pretrained(base_dir, dtype=jnp.float32).model
   apply_lora(model, lora, rngs=nnx.Rngs(seed))
-  state = nnx.state(model, LoRAParam)
-  leaves, treedef = jax.tree.flatten(state)
-  keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-  noisy = [0.05 * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
-  nnx.update(model, jax.tree.unflatten(treedef, noisy))
+  rng = np.random.default_rng(seed)
+  nnx.update(model, nnx.map_state(lambda p, v: v.replace(jnp.asarray(0.05 * rng.standard_normal(v.shape), v.dtype)),
+                                  nnx.state(model, LoRAParam)))
   return model
 
 
@@ -87,7 +86,8 @@ def test_peft_export_loads_with_peftmodel_with_equal_logits(base_dir, tmp_path):
   export_peft(model, lora, out, base_model_name_or_path=base_dir)
   with open(os.path.join(out, ADAPTER_CONFIG)) as f:
     cfg = json.load(f)
-  assert (cfg["r"], cfg["lora_alpha"], cfg["lora_dropout"], cfg["target_modules"]) == (8, 16.0, 0.05, ["q_proj", "v_proj"])
+  assert (cfg["r"], cfg["lora_alpha"], cfg["lora_dropout"]) == (8, 16.0, 0.05)
+  assert cfg["target_modules"] == ["q_proj", "v_proj"]
   assert (cfg["peft_type"], cfg["task_type"], cfg["base_model_name_or_path"]) == ("LORA", "CAUSAL_LM", base_dir)
   tuned = peft.PeftModel.from_pretrained(load_hf(base_dir), out).eval()
   ids = random_ids(2, 24, VOCAB, seed=4)
@@ -175,3 +175,15 @@ def test_peft_export_refuses_fully_finetuned_parameters(base_dir, tmp_path):
   lora = LoRAConfig(rank=2, alpha=4.0, full_finetune=("embed",))
   with pytest.raises(ValueError, match="use export_merged"):
     export_peft(tuned_model(base_dir, lora), lora, str(tmp_path / "a"), base_model_name_or_path="base")
+
+
+def test_adapter_loads_onto_a_sharded_model_replicated_with_equal_logits(base_dir, small_adapter):
+  layout = Layout.create(make_mesh((2, 2, 2)), "sample")
+  sharded = from_pretrained(base_dir, dtype=jnp.float32, layout=layout).model
+  plain = from_pretrained(base_dir, dtype=jnp.float32).model
+  load_peft_adapter(sharded, small_adapter)
+  load_peft_adapter(plain, small_adapter)
+  for _, v in nnx.to_flat_state(nnx.state(sharded, LoRAParam)):
+    assert v[...].sharding.is_fully_replicated and len(v[...].sharding.device_set) == 8
+  ids = random_ids(2, 16, VOCAB, seed=6)
+  assert_logits_close(jax_logits(sharded, ids), jax_logits(plain, ids))

@@ -122,7 +122,7 @@ def build_demo_pair(out_dir: str | os.PathLike, cfg: Mapping[str, Any]) -> dict[
     models = {}
     for offset, name in enumerate((EXPERT_DIR, AMATEUR_DIR)):
       m = cfg[name]
-      model_cfg = pretrain.tiny_qwen2_config(cfg["vocab_size"], m["hidden"], m["layers"], m["heads"],
+      model_cfg = pretrain.tiny_qwen2_config(len(tok), m["hidden"], m["layers"], m["heads"],
                                              m["kv_heads"], m["mlp"])
       t = time.perf_counter()
       model, losses = pretrain.pretrain(model_cfg, *rows, steps=m["steps"], batch_size=cfg["batch_size"],

@@ -5,6 +5,7 @@ the models learn to solve problems in the format the pipeline prompts them with.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -69,27 +70,9 @@ def pretrain(cfg: ModelConfig, tokens: np.ndarray, mask: np.ndarray, loss_mask: 
   """
   if len(tokens) < batch_size:
     raise ValueError(f"pretrain: {len(tokens)} training rows, fewer than batch_size={batch_size}")
-  model = Transformer(cfg, dtype=jnp.float32, rngs=nnx.Rngs(seed))
-  graphdef, params = nnx.split(model)
-  schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, max(1, steps // 20), steps, learning_rate * 0.05)
-  tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.01))
+  graphdef, params = nnx.split(Transformer(cfg, dtype=jnp.float32, rngs=nnx.Rngs(seed)))
+  tx = _optimizer(learning_rate, steps)
   opt_state = tx.init(params)
-
-  @jax.jit
-  def train_step(params, opt_state, tok, msk, lmask):
-    def loss_fn(params):
-      m = nnx.merge(graphdef, params)
-      hidden, _ = m(tok, positions_from_mask(msk), msk)
-      logits = m.logits(hidden)  # [B, L, V]: the demo vocabulary is a few hundred rows
-      logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
-      nll = -jnp.take_along_axis(logp, tok[:, 1:, None], axis=-1)[..., 0]
-      w = lmask[:, :-1].astype(jnp.float32)
-      return jnp.sum(nll * w) / jnp.maximum(jnp.sum(w), 1.0)
-
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
   rng = np.random.default_rng(seed)
   order = np.empty(0, np.int64)
   losses = []
@@ -97,9 +80,35 @@ def pretrain(cfg: ModelConfig, tokens: np.ndarray, mask: np.ndarray, loss_mask: 
     if len(order) < batch_size:
       order = np.concatenate([order, rng.permutation(len(tokens))])
     idx, order = order[:batch_size], order[batch_size:]
-    params, opt_state, loss = train_step(params, opt_state, tokens[idx], mask[idx], loss_mask[idx])
+    params, opt_state, loss = _train_step(graphdef, tx, params, opt_state, tokens[idx], mask[idx], loss_mask[idx])
     losses.append(loss)
   return nnx.merge(graphdef, params), [float(x) for x in jax.device_get(losses)]
+
+
+@functools.lru_cache(maxsize=None)
+def _optimizer(learning_rate: float, steps: int) -> optax.GradientTransformation:
+  """One object per (lr, steps), so `_train_step` (static in it) compiles once per schedule."""
+  schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, max(1, steps // 20), steps, learning_rate * 0.05)
+  return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.01))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(2, 3))
+def _train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, params: nnx.State, opt_state,
+                tokens: jax.Array, mask: jax.Array, loss_mask: jax.Array):
+  """One AdamW step on a `[B, L]` batch; returns new params, optimizer state and the float32 loss."""
+
+  def loss_fn(params):
+    model = nnx.merge(graphdef, params)
+    hidden, _ = model(tokens, positions_from_mask(mask), mask)
+    logits = model.logits(hidden)  # [B, L, V]: the demo vocabulary is a few hundred rows
+    logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
+    nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+    weight = loss_mask[:, :-1].astype(jnp.float32)
+    return jnp.sum(nll * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+  loss, grads = jax.value_and_grad(loss_fn)(params)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state, loss
 
 
 def save_model(model: Transformer, out_dir: str, tokenizer_dir: str, eos_ids: Sequence[int], pad_id: int) -> None:

@@ -72,7 +72,8 @@ class LoRA(nnx.Module):
     bound = 1.0 / math.sqrt(math.prod(in_shape))
     a = jax.random.uniform(rngs.params(), (*in_shape, rank), jnp.float32, -bound, bound)
     self.a = LoRAParam(a, logical_axes=(None,) * len(in_shape) + ("lora_rank",))
-    self.b = LoRAParam(jnp.zeros((rank, *out_shape), jnp.float32), logical_axes=("lora_rank",) + (None,) * len(out_shape))
+    self.b = LoRAParam(jnp.zeros((rank, *out_shape), jnp.float32),
+                       logical_axes=("lora_rank",) + (None,) * len(out_shape))
     self.scale = alpha / rank
     # Evaluation mode by default, so sampling and export never drop anything; training flips it.
     # The stream is tagged 'dropout' even when `rngs` only has a default stream, so that
@@ -173,7 +174,8 @@ def merge_lora(state: nnx.State, scale: float) -> nnx.State:
 
 
 def peft_key(layer: int, target: str, factor: str) -> str:
-  """PEFT's saved name of one factor ('A' or 'B'), e.g. base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight."""
+  """PEFT's saved name of one factor ('A' or 'B'):
+  base_model.model.model.layers.{layer}.self_attn.q_proj.lora_A.weight and the like."""
   return f"base_model.model.model.layers.{layer}.{TARGETS[target][1]}.lora_{factor}.weight"
 
 
@@ -216,7 +218,7 @@ def from_peft_tensors(state: nnx.State, tensors: dict[str, np.ndarray], source: 
   new = nnx.map_state(fill, state)
   extra = sorted(k for k in tensors if k not in used)
   if extra:
-    raise ValueError(f"{source}: unexpected tensor {extra[0]}" + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
-                     + " that the model's LoRA targets do not hold")
+    more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+    raise ValueError(f"{source}: unexpected tensor {extra[0]}{more} that the model's LoRA targets do not hold")
   return new
 

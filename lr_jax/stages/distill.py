@@ -76,7 +76,8 @@ def run(config, workdir: common.Workdir, writer) -> dict:
                                 max(time.time() - t0, 1e-9)})
     t0 = time.time()
     ckpt.save(u + 1, state, {"next_update": u + 1, "num_updates": n_updates})
-  ckpt.save(n_updates, state, {"next_update": n_updates, "num_updates": n_updates}, force=True)
+  if n_updates not in ckpt.all_steps():
+    ckpt.save(n_updates, state, {"next_update": n_updates, "num_updates": n_updates}, force=True)
   ckpt.wait()
   ckpt.close()
   model = nnx.merge(graphdef, state.params, frozen)

@@ -41,19 +41,22 @@ def test_smoke_run_fills_every_section_and_prints_the_table_last(suite, tmp_path
     assert "memory" in section
   sec = results["sections"]
   assert sec["ceilings"]["matmul_flops_per_s"] > 0 and sec["ceilings"]["copy_bytes_per_s"] > 0
-  gen = sec["generate"]["batches"]["4"]
+  gen = sec["generate"]["batches"]["16"]
   assert gen["all_rows_full_length"] and gen["tokens_per_s"] > 0 and gen["roofline_fraction"] > 0
   con = sec["contrastive"]
   assert con["no_full_logits"]["largest_f32_below_bsv"] and 0 < con["mfu_vs_nominal"] < con["mfu_vs_measured"]
+  lock = sec["lockstep"]
+  assert lock["all_rows_full_length"] and lock["largest_f32_below_bsv"]
+  assert lock["speedup_vs_generate_plus_contrastive"] > 0
   assert sec["distill"]["variants"]["remat"]["loss_finite"] and sec["distill"]["supervised_steps"] == 4
   proj = sec["projection"]
-  assert proj["total_s"] == pytest.approx(proj["sampling_s"] + proj["scoring_s"] + proj["training_s"]
-                                          + proj["compile_s"])
+  assert proj["sampling_path"] == "lockstep" and set(proj["paths"]) == {"lockstep", "teacher_forced"}
+  assert proj["total_s"] == pytest.approx(proj["sampling_s"] + proj["training_s"] + proj["compile_s"])
   tail = printed[printed.index("=== accelerator suite summary ==="):]
-  assert "generate batch 4" in tail and "paper workload projected" in tail
+  assert "generate batch 16" in tail and "lockstep batch 16" in tail and "paper workload projected (lockstep)" in tail
   assert not re.search(r"^\[\s*[0-9.]+s\]", tail, re.M), "a progress line came after the table"
   with open(os.path.join(tmp_path, "results.md")) as f:
-    assert "| generate batch 4 |" in f.read()
+    assert "| generate batch 16 |" in f.read()
 
 
 def test_sections_past_the_budget_are_skipped_with_a_note_and_still_written(suite, tmp_path):

@@ -1,0 +1,145 @@
+"""The README's main job at reduced size (`configs/demo.py:ci`), end to end, as a user runs it.
+
+One full run (module fixture), then: every artifact exists and the report's numbers match them; the
+merged export loads in transformers with the tuned model's logits; a rerun does nothing; a run
+killed (SIGKILL) during distillation and restarted ends with the same adapter and losses.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests.helpers import REPO_ROOT
+
+pytest.importorskip("torch")
+
+
+def _cmd(workdir, *extra):
+  return [sys.executable, "-m", "lr_jax.main", "--config=configs/demo.py:ci", f"--workdir={workdir}", *extra]
+
+
+def _env():
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+  env.pop("XLA_FLAGS", None)  # the run uses the real device count, as a user's would
+  return env
+
+
+def _run(workdir, *extra, timeout=600):
+  r = subprocess.run(_cmd(workdir, *extra), cwd=REPO_ROOT, env=_env(), capture_output=True, text=True,
+                     timeout=timeout)
+  assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+  return r.stdout + r.stderr
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("demo") / "run"
+  t0 = time.time()
+  log = _run(workdir)
+  return str(workdir), log, time.time() - t0
+
+
+def _read(workdir, *parts):
+  with open(os.path.join(workdir, *parts)) as f:
+    return json.load(f) if parts[-1].endswith(".json") else f.read()
+
+
+def test_demo_run_writes_every_artifact(finished_run):
+  workdir, _, seconds = finished_run
+  for path in ("config.json", "demo/DONE.json", "demo/expert/model.safetensors", "demo/amateur/config.json",
+               "samples/meta.json", "samples/stats/stats.json", "samples/stats/kl_hist.png",
+               "checkpoints/DONE.json", "checkpoints/final_adapter/adapter_model.safetensors",
+               "eval/base/results.json", "eval/tuned/results.json", "eval/amateur/results.json",
+               "eval/comparison.json", "export/merged/model.safetensors", "export/merged/tokenizer.json",
+               "export/peft/adapter_config.json", "metrics.jsonl", "timings.json", "report.md",
+               "plots/loss.png", "plots/accuracy.png", "plots/kl_hist.png"):
+    assert os.path.isfile(os.path.join(workdir, path)), path
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+  print(f"demo:ci took {seconds:.0f} s")
+
+
+def test_report_numbers_match_the_artifacts(finished_run):
+  workdir = finished_run[0]
+  report = _read(workdir, "report.md")
+  stats = _read(workdir, "samples", "stats", "stats.json")
+  assert f"kept steps (KL > β = {stats['beta']}): {stats['kept_steps']}" in report
+  for name in ("base", "tuned", "amateur"):
+    acc = _read(workdir, "eval", name, "results.json")["benchmarks"]["arith_test"]["accuracy"]
+    assert f"{100 * acc:.1f}%" in report
+  comp = _read(workdir, "eval", "comparison.json")
+  assert f"{comp['benchmarks']['arith_test']['mcnemar_p']:.3f}" in report
+
+
+def test_merged_export_loads_in_transformers_with_the_tuned_logits(finished_run):
+  import jax.numpy as jnp
+  import torch
+  import transformers
+  from flax import nnx
+
+  from lr_jax.export import load_peft_adapter
+  from lr_jax.models import from_pretrained, positions_from_mask
+
+  workdir = finished_run[0]
+  hf = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(workdir, "export", "merged"),
+                                                         dtype=torch.float32).eval()
+  tuned = from_pretrained(os.path.join(workdir, "demo", "expert"), dtype=jnp.float32).model
+  load_peft_adapter(tuned, os.path.join(workdir, "checkpoints", "final_adapter"))
+  tuned = nnx.view(tuned, deterministic=True, raise_if_not_found=False)
+  ids = np.random.default_rng(0).integers(3, tuned.config.vocab_size, (2, 24))
+  with torch.no_grad():
+    ref = hf(torch.tensor(ids)).logits.numpy()
+  mask = jnp.ones(ids.shape, bool)
+  hidden, _ = tuned(jnp.asarray(ids), positions_from_mask(mask), mask)
+  np.testing.assert_allclose(np.asarray(tuned.logits(hidden)), ref, atol=1e-4)
+
+
+def test_rerun_of_a_finished_run_does_nothing(finished_run):
+  log = _run(finished_run[0])
+  assert "nothing to do" in log
+
+
+def test_run_killed_during_distillation_resumes_to_the_same_result(finished_run, tmp_path):
+  from safetensors.numpy import load_file
+
+  done = finished_run[0]
+  workdir = tmp_path / "killed"
+  workdir.mkdir()
+  for part in ("demo", "samples"):  # start from the same pair and samples: only distillation reruns
+    shutil.copytree(os.path.join(done, part), workdir / part)
+  metrics = workdir / "metrics.jsonl"
+  proc = subprocess.Popen(_cmd(workdir, "--config.stages=demo,distill"), cwd=REPO_ROOT, env=_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+  deadline = time.time() + 300
+  while time.time() < deadline:
+    lines = metrics.read_text().splitlines() if metrics.exists() else []
+    if sum('"stage": "distill"' in l for l in lines) >= 25:  # past the first checkpoint (every 20)
+      break
+    time.sleep(0.2)
+  os.killpg(proc.pid, signal.SIGKILL)
+  proc.wait()
+  assert not (workdir / "checkpoints" / "DONE.json").exists(), "killed too late: distillation had finished"
+  _run(workdir, "--config.stages=demo,distill")
+
+  def adapter(root):
+    return load_file(os.path.join(root, "checkpoints", "final_adapter", "adapter_model.safetensors"))
+
+  a, b = adapter(done), adapter(str(workdir))
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k])
+
+  def losses(root):
+    by_step = {}
+    for line in open(os.path.join(root, "metrics.jsonl")):
+      m = json.loads(line)
+      if m["stage"] == "distill":
+        by_step[m["step"]] = m["loss"]
+    return [by_step[k] for k in sorted(by_step)]
+
+  assert losses(done) == losses(str(workdir))

@@ -1,0 +1,106 @@
+"""The run's config handling: loading, overrides, stage selection and the one-line errors."""
+import json
+import os
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from configs import demo, llama, qwen_math
+from lr_jax import pipeline
+from tests.helpers import REPO_ROOT
+
+
+def _model_dir(tmp_path, name, hidden, layers):
+  """A folder with only config.json: enough for the checks, which never load weights."""
+  d = tmp_path / name
+  d.mkdir()
+  (d / "config.json").write_text(json.dumps({
+      "model_type": "qwen2", "vocab_size": 1000, "hidden_size": hidden, "num_hidden_layers": layers,
+      "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 4 * hidden}))
+  return str(d)
+
+
+def _config(tmp_path, **fields):
+  c = qwen_math.get_config()
+  c.expert = _model_dir(tmp_path, "expert", 256, 4)
+  c.amateur = _model_dir(tmp_path, "amateur", 64, 2)
+  c.data.path = str(tmp_path / "problems.jsonl")
+  (tmp_path / "problems.jsonl").write_text('{"question": "1+1?"}\n')
+  c.eval.batch_size = 8
+  c.sample.batch_size = 8
+  c.distill.rows_per_update = 8
+  for key, value in fields.items():
+    *parents, name = key.split(".")
+    node = c
+    for p in parents:
+      node = node[p]
+    node[name] = value
+  return c
+
+
+def test_every_config_and_variant_loads():
+  for variant in qwen_math.EXPERTS:
+    assert qwen_math.get_config(variant).sample.beta == 0.4
+  ref = qwen_math.get_config("reference")
+  assert ref.sample.beta_inclusive and not ref.sample.score_first_token
+  assert ref.prompt.system_prompt == "Please reason step by step."
+  assert llama.get_config().prompt.template == "chat"
+  assert demo.get_config("ci").demo.n_sample < demo.get_config().demo.n_sample
+  with pytest.raises(ValueError, match="unknown variant"):
+    qwen_math.get_config("gpt")
+
+
+def test_valid_config_passes_the_checks(tmp_path):
+  c = _config(tmp_path)
+  pipeline.check_config(c, pipeline.stages_of(c))
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"stages": "sample,train"}, "config.stages: unknown stage 'train'"),
+    ({"dtype": "int8"}, "config.dtype: 'int8' is not one of"),
+    ({"expert": "/no/such/model"}, "config.expert: /no/such/model is not a checkpoint folder"),
+    ({"data.path": "/no/such.jsonl"}, "config.data.path: /no/such.jsonl does not exist"),
+    ({"sample.batch_size": 12}, "batch size 12 of stage sample is not divisible by the 8 data-parallel ways"),
+    ({"mesh.train": (3, -1, 1)}, "config.mesh.train: mesh shape (3, -1, 1) does not divide 8 devices"),
+])
+def test_config_errors_are_reported_in_one_line(tmp_path, fields, message):
+  c = _config(tmp_path, **fields)
+  with pytest.raises(pipeline.ConfigError) as e:
+    pipeline.check_config(c, pipeline.stages_of(c))
+  assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_amateur_larger_than_expert_is_refused(tmp_path):
+  c = _config(tmp_path)
+  c.expert, c.amateur = c.amateur, c.expert
+  with pytest.raises(pipeline.ConfigError, match="is larger than config.expert"):
+    pipeline.check_config(c, pipeline.stages_of(c))
+
+
+def test_stage_selection_keeps_pipeline_order():
+  c = ml_collections.ConfigDict({"stages": "report, eval,sample"})
+  assert pipeline.stages_of(c) == ["sample", "eval", "report"]
+
+
+def _main(*args, cwd=REPO_ROOT):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  return subprocess.run([sys.executable, "-m", "lr_jax.main", *args], cwd=cwd, env=env, capture_output=True,
+                        text=True, timeout=300)
+
+
+def test_cli_reports_a_config_error_in_one_line_before_loading_models(tmp_path):
+  c = _config(tmp_path)
+  r = _main("--config=configs/qwen_math.py", f"--workdir={tmp_path / 'run'}", f"--config.expert={c.expert}",
+            f"--config.amateur={c.amateur}", "--config.data.path=/no/such.jsonl")
+  assert r.returncode != 0
+  assert r.stderr.strip().splitlines()[-1] == ("lr_jax: config error: config.data.path: /no/such.jsonl does not "
+                                                "exist (a JSONL file or tfds:NAME[:SPLIT])")
+
+
+def test_cli_refuses_unknown_keys_and_wrong_types(tmp_path):
+  r = _main("--config=configs/qwen_math.py", f"--workdir={tmp_path}", "--config.sample.nope=1")
+  assert r.returncode != 0 and "nope" in r.stderr
+  r = _main("--config=configs/qwen_math.py", f"--workdir={tmp_path}", "--config.sample.beta=high")
+  assert r.returncode != 0 and "beta" in r.stderr
