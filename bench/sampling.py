@@ -8,8 +8,9 @@ Same models, same prompts, same CPU, in one process:
       contrastive targets in torch float32 over the chunk;
   (b) lr_jax teacher-forced: `generate` for the batch, then `contrastive_step` (one forward per model);
   (c) lr_jax lockstep: `contrastive_decode`, both models decoded in one loop.
-(b) and (c) run in fp32 and bf16; the batch and chunk are `default_sampling_batch`'s (the batch
-capped at the problem count), or --batch.
+(b) and (c) run in fp32 and bf16, --repeats timed runs each after a compiling one, alternating;
+the batch and chunk are `default_sampling_batch`'s (the batch capped at the problem count), or --batch.
+(a) runs once, after one short set-up call.
 
 Models: Qwen2-shaped, random weights N(0, 0.2) (so distributions are peaked, as trained models'),
 tied heads over the real 151,936-row vocabulary: expert hidden 256, 4 layers, 4/2 heads, FFN 1024;
@@ -74,6 +75,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--problems", type=int, default=16)
   p.add_argument("--new-tokens", type=int, default=128)
   p.add_argument("--batch", type=int, default=0, help="lr_jax rows per batch (0: default_sampling_batch)")
+  p.add_argument("--repeats", type=int, default=2, help="timed lr_jax runs, (b) and (c) alternating; mean reported")
   p.add_argument("--dtypes", default="", help="lr_jax dtypes, comma-separated (default fp32,bf16; --smoke: fp32)")
   p.add_argument("--smoke", action="store_true",
                  help=f"tiny models over {SMOKE_VOCAB} ids (prompt ids folded into them), 2 problems, 4 tokens")
@@ -81,7 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                                                       "shared"))
   args = p.parse_args(argv)
   if args.smoke:
-    args.problems, args.new_tokens = 2, 4
+    args.problems, args.new_tokens, args.repeats = 2, 4, 1
     args.dtypes = args.dtypes or "fp32"
   args.dtypes = [d.strip() for d in (args.dtypes or "fp32,bf16").split(",") if d.strip()]
   bad = [d for d in args.dtypes if d not in DTYPES]
@@ -173,8 +175,9 @@ def original_approach(expert, amateur, prompts, new_tokens: int, vocab: int, con
   return dict(seconds=seconds, tokens=trajectories, kept=kept)
 
 
-def lr_jax_runs(models, prompts, new_tokens: int, batch: int, config: ContrastiveConfig) -> dict:
-  """(b) and (c) for one dtype: timed second calls (the first compiles), per batch of `batch` rows."""
+def lr_jax_runs(models, prompts, new_tokens: int, batch: int, config: ContrastiveConfig, repeats: int) -> dict:
+  """(b) and (c) for one dtype, `batch` rows per call: the mean of `repeats` timed runs after one
+  that compiles."""
   (eg, es), (ag, as_) = models
   step = make_contrastive_step(eg, ag, config)
   batches = [prompts[i:i + batch] for i in range(0, len(prompts), batch)]
@@ -204,15 +207,18 @@ def lr_jax_runs(models, prompts, new_tokens: int, batch: int, config: Contrastiv
       kept += int(scored.kept.sum())
     return tokens, kept
 
+  approaches = (("teacher-forced", teacher_forced, ("generate", "contrastive_step")),
+                ("lockstep", lockstep, ("lockstep loop",)))
   out = {}
-  for name, fn, stages in (("teacher-forced", teacher_forced, ("generate", "contrastive_step")),
-                           ("lockstep", lockstep, ("lockstep loop",))):
+  for name, fn, stages in approaches:
     t0 = time.perf_counter()
     fn({s: 0.0 for s in stages})
-    compile_s = time.perf_counter() - t0
-    timed = {s: 0.0 for s in stages}
-    tokens, kept = fn(timed)
-    out[name] = dict(seconds=timed, tokens=tokens, kept=kept, first_call_s=compile_s)
+    out[name] = dict(first_call_s=time.perf_counter() - t0, seconds={s: 0.0 for s in stages})
+  for _ in range(repeats):  # alternating, so that load from other processes falls on both alike
+    for name, fn, stages in approaches:
+      timed = {s: 0.0 for s in stages}
+      out[name]["tokens"], out[name]["kept"] = fn(timed)
+      out[name]["seconds"] = {s: out[name]["seconds"][s] + timed[s] / repeats for s in stages}
   return out
 
 
@@ -285,7 +291,7 @@ def main(argv=None) -> dict:
       batch = args.batch or min(auto_batch, bucket_size(n))
       cfg = dataclasses.replace(config, chunk_size=chunk)
       print(f"lr_jax {dname}: batch {batch} (default_sampling_batch: {auto_batch} rows, chunk {chunk})")
-      lr[dname] = lr_jax_runs(models, prompts, new, batch, cfg)
+      lr[dname] = lr_jax_runs(models, prompts, new, batch, cfg, args.repeats)
       lr[dname]["rate"] = matmul_flops_per_s(dtype, 256 if args.smoke else 2048)
       print(f"  matmul {dname}: {lr[dname]['rate'] / 1e9:.1f} GFLOP/s")
     rss_after = peak_rss_gib()
@@ -302,6 +308,9 @@ def main(argv=None) -> dict:
     for dname, runs in lr.items():
       tf, ls = runs["teacher-forced"], runs["lockstep"]
       same_hf = sum(a == b for a, b in zip(tf["tokens"], original["tokens"]))
+      speedup = sum(tf["seconds"].values()) / sum(ls["seconds"].values())
+      results[f"lockstep_over_teacher_forced_{dname}"] = speedup
+      print(f"{dname}: lockstep is {speedup:.2f}x as fast as teacher-forced")
       print(f"{dname}: lockstep == teacher-forced trajectories {sum(a == b for a, b in zip(tf['tokens'], ls['tokens']))}"
             f"/{n}, == transformers {same_hf}/{n}; kept steps: original {original['kept']}, teacher-forced "
             f"{tf['kept']}, lockstep {ls['kept']}; first calls (with compile) {tf['first_call_s']:.1f} s / "

@@ -38,7 +38,6 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.distill.learning_rate = 1e-3
   c.distill.updates = 60 if variant == "ci" else 200
   c.distill.steps_per_update = 16
-  c.distill.rows_per_update = 8
   c.distill.lora_rank = 8
   c.distill.lora_alpha = 16.0
   c.distill.remat = False

@@ -68,7 +68,6 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.distill.learning_rate = 5e-5
   c.distill.updates = 1000
   c.distill.steps_per_update = 16
-  c.distill.rows_per_update = 16
   c.distill.grad_clip = 1.0
   c.distill.micro_batches = 1
   c.distill.remat = True

@@ -13,6 +13,7 @@ _EXPORTS = {
     "make_contrastive_step": "lr_jax.contrastive",
     "ContrastiveConfig": "lr_jax.contrastive",
     "ContrastiveOut": "lr_jax.contrastive",
+    "distill_step": "lr_jax.distill",
     "make_distill_step": "lr_jax.distill",
     "DistillConfig": "lr_jax.distill",
     "TrainState": "lr_jax.distill",

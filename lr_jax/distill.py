@@ -19,6 +19,7 @@ the 'train' rules), rows over the data axes, LoRA factors and their optimizer mo
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import flax
@@ -155,33 +156,36 @@ def _keep_layout(tree: Any, layout: Layout | None) -> Any:
   return jax.tree.map(pin, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def make_distill_step(graphdef: nnx.GraphDef, config: DistillConfig, layout: Layout | None = None) -> Callable:
-  """Jitted `distill_step(state, frozen, batch) -> (state, metrics)`; `state` is donated.
+def distill_step(state: TrainState, frozen: nnx.State, batch: dict[str, jax.Array], *, graphdef: nnx.GraphDef,
+                 config: DistillConfig, layout: Layout | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One LoRA update (pure; jit it with `make_distill_step`, or inside your own jitted function).
 
-  graphdef, frozen: from `lora.split_trainable(model, ...)`; the model's `remat` flag (set when it was
-  built) decides rematerialisation. layout: the one the model was built with; the new trainable and
+  state: `TrainState` of the trainable tree; frozen: the frozen base (from `lora.split_trainable`);
+  batch: packed arrays (`lr_jax.data.packing`). The model's `remat` flag (set when it was built)
+  decides rematerialisation; `layout` is the one the model was built with, and the new trainable and
   optimizer states keep the layout of `init_train_state(..., layout)`.
-  metrics (float32 scalars): loss (mean KL over supervised steps), grad_norm (before clipping), lr
-  (used for this update), supervised_steps, tokens (forward tokens, padding excluded).
+  Returns the new state and float32 scalar metrics: loss (mean KL over supervised steps),
+  grad_norm (before clipping), lr (used for this update), supervised_steps, tokens (forward tokens,
+  padding excluded).
   """
   optimizer = make_optimizer(config)
-  schedule = lr_schedule(config)
-  loss_and_grads = make_loss_and_grads(graphdef, config)
+  key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+  loss, grads, n = make_loss_and_grads(graphdef, config)(state.params, frozen, batch, key)
+  grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = _keep_layout(optax.apply_updates(state.params, updates), layout)
+  opt_state = _keep_layout(opt_state, layout)
+  metrics = {
+      "loss": loss,
+      "grad_norm": optax.global_norm(grads),
+      "lr": jnp.asarray(lr_schedule(config)(state.step), jnp.float32),
+      "supervised_steps": n,
+      "tokens": jnp.sum(batch["mask"]).astype(jnp.float32),
+  }
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-  def distill_step(state: TrainState, frozen: nnx.State, batch: dict[str, jax.Array]):
-    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    loss, grads, n = loss_and_grads(state.params, frozen, batch, key)
-    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = _keep_layout(optax.apply_updates(state.params, updates), layout)
-    opt_state = _keep_layout(opt_state, layout)
-    metrics = {
-        "loss": loss,
-        "grad_norm": optax.global_norm(grads),
-        "lr": jnp.asarray(schedule(state.step), jnp.float32),
-        "supervised_steps": n,
-        "tokens": jnp.sum(batch["mask"]).astype(jnp.float32),
-    }
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-  return jax.jit(distill_step, donate_argnums=(0,))
+def make_distill_step(graphdef: nnx.GraphDef, config: DistillConfig, layout: Layout | None = None) -> Callable:
+  """Jitted `step(state, frozen, batch) -> (state, metrics)` of `distill_step`; `state` is donated."""
+  return jax.jit(functools.partial(distill_step, graphdef=graphdef, config=config, layout=layout),
+                 donate_argnums=(0,))

@@ -1,11 +1,12 @@
 """Lockstep contrastive decoding: the expert decodes greedily and the amateur follows in the same loop.
 
-Each step feeds the latest token to both models' KV caches, takes both next-token logits at the
-new position and turns them into the step's record (`contrastive_targets`, through the chunked
-`score_hidden` of `lr_jax.contrastive`); the expert's argmax over the compared vocabulary is the
-next token. The expert logits are computed once, for the choice and the record together, so the
+Each step feeds the latest token to both models' KV caches, takes both next-token logits `[B, V]`
+at the new position and turns them into the step's record (`contrastive_targets`); the expert's
+argmax over the compared vocabulary (`expert_top1`, a by-product of the record) is the next token.
+The expert logits are computed once, for the choice and the record together, so the
 teacher-forced pass (a second forward of the expert over every trajectory and a second expert LM
-head at every step) disappears. Prefill and the whole decode loop are one jitted call.
+head at every step) and generation's separate argmax disappear. Prefill and the whole decode loop
+are one jitted call.
 
 The records equal `contrastive_step` on the trajectory that `generate` produces (same greedy ids
 when generate's `valid_vocab` is the compared vocabulary). Rows stop contributing after their EOS
@@ -30,9 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lr_jax.contrastive import ContrastiveConfig, ContrastiveOut, score_hidden
+from lr_jax.contrastive import ContrastiveConfig, ContrastiveOut
+from lr_jax.contrastive_math import contrastive_targets
 from lr_jax.generate import GenerationOutput, _agree_max, _fetch, _first_local_row
-from lr_jax.generation.engine import MIN_PROMPT_BUCKET, bucket_size, decode_step, output_slots, prefill
+from lr_jax.generation.engine import (MIN_PROMPT_BUCKET, bucket_size, decode_step, next_token_logits,
+                                      output_slots, prefill)
 from lr_jax.models.config import ModelConfig
 from lr_jax.models.transformer import KVCache
 from lr_jax.sharding import Layout, constrain, host_local_to_global
@@ -73,13 +76,14 @@ class LockstepState:
 
 def _record_step(s: LockstepState, expert_hidden, amateur_hidden, expert, amateur, spec: LockstepSpec, layout):
   """Scores step `s.step` from both hidden states `[B, D]`, appends the expert's greedy token."""
-  (eg, es), (ag, as_) = expert, amateur
+  c = spec.config
+  # Whole embedding rows, unsliced: contrastive_targets reads only ids < vocab, so no [B, V] copy is made.
+  targets = contrastive_targets(next_token_logits(*expert, expert_hidden), next_token_logits(*amateur, amateur_hidden),
+                                valid_vocab=spec.vocab, alpha=c.alpha, beta=c.beta, top_k=c.top_k,
+                                beta_inclusive=c.beta_inclusive)
   active = ~s.finished
-  cfg = dataclasses.replace(spec.config, valid_vocab=spec.vocab, score_first_token=True)
-  out = score_hidden(eg, es, ag, as_, expert_hidden[:, None], amateur_hidden[:, None], active[:, None], cfg)
-  out = jax.tree.map(lambda x: x[:, 0], out)
-  scorable = active & ((s.step > 0) | spec.config.score_first_token)
-  out = out.replace(kept=out.kept & scorable)
+  out = ContrastiveOut(**targets._asdict())
+  out = out.replace(kept=out.kept & ((s.step > 0) | c.score_first_token))
   out = jax.tree.map(lambda x: jnp.where(active.reshape((-1,) + (1,) * (x.ndim - 1)), x, jnp.zeros_like(x)), out)
   token = jnp.where(active, out.expert_top1, spec.pad_id)
   is_eos = jnp.isin(token, jnp.asarray(spec.eos_ids, jnp.int32)) if spec.eos_ids else jnp.zeros_like(active)
@@ -168,7 +172,8 @@ def contrastive_decode(expert: tuple[nnx.GraphDef, nnx.State], amateur: tuple[nn
     eos_ids: ids that end a row (kept in its output).
     pad_id: fills padding and the steps after a row's EOS.
     config: the selection rule; `config.valid_vocab` (default: the smaller row count) is also the
-      vocabulary the greedy token is chosen from; `chunk_size` bounds the rows of each LM head call.
+      vocabulary the greedy token is chosen from. `chunk_size` is not used: each step evaluates
+      both LM heads at the B rows only.
     layout: shards the batch over ('data', 'fsdp'); default the expert's own layout.
     min_batch: pad the batch to at least this many rows (one compiled shape across batches).
   Returns:

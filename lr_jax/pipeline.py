@@ -62,8 +62,7 @@ def check_config(config, stages: list[str]) -> None:
     if not os.path.isfile(config.data.path):
       raise ConfigError(f"config.data.path: {config.data.path} does not exist (a JSONL file or tfds:NAME[:SPLIT])")
   n_dev = jax.device_count()
-  for stage, mesh_name, batch in (("sample", "sample", config.sample.batch_size),
-                                  ("distill", "train", config.distill.rows_per_update),
+  for stage, mesh_name, batch in (("sample", "sample", config.sample.batch_size), ("distill", "train", None),
                                   ("eval", "eval", config.eval.batch_size)):
     if stage not in stages:
       continue
@@ -72,6 +71,8 @@ def check_config(config, stages: list[str]) -> None:
     except ValueError as e:
       raise ConfigError(f"config.mesh.{mesh_name}: {e}") from None
     ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    if batch is None:  # distillation packs its rows to a multiple of the data-parallel ways itself
+      continue
     if batch % ways:
       raise ConfigError(f"batch size {batch} of stage {stage} is not divisible by the {ways} data-parallel "
                         f"ways of config.mesh.{mesh_name}={tuple(getattr(config.mesh, mesh_name))} ({n_dev} devices)")

@@ -156,6 +156,9 @@ def maybe_initialize_distributed(coordinator: str | None = None, num_processes: 
   num_processes = num_processes or int(os.environ.get("JAX_NUM_PROCESSES", "0") or 0)
   if process_id is None and os.environ.get("JAX_PROCESS_ID"):
     process_id = int(os.environ["JAX_PROCESS_ID"])
+  if os.environ.get("JAX_PLATFORMS", "").startswith("cpu"):
+    # CPU-only runs (tests, CPU clusters) need a collectives backend across processes.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if coordinator and num_processes and num_processes > 1:
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
   elif os.environ.get("LR_JAX_DISTRIBUTED") == "1" or os.environ.get("SLURM_NTASKS", "1") != "1":

@@ -98,6 +98,7 @@ def test_sigkill_then_restart_reproduces_the_uninterrupted_loss_sequence(model_d
   assert child.poll() is None, f"the child ended before the kill: {child.stdout.read().decode()[-2000:]}"
   os.kill(child.pid, signal.SIGKILL)
   child.wait()
+  child.stdout.close()
   killed_at = len(read_log(str(log)))
   assert killed_at < 12
 

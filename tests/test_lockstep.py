@@ -70,7 +70,7 @@ def reference(models, prompts):
   kls = np.sort(scored.kl[batch["completion_mask"]])
   gaps = np.flatnonzero(np.diff(kls) > 1e-3)
   cut = gaps[np.argmin(np.abs(gaps - len(kls) // 2))]
-  config = ContrastiveConfig(valid_vocab=VOCAB, chunk_size=3, beta=float(kls[cut] + kls[cut + 1]) / 2)
+  config = ContrastiveConfig(valid_vocab=VOCAB, beta=float(kls[cut] + kls[cut + 1]) / 2)
   return eos_ids, tokens, scored, config
 
 
@@ -115,8 +115,8 @@ def test_records_equal_teacher_forced_scoring_of_the_same_trajectory(models, pro
 
 
 def test_reference_preset_skips_the_first_step_and_steps_after_eos_are_padded(models, prompts, reference):
-  _, tokens, _, config = reference
-  every_step_but_first = ContrastiveConfig.reference(valid_vocab=VOCAB, beta=-1.0, chunk_size=config.chunk_size)
+  _, tokens, _, _ = reference
+  every_step_but_first = ContrastiveConfig.reference(valid_vocab=VOCAB, beta=-1.0)
   _, ours = lockstep(models, prompts, reference, every_step_but_first)
   for i, n in enumerate(map(len, tokens)):
     np.testing.assert_array_equal(ours.kept[i], (np.arange(MAX_NEW) >= 1) & (np.arange(MAX_NEW) < n))

@@ -30,7 +30,6 @@ def _config(tmp_path, **fields):
   (tmp_path / "problems.jsonl").write_text('{"question": "1+1?"}\n')
   c.eval.batch_size = 8
   c.sample.batch_size = 8
-  c.distill.rows_per_update = 8
   for key, value in fields.items():
     *parents, name = key.split(".")
     node = c

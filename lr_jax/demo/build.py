@@ -50,30 +50,29 @@ BUILD_VERSION = 1
 # Full-size demo, tuned on 2 CPU cores (see the tuning notes in the demo README section).
 DEFAULT_DEMO: dict[str, Any] = {
     "seed": 0,
-    "n_pretrain": 20000,
+    "n_pretrain": 16000,
     "n_sample": 200,
     "n_test": 200,
-    "difficulty": {"min_steps": 2, "max_steps": 4, "max_number": 20, "max_factor": 9},
+    "difficulty": {"min_steps": 2, "max_steps": 2, "max_number": 10, "max_factor": 5},
     "vocab_size": 1024,
-    "seq_len": 160,
-    "batch_size": 32,
+    "seq_len": 112,
+    "batch_size": 16,
     "learning_rate": 3e-3,
-    "max_new_tokens": 96,
-    "expert": {"hidden": 128, "layers": 4, "heads": 4, "kv_heads": 2, "mlp": 384, "steps": 300},
-    "amateur": {"hidden": 64, "layers": 2, "heads": 2, "kv_heads": 1, "mlp": 192, "steps": 150},
+    "max_new_tokens": 64,
+    "expert": {"hidden": 96, "layers": 3, "heads": 4, "kv_heads": 2, "mlp": 256, "steps": 1200},
+    "amateur": {"hidden": 64, "layers": 2, "heads": 2, "kv_heads": 1, "mlp": 192, "steps": 400},
 }
 
 # The reduced variant CI runs.
 CI_DEMO: dict[str, Any] = {
     **DEFAULT_DEMO,
-    "n_pretrain": 5000,
+    "n_pretrain": 4000,
     "n_sample": 32,
     "n_test": 64,
-    "expert": {**DEFAULT_DEMO["expert"], "steps": 100},
-    "amateur": {**DEFAULT_DEMO["amateur"], "steps": 50},
+    "expert": {**DEFAULT_DEMO["expert"], "steps": 300},
+    "amateur": {**DEFAULT_DEMO["amateur"], "steps": 100},
 }
 
-_MODEL_KEYS = ("hidden", "layers", "heads", "kv_heads", "mlp", "steps")
 _BOXED = re.compile(r"\\boxed\{\s*(-?\d+)\s*\}")
 
 
@@ -95,7 +94,6 @@ def build_demo_pair(out_dir: str | os.PathLike, cfg: Mapping[str, Any]) -> dict[
     logging.info("demo pair in %s is up to date; skipping the build", out_dir)
     return cached
   start = time.perf_counter()
-  seconds: dict[str, float] = {}
   os.makedirs(out_dir, exist_ok=True)
   _remove_outputs(out_dir)
 
@@ -104,7 +102,7 @@ def build_demo_pair(out_dir: str | os.PathLike, cfg: Mapping[str, Any]) -> dict[
                              difficulty=world.Difficulty(**cfg["difficulty"]))
   world.write_jsonl(splits["sample"], os.path.join(out_dir, SAMPLE_FILE))
   world.write_jsonl(splits["test"], os.path.join(out_dir, TEST_FILE))
-  seconds["world"] = time.perf_counter() - t
+  seconds = {"world": time.perf_counter() - t}
 
   with tempfile.TemporaryDirectory(dir=out_dir, prefix=".tokenizer-") as tokenizer_dir:
     t = time.perf_counter()
@@ -115,32 +113,30 @@ def build_demo_pair(out_dir: str | os.PathLike, cfg: Mapping[str, Any]) -> dict[
     special = demo_tokenizer.special_token_ids(tok)
     eos_id, pad_id = special[demo_tokenizer.IM_END], special[demo_tokenizer.ENDOFTEXT]
     rows = pretrain.pack_examples(_encode(tok, prompts), _encode(tok, completions), cfg["seq_len"], pad_id)
+    if len(rows[0]) < cfg["batch_size"]:
+      raise ValueError(f"demo.seq_len={cfg['seq_len']}: only {len(rows[0])} pretraining problems fit, fewer than "
+                       f"demo.batch_size={cfg['batch_size']}")
     seconds["tokenizer"] = time.perf_counter() - t
 
     test_prompts = _encode(tok, [render_prompt(p.question) for p in splits["test"]])
-    test_answers = [p.answer for p in splits["test"]]
     models = {}
     for offset, name in enumerate((EXPERT_DIR, AMATEUR_DIR)):
-      m = cfg[name]
-      model_cfg = pretrain.tiny_qwen2_config(len(tok), m["hidden"], m["layers"], m["heads"],
-                                             m["kv_heads"], m["mlp"])
       t = time.perf_counter()
-      model, losses = pretrain.pretrain(model_cfg, *rows, steps=m["steps"], batch_size=cfg["batch_size"],
-                                        learning_rate=cfg["learning_rate"], seed=cfg["seed"] + offset,
-                                        desc=f"pretrain {name}")
+      model, losses = pretrain.pretrain(_model_config(cfg, name, len(tok)), *rows, steps=cfg[name]["steps"],
+                                        batch_size=cfg["batch_size"], learning_rate=cfg["learning_rate"],
+                                        seed=cfg["seed"] + offset, desc=f"pretrain {name}")
       pretrain.save_model(model, os.path.join(out_dir, name), tokenizer_dir, [eos_id], pad_id)
       seconds[f"{name}_train"] = time.perf_counter() - t
       t = time.perf_counter()
-      completions_ids = greedy_decode(model, test_prompts, cfg["max_new_tokens"], eos_id, pad_id)
-      correct = [boxed_answer(tok.decode(ids, skip_special_tokens=True)) == answer
-                 for ids, answer in zip(completions_ids, test_answers)]
+      texts = [tok.decode(ids, skip_special_tokens=True)
+               for ids in greedy_decode(model, test_prompts, cfg["max_new_tokens"], eos_id, pad_id)]
       seconds[f"{name}_eval"] = time.perf_counter() - t
       models[name] = {
-          "params": model_cfg.num_params(),
-          "steps": m["steps"],
+          "params": model.config.num_params(),
+          "steps": cfg[name]["steps"],
           "first_loss": losses[0],
           "final_loss": float(np.mean(losses[-max(1, len(losses) // 10):])),
-          "test_accuracy": float(np.mean(correct)),
+          "test_accuracy": float(np.mean([boxed_answer(text) == p.answer for text, p in zip(texts, splits["test"])])),
       }
       logging.info("demo %s: %d params, final loss %.3f, test accuracy %.3f", name,
                    models[name]["params"], models[name]["final_loss"], models[name]["test_accuracy"])
@@ -149,8 +145,7 @@ def build_demo_pair(out_dir: str | os.PathLike, cfg: Mapping[str, Any]) -> dict[
   summary = {
       "version": BUILD_VERSION,
       "config": cfg,
-      "data": {"pretrain_rows": int(rows[0].shape[0]), "dropped_over_seq_len": cfg["n_pretrain"] - int(rows[0].shape[0]),
-               "n_sample": cfg["n_sample"], "n_test": cfg["n_test"]},
+      "data": {"pretrain_rows": len(rows[0]), "dropped_over_seq_len": cfg["n_pretrain"] - len(rows[0])},
       "tokenizer": {"vocab_size": len(tok), "eos_id": eos_id, "pad_id": pad_id},
       **models,
       "seconds": {k: round(v, 2) for k, v in seconds.items()},
@@ -165,7 +160,22 @@ def normalize_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     cfg = cfg.to_dict()
   if not isinstance(cfg, Mapping):
     raise ValueError(f"demo config: expected a dict or ConfigDict, got {type(cfg).__name__}")
-  return _checked(cfg, DEFAULT_DEMO, "demo")
+  cfg = _checked(cfg, DEFAULT_DEMO, "demo")
+  try:
+    world.Difficulty(**cfg["difficulty"])
+  except ValueError as e:
+    raise ValueError(f"demo.difficulty: {e}") from None
+  for name in (EXPERT_DIR, AMATEUR_DIR):
+    try:
+      _model_config(cfg, name, cfg["vocab_size"])
+    except ValueError as e:
+      raise ValueError(f"demo.{name}: {e}") from None
+  return cfg
+
+
+def _model_config(cfg: dict[str, Any], name: str, vocab_size: int):
+  m = cfg[name]
+  return pretrain.tiny_qwen2_config(vocab_size, m["hidden"], m["layers"], m["heads"], m["kv_heads"], m["mlp"])
 
 
 def _checked(cfg: Mapping[str, Any], reference: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -188,8 +198,9 @@ def _checked(cfg: Mapping[str, Any], reference: Mapping[str, Any], where: str) -
         raise ValueError(f"{where}.{key}: expected a positive number, got {value!r}")
       out[key] = float(value)
     else:
-      if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{where}.{key}: expected a non-negative int, got {value!r}")
+      lowest = 0 if key == "seed" else 1
+      if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+        raise ValueError(f"{where}.{key}: expected an int >= {lowest}, got {value!r}")
       out[key] = value
   return out
 

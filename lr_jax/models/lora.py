@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lr_jax.models.transformer import Proj, Transformer
+from lr_jax.models.transformer import Transformer
 
 # Our module name -> (the DecoderLayer attribute that holds it, its HF/PEFT module path).
 TARGETS = {

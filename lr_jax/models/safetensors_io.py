@@ -108,6 +108,7 @@ def save_file(tensors: dict[str, np.ndarray], path: str, metadata: dict[str, str
         f.write(arr.tobytes())
       f.flush()
       os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; a checkpoint is meant to be shared
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):

@@ -224,7 +224,10 @@ class Transformer(nnx.Module):
     if cache is not None and tokens.shape[1] > cache.valid.shape[1]:
       raise ValueError(f"{tokens.shape[1]} tokens do not fit a KV cache of {cache.valid.shape[1]} slots")
     inv_freq = rope_inv_freq(self.config)
-    x = jnp.take(self.embed[...], tokens, axis=0)
+    # Gather the table over the fsdp axis first: a lookup into an fsdp-sharded table with
+    # fsdp-sharded token rows makes the partitioner rematerialise the whole gather.
+    table = constrain(self.layout, self.embed[...], ("vocab", None))
+    x = jnp.take(table, tokens, axis=0)
     x = constrain(self.layout, x, ("batch", "length", "act_embed"))
     if cache is None:
       valid, start = mask, None

@@ -91,8 +91,12 @@ def scoring_of(config) -> str:
 
 
 def batch_and_chunk(config, expert_cfg: ModelConfig, amateur_cfg: ModelConfig, valid_vocab: int,
-                    longest_prompt: int, layout) -> tuple[int, int]:
-  """Global batch and scoring chunk: the config's, or `default_sampling_batch` where they are 0 (logged)."""
+                    longest_prompt: int, num_problems: int, layout) -> tuple[int, int]:
+  """Global batch and scoring chunk: the config's, or `default_sampling_batch` where they are 0 (logged).
+
+  A default batch holds at most `num_problems` rows per data-parallel way (rounded up to a power of
+  two): every batch is padded to the full size, so a larger one would only compute padding.
+  """
   batch, chunk = config.sample.batch_size, config.sample.chunk_size
   if batch and chunk:
     return batch, chunk
@@ -102,6 +106,7 @@ def batch_and_chunk(config, expert_cfg: ModelConfig, amateur_cfg: ModelConfig, v
                                                   param_bytes=jnp.dtype(common.dtype_of(config.dtype)).itemsize)
   ways = layout.data_size
   if not batch:
+    per_device = min(per_device, bucket_size(-(-num_problems // ways)))
     batch = per_device * ways
     common.log("sample: batch %d (%d rows on each of %d data-parallel devices, %.1f GiB each, %d cache slots)",
                batch, per_device, ways, memory / 2**30, max_len)
@@ -141,7 +146,8 @@ def run(config, workdir: common.Workdir, writer) -> dict:
   amateur_cfg = ModelConfig.from_json(resolve_checkpoint(config.amateur))
   valid_vocab = min(len(expert_tok), expert_cfg.vocab_size, amateur_cfg.vocab_size)
   (longest,) = _agree_max(max(map(len, prompt_ids)))
-  global_batch, chunk = batch_and_chunk(config, expert_cfg, amateur_cfg, valid_vocab, longest, layout)
+  global_batch, chunk = batch_and_chunk(config, expert_cfg, amateur_cfg, valid_vocab, longest, len(problems),
+                                        layout)
   bs = global_batch // pc
   n_batches = -(-len(todo) // bs)
   (n_batches,) = _agree_max(n_batches)

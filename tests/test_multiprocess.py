@@ -1,0 +1,73 @@
+"""Two local processes (`jax.distributed` on CPU with gloo) sample the same records as one process."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lr_jax.data.store import SampleStore
+from tests.helpers import REPO_ROOT, make_tiny_hf, shared_path
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _args(workdir, expert, amateur, problems):
+  return [sys.executable, "-m", "lr_jax.main", "--config=configs/qwen_math.py", f"--workdir={workdir}",
+          "--config.stages=sample", f"--config.expert={expert}", f"--config.amateur={amateur}",
+          f"--config.data.path={problems}", "--config.data.num_problems=6", "--config.dtype=float32",
+          "--config.sample.max_new_tokens=8", "--config.sample.batch_size=4", "--config.sample.beta=0.0"]
+
+
+def _env(**extra):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", **extra}
+  env.pop("XLA_FLAGS", None)  # one CPU device per process
+  return env
+
+
+def _records(workdir):
+  return {r.problem_id: r for r in SampleStore(os.path.join(workdir, "samples")).iter_records()}
+
+
+def test_two_processes_write_the_same_records_as_one(tmp_path):
+  pytest.importorskip("torch")
+  expert = make_tiny_hf(tmp_path, "qwen2", name="expert", hidden_size=32, seed=1)
+  amateur = make_tiny_hf(tmp_path, "qwen2", name="amateur", hidden_size=16, num_layers=1, num_heads=2,
+                         num_kv_heads=1, seed=2)
+  problems = tmp_path / "problems.jsonl"
+  with open(shared_path("data", "gsm8k", "train.jsonl")) as f:
+    problems.write_text("".join(f.readline() for _ in range(6)))
+
+  single = tmp_path / "single"
+  r = subprocess.run(_args(single, expert, amateur, problems), cwd=REPO_ROOT, env=_env(), capture_output=True,
+                     text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+
+  multi = tmp_path / "multi"
+  port = _free_port()
+  procs = [subprocess.Popen(_args(multi, expert, amateur, problems), cwd=REPO_ROOT,
+                            env=_env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                                     JAX_PROCESS_ID=str(i)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  assert {"shard-00000-of-00002", "shard-00001-of-00002"} <= set(os.listdir(multi / "samples"))
+
+  one, two = _records(single), _records(multi)
+  assert sorted(one) == sorted(two) and len(one) == 6
+  for pid, a in one.items():
+    b = two[pid]
+    np.testing.assert_array_equal(a.completion_ids, b.completion_ids)
+    np.testing.assert_array_equal(a.steps, b.steps)
+    np.testing.assert_array_equal(a.target_ids, b.target_ids)
+    np.testing.assert_allclose(a.target_weights, b.target_weights, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(a.all_kl, b.all_kl, rtol=1e-5, atol=1e-6)
+  with open(multi / "samples" / "stats" / "stats.json") as f:
+    assert json.load(f)["num_records"] == 6
