@@ -30,7 +30,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.data.path = ""  # <workdir>/demo/sample.jsonl
   c.data.num_problems = c.demo.n_sample
 
-  c.sample.max_new_tokens = 96
+  c.sample.max_new_tokens = c.demo.max_new_tokens   # solutions end within 50 tokens
   c.sample.batch_size = 64
   c.sample.top_k = 8
   c.sample.chunk_size = 512
@@ -45,7 +45,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
   c.eval.benchmarks = ""   # <workdir>/demo/test.jsonl, read as GSM8K records
   c.eval.models = "base,tuned,amateur"
-  c.eval.max_new_tokens = 96
+  c.eval.max_new_tokens = c.demo.max_new_tokens
   c.eval.batch_size = 64
 
   c.export.dtype = "float32"

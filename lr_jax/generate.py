@@ -100,7 +100,8 @@ def _validate(prompts, vocab_size: int, max_new_tokens: int, stop_strings, token
       raise ValueError(f"prompts[{i}] is empty; every prompt needs at least one token")
     lo, hi = min(p), max(p)
     if lo < 0 or hi >= vocab_size:
-      raise ValueError(f"prompts[{i}] holds id {lo if lo < 0 else hi}, outside the model's vocabulary [0, {vocab_size})")
+      bad = lo if lo < 0 else hi
+      raise ValueError(f"prompts[{i}] holds id {bad}, outside the model's vocabulary [0, {vocab_size})")
 
 
 def _run(graphdef, state, model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, min_batch: int,
@@ -136,15 +137,14 @@ def _run(graphdef, state, model, prompts: Sequence[Sequence[int]], *, max_new_to
     tokens, mask, row_ids = host_local_to_global((tokens, mask, row_ids), layout)
 
   s = start_jit(graphdef, state, tokens, mask, row_ids, np.int32(seed), spec=spec)
-  stopped = np.zeros(s.finished.shape, bool)
   while True:
     step, finished = int(_fetch(s.step)), _fetch(s.finished)
     if stop_strings:
       ids, counts = _fetch(s.tokens), _fetch(s.num_tokens)
-      for r in np.flatnonzero(~finished):
-        if stop_length(ids[r, :counts[r]].tolist(), stop_strings, tokenizer) is not None:
-          stopped[r] = finished[r] = True
-      if stopped.any():
+      stopped = [r for r in np.flatnonzero(~finished)
+                 if stop_length(ids[r, :counts[r]].tolist(), stop_strings, tokenizer) is not None]
+      if stopped:  # retire them on the device; their ids are trimmed below
+        finished[stopped] = True
         s = s.replace(finished=jax.make_array_from_callback(
             finished.shape, s.finished.sharding, lambda idx: finished[idx]))
     if step >= max_new_tokens or finished.all():

@@ -9,6 +9,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from lr_jax.generation.stopping import eos_ids_from_checkpoint
 from lr_jax.models.hf_io import Pretrained, from_pretrained, resolve_checkpoint
 from lr_jax.sharding import Layout, make_mesh
 
@@ -74,16 +75,8 @@ def load_tokenizer(path_or_id: str):
 
 
 def eos_ids(path_or_id: str, tokenizer) -> list[int]:
-  """Every EOS id of a checkpoint: generation_config.json's eos_token_id (int or list) + the tokenizer's."""
-  ids = []
-  gen = os.path.join(resolve_checkpoint(path_or_id), "generation_config.json")
-  if os.path.isfile(gen):
-    with open(gen) as f:
-      value = json.load(f).get("eos_token_id")
-    ids += value if isinstance(value, list) else ([] if value is None else [value])
-  if tokenizer.eos_token_id is not None:
-    ids.append(tokenizer.eos_token_id)
-  return sorted(set(int(i) for i in ids))
+  """Every EOS id of a checkpoint (generation_config.json's, then the tokenizer's)."""
+  return eos_ids_from_checkpoint(resolve_checkpoint(path_or_id), tokenizer)
 
 
 def write_json(path: str, obj: Any) -> None:

@@ -140,12 +140,19 @@ def test_stop_strings_trim_after_the_completing_token_with_reason_stop(models, m
   index, stop = next((i, tokenizer.decode([t]).strip()) for i, t in enumerate(row) if i >= 4
                      and len(tokenizer.decode([t]).strip()) >= 2 and tokenizer.decode([t]).strip().isascii()
                      and tokenizer.decode([t]).strip() not in tokenizer.decode(row[:i]))
-  monkeypatch.setattr(generate_module, "STOP_CHECK_EVERY", 2)  # retire the row inside the loop
+  monkeypatch.setattr(generate_module, "STOP_CHECK_EVERY", 2)  # check inside the loop, not only at the end
+  finished_on_entry = []
+  decode_jit = generate_module.decode_jit
+  def recording_decode_jit(graphdef, state, s, until, **kwargs):
+    finished_on_entry.append(np.asarray(s.finished)[:len(prompts)].copy())
+    return decode_jit(graphdef, state, s, until, **kwargs)
+  monkeypatch.setattr(generate_module, "decode_jit", recording_decode_jit)
   out = generate(model, prompts, max_new_tokens=MAX_NEW, valid_vocab=QWEN_VALID_VOCAB, stop_strings=[stop],
                  tokenizer=tokenizer)
 
   assert out.tokens[1] == row[:index + 1]
   assert out.finish_reasons[1] == "stop"
+  assert any(f[1] for f in finished_on_entry)  # the row was retired on the device before decoding went on
   for i in (0, 2, 3):  # other rows run on unless the same text shows up in them
     text = tokenizer.decode(free.tokens[i])
     assert (out.finish_reasons[i] == "stop") == (stop in text)
