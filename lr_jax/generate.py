@@ -104,15 +104,15 @@ def _validate(prompts, vocab_size: int, max_new_tokens: int, stop_strings, token
       raise ValueError(f"prompts[{i}] holds id {bad}, outside the model's vocabulary [0, {vocab_size})")
 
 
-def _run(graphdef, state, model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, min_batch: int,
-         sample_ids: Sequence[int] | None, sampling: SamplingConfig = SamplingConfig(),
-         eos_ids: Sequence[int] = (), pad_id: int = 0, stop_strings: Sequence[str] | None = None,
-         tokenizer: Any = None, seed: int = 0, return_logprobs: bool = False, valid_vocab: int | None = None,
-         layout: Layout | None = None) -> GenerationOutput:
-  """One padded batch through the engine (all hosts call it together, possibly with no prompts)."""
-  layout = layout if layout is not None else model.layout
-  n = len(prompts)
-  rows_needed, longest = _agree_max(max(n, min_batch), max((len(p) for p in prompts), default=1))
+def padded_prompts(prompts: Sequence[Sequence[int]], *, min_batch: int, pad_id: int,
+                   layout: Layout | None) -> tuple[np.ndarray, np.ndarray]:
+  """Host-local prompts left-padded to the batch shape every host agrees on.
+
+  Rows: a power-of-two bucket of the most prompts any host has (at least `min_batch`), rounded to
+  this host's share of the layout's data-parallel ways; length: a power-of-two bucket (at least
+  MIN_PROMPT_BUCKET) of the longest prompt on any host. Returns tokens int32 and mask bool `[rows, length]`.
+  """
+  rows_needed, longest = _agree_max(max(len(prompts), min_batch), max((len(p) for p in prompts), default=1))
   rows_multiple = 1
   if layout is not None:
     if layout.data_size % jax.process_count():
@@ -121,18 +121,31 @@ def _run(graphdef, state, model, prompts: Sequence[Sequence[int]], *, max_new_to
     rows_multiple = layout.data_size // jax.process_count()
   rows = -(-bucket_size(rows_needed) // rows_multiple) * rows_multiple
   length = bucket_size(longest, MIN_PROMPT_BUCKET)
+  tokens = np.full((rows, length), pad_id, np.int32)
+  mask = np.zeros((rows, length), bool)
+  for i, p in enumerate(prompts):
+    tokens[i, length - len(p):] = p
+    mask[i, length - len(p):] = True
+  return tokens, mask
+
+
+def _run(graphdef, state, model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, min_batch: int,
+         sample_ids: Sequence[int] | None, sampling: SamplingConfig = SamplingConfig(),
+         eos_ids: Sequence[int] = (), pad_id: int = 0, stop_strings: Sequence[str] | None = None,
+         tokenizer: Any = None, seed: int = 0, return_logprobs: bool = False, valid_vocab: int | None = None,
+         layout: Layout | None = None) -> GenerationOutput:
+  """One padded batch through the engine (all hosts call it together, possibly with no prompts)."""
+  layout = layout if layout is not None else model.layout
+  n = len(prompts)
+  tokens, mask = padded_prompts(prompts, min_batch=min_batch, pad_id=pad_id, layout=layout)
+  rows, length = tokens.shape
   out_len = output_slots(max_new_tokens)
   spec = DecodeSpec(sampling=sampling, eos_ids=tuple(int(e) for e in eos_ids), pad_id=int(pad_id),
                     valid_vocab=valid_vocab, slots=length + out_len, out_len=out_len,
                     return_logprobs=return_logprobs)
 
-  tokens = np.full((rows, length), pad_id, np.int32)
-  mask = np.zeros((rows, length), bool)
   row_ids = np.zeros((rows,), np.int32)
-  for i, p in enumerate(prompts):
-    tokens[i, length - len(p):] = p
-    mask[i, length - len(p):] = True
-    row_ids[i] = i if sample_ids is None else sample_ids[i]
+  row_ids[:n] = np.arange(n) if sample_ids is None else np.asarray(sample_ids[:n])
   if layout is not None:
     tokens, mask, row_ids = host_local_to_global((tokens, mask, row_ids), layout)
 

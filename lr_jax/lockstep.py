@@ -33,9 +33,8 @@ from flax import nnx
 
 from lr_jax.contrastive import ContrastiveConfig, ContrastiveOut
 from lr_jax.contrastive_math import contrastive_targets
-from lr_jax.generate import GenerationOutput, _agree_max, _fetch, _first_local_row
-from lr_jax.generation.engine import (MIN_PROMPT_BUCKET, bucket_size, decode_step, next_token_logits,
-                                      output_slots, prefill)
+from lr_jax.generate import GenerationOutput, _fetch, _first_local_row, padded_prompts
+from lr_jax.generation.engine import decode_step, next_token_logits, output_slots, prefill
 from lr_jax.models.config import ModelConfig
 from lr_jax.models.transformer import KVCache
 from lr_jax.sharding import Layout, constrain, host_local_to_global
@@ -186,25 +185,13 @@ def contrastive_decode(expert: tuple[nnx.GraphDef, nnx.State], amateur: tuple[nn
   _check_prompts(prompts, rows_vocab, max_new_tokens)
   layout = layout if layout is not None else expert_model.layout
   n = len(prompts)
-  rows_needed, longest = _agree_max(max(n, min_batch), max((len(p) for p in prompts), default=1))
-  rows_multiple = 1
-  if layout is not None:
-    if layout.data_size % jax.process_count():
-      raise ValueError(f"layout splits the batch {layout.data_size} ways, not a multiple of "
-                       f"{jax.process_count()} processes")
-    rows_multiple = layout.data_size // jax.process_count()
-  rows = -(-bucket_size(rows_needed) // rows_multiple) * rows_multiple
-  length = bucket_size(longest, MIN_PROMPT_BUCKET)
+  tokens, mask = padded_prompts(prompts, min_batch=min_batch, pad_id=pad_id, layout=layout)
+  length = tokens.shape[1]
   out_len = output_slots(max_new_tokens)
   spec = LockstepSpec(config=config, vocab=min(rows_vocab, config.valid_vocab or rows_vocab),
                       eos_ids=tuple(int(e) for e in eos_ids), pad_id=int(pad_id), slots=length + out_len,
                       out_len=out_len)
 
-  tokens = np.full((rows, length), pad_id, np.int32)
-  mask = np.zeros((rows, length), bool)
-  for i, p in enumerate(prompts):
-    tokens[i, length - len(p):] = p
-    mask[i, length - len(p):] = True
   if layout is not None:
     tokens, mask = host_local_to_global((tokens, mask), layout)
   s = lockstep_jit(eg, ag, es, as_, tokens, mask, np.int32(max_new_tokens), spec=spec)

@@ -93,7 +93,7 @@ def run(config: ml_collections.ConfigDict, workdir_path: str) -> None:
   workdir = common.Workdir(workdir_path)
   check_config(config, stages)
   os.makedirs(workdir.root, exist_ok=True)
-  from lr_jax.metrics import MetricsWriter
+  from lr_jax.metrics import MetricsWriter, peak_device_memory
   writer = MetricsWriter(workdir.root)
   timings = common.read_json(workdir.timings) if os.path.isfile(workdir.timings) else {}
   did_work = False
@@ -111,7 +111,8 @@ def run(config: ml_collections.ConfigDict, workdir_path: str) -> None:
       continue
     did_work = True
     timings[stage] = seconds
-    writer.write("time", STAGE_ORDER.index(stage), {f"{stage}_seconds": seconds})
+    writer.write("time", STAGE_ORDER.index(stage), {f"{stage}_seconds": seconds,
+                                                    "peak_device_memory_bytes": peak_device_memory()})
     if jax.process_index() == 0:
       common.write_json(workdir.timings, timings)
   if "demo" not in stages:

@@ -244,3 +244,42 @@ def _common_prefix_len(a: list[int], b: list[int]) -> int:
       break
     n += 1
   return n
+
+
+def main(argv: list[str] | None = None) -> None:
+  """`python -m lr_jax.data.original_format export|import ...`: convert between a store and the file."""
+  import argparse
+
+  from transformers import AutoTokenizer
+
+  parser = argparse.ArgumentParser(prog="python -m lr_jax.data.original_format", description=main.__doc__)
+  sub = parser.add_subparsers(dest="command", required=True)
+  exp = sub.add_parser("export", help="sample store -> original JSONL (one line per kept step)")
+  exp.add_argument("--store", required=True, help="a sample store folder (e.g. WORKDIR/samples)")
+  exp.add_argument("--output", required=True, help="the .jsonl file to write")
+  exp.add_argument("--tokenizer", required=True, help="tokenizer folder of the models that sampled")
+  exp.add_argument("--problems", help="the problems JSONL: writes each question as prompt_id, as the original")
+  imp = sub.add_parser("import", help="original JSONL -> a new sample store that `distill` trains on")
+  imp.add_argument("--input", required=True, help="a file written by the original LightR_sampling.py")
+  imp.add_argument("--store", required=True, help="the sample store folder to create (e.g. WORKDIR/samples)")
+  imp.add_argument("--tokenizer", required=True, help="tokenizer folder of the expert")
+  imp.add_argument("--top-k", type=int, default=32, help="K, the width of the stored sparse targets")
+  args = parser.parse_args(argv)
+  tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+  if args.command == "export":
+    prompt_id_of = None
+    if args.problems:
+      from lr_jax.data.problems import load_problems
+      prompt_id_of = {p.id: p.question for p in load_problems(args.problems, n=None)}
+    n = export_original(SampleStore(args.store), args.output, tokenizer, prompt_id_of=prompt_id_of)
+    print(f"wrote {n} kept steps to {args.output}")
+  else:
+    records = import_original(args.input, tokenizer, K=args.top_k)
+    store = SampleStore(args.store, meta={"source": "original LightReasoner JSONL", "file": os.path.abspath(args.input),
+                                          "top_k": args.top_k, "scoring": "imported"})
+    store.append(records)
+    print(f"imported {len(records)} trajectories ({sum(r.num_kept for r in records)} kept steps) into {args.store}")
+
+
+if __name__ == "__main__":
+  main()

@@ -106,7 +106,9 @@ def load_problems_tfds(
   Only the reader side: the dataset must have been prepared beforehand in the array_record file
   format (`builder.download_and_prepare(file_format='array_record')`), which
   `tfds.data_source` reads with random access and without TensorFlow. Nothing is downloaded.
-  Text features arrive as UTF-8 bytes and are decoded.
+  Text features arrive as UTF-8 bytes and are decoded. An example whose only feature is `record`
+  (the `lr_jax.data.tfds_builders` data sets) holds the source record as JSON text, and its fields
+  are read from that JSON object.
 
   Args:
     name: the TFDS name, with optional config and version ('gsm8k', 'my_set/main:1.0.0').
@@ -129,11 +131,39 @@ def load_problems_tfds(
     first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise FileNotFoundError(f"{source_name} is not prepared: {first_line}") from None
   chosen = _select(len(source), n, order, seed, source=source_name)
-  return [
-      _to_problem(f"{split}-{i}", source[int(i)], question_field, answer_field,
-                  where=f"{source_name} record {i}")
-      for i in chosen
-  ]
+  problems = []
+  for i in chosen:
+    where = f"{source_name} record {i}"
+    problems.append(_to_problem(f"{split}-{i}", _fields(source[int(i)], where), question_field,
+                                answer_field, where=where))
+  return problems
+
+
+def load_problems_from_spec(
+    spec: str,
+    *,
+    tfds_dir: str | os.PathLike | None = None,
+    n: int | None = 1000,
+    order: str = "first",
+    seed: int = 0,
+    question_field: str = "question",
+    answer_field: str | None = "answer",
+) -> list[Problem]:
+  """Reads problems from `spec`: a JSONL path, or 'tfds:NAME[:SPLIT]' (split 'train' by default).
+
+  NAME may carry a version ('tfds:lr_jax_gsm8k:1.0.0:train'); a tfds spec reads from the TFDS
+  data dir `tfds_dir` (TFDS's default when empty or None). The other arguments are as in
+  `load_problems`.
+  """
+  if not spec.startswith("tfds:"):
+    return load_problems(spec, n=n, order=order, seed=seed, question_field=question_field,
+                         answer_field=answer_field)
+  parts = spec[len("tfds:"):].split(":")
+  if not parts[0] or len(parts) > 3:
+    raise ValueError(f"data spec {spec!r}: expected tfds:NAME[:SPLIT] or tfds:NAME:VERSION:SPLIT")
+  name, split = (parts[0], "train") if len(parts) == 1 else (":".join(parts[:-1]), parts[-1])
+  return load_problems_tfds(name, split=split, data_dir=tfds_dir or None, n=n, order=order, seed=seed,
+                            question_field=question_field, answer_field=answer_field)
 
 
 def _check_selection(n: int | None, order: str) -> None:
@@ -152,6 +182,19 @@ def _select(num_records: int, n: int | None, order: str, seed: int, *, source: s
   if order == "first":
     return range(n)
   return np.random.default_rng(seed).permutation(num_records)[:n].tolist()
+
+
+def _fields(example: Mapping, where: str) -> Mapping:
+  """The record's fields: the example itself, or the JSON object of a lone `record` feature."""
+  if set(example) != {"record"}:
+    return example
+  try:
+    record = json.loads(bytes(example["record"]).decode("utf-8"))
+  except (TypeError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ValueError(f"{where}: feature 'record' is not JSON text ({type(e).__name__})") from None
+  if not isinstance(record, dict):
+    raise ValueError(f"{where}: feature 'record' holds a {type(record).__name__}, expected a JSON object")
+  return record
 
 
 def _to_problem(problem_id: str, record: Mapping, question_field: str,

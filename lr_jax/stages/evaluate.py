@@ -1,7 +1,9 @@
 """The evaluation stage: greedy pass@1 of the base expert, the tuned expert (and optionally the amateur).
 
-`config.eval.benchmarks` lists names of the shared benchmarks (`gsm8k`, `math`, ...) or custom sets
-as `LABEL=READER:PATH` (PATH read with benchmark READER's fields, reported as LABEL).
+`config.eval.benchmarks` lists names of the shared benchmarks (`gsm8k`, `math`, ...), custom sets
+as `LABEL=READER:PATH` (PATH read with benchmark READER's fields, reported as LABEL), or prepared
+TFDS sets as `tfds:NAME` (`tfds:gsm8k` or `tfds:lr_jax_gsm8k`: the test split of
+`lr_jax.data.tfds_builders`' data set, read from `config.eval.data_dir` as the TFDS data dir).
 Results go to workdir/eval/<model>/ (per-item JSONL, results.json/.md); base vs tuned with a paired
 significance test to workdir/eval/comparison.{json,md}.
 """
@@ -13,7 +15,7 @@ import os
 import jax
 
 from lr_jax.data.prompts import default_stop_strings
-from lr_jax.eval.benchmarks import load_benchmark
+from lr_jax.eval.benchmarks import items_from_records, load_benchmark
 from lr_jax.eval.harness import Completion, compare_runs, comparison_markdown, evaluate
 from lr_jax.export import load_peft_adapter
 from lr_jax.generate import generate_batched
@@ -23,10 +25,16 @@ ADAPTER_DIR = "final_adapter"
 
 
 def parse_benchmarks(spec: str, data_dir: str, limit: int):
-  """Items of every benchmark in `spec` (comma-separated names or LABEL=READER:PATH)."""
+  """Items of every benchmark in `spec` (comma-separated names, LABEL=READER:PATH or tfds:NAME)."""
   items = []
   for entry in (s.strip() for s in spec.split(",") if s.strip()):
-    if "=" in entry:
+    if entry.startswith("tfds:"):
+      from lr_jax.data import tfds_builders  # Heavy import (tensorflow_datasets), needed only here.
+      name = entry[len("tfds:"):]
+      records = tfds_builders.read_records(name, "test", data_dir, limit or None)
+      items += items_from_records(tfds_builders.benchmark_of(name), records,
+                                  source=f"TFDS {tfds_builders.dataset_name(name)}[test] in {data_dir}")
+    elif "=" in entry:
       label, rest = entry.split("=", 1)
       reader, _, path = rest.partition(":")
       if not path:

@@ -16,6 +16,7 @@ memory (`lr_jax.lockstep.default_sampling_batch`); the choice is logged.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 
 import jax
@@ -26,7 +27,7 @@ from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from lr_jax.contrastive import ContrastiveConfig, make_contrastive_step
-from lr_jax.data.problems import load_problems
+from lr_jax.data.problems import load_problems_from_spec
 from lr_jax.data.prompts import render_prompt
 from lr_jax.data.sample_stats import compute_stats, write_stats
 from lr_jax.data.store import TARGET_PAD_ID, SampleStore, TrajectoryRecord
@@ -120,8 +121,9 @@ def run(config, workdir: common.Workdir, writer) -> dict:
   """Runs (or resumes) the stage; returns a summary. Does nothing when every problem is stored."""
   pi, pc = jax.process_index(), jax.process_count()
   scoring = scoring_of(config)
-  problems = load_problems(config.data.path, n=config.data.num_problems, order=config.data.order,
-                           seed=config.seed, question_field=config.data.question_field)
+  problems = load_problems_from_spec(config.data.path, tfds_dir=config.data.get("tfds_dir", ""),
+                                     n=config.data.num_problems, order=config.data.order,
+                                     seed=config.seed, question_field=config.data.question_field)
   mine = problems[pi::pc]
   expert_tok = common.load_tokenizer(config.expert)
   amateur_tok = common.load_tokenizer(config.amateur)
@@ -151,9 +153,10 @@ def run(config, workdir: common.Workdir, writer) -> dict:
   bs = global_batch // pc
   n_batches = -(-len(todo) // bs)
   (n_batches,) = _agree_max(n_batches)
-  if n_batches == 0:
-    common.log("sample: all %d problems already in %s, nothing to do", len(problems), workdir.samples)
-  else:
+  stats_file = os.path.join(workdir.sample_stats, "stats.json")
+  if n_batches == 0 and os.path.isfile(stats_file):
+    return {"skipped": True}
+  if n_batches:
     common.log("sample: %d problems (%d already stored), %d batches of %d, %s scoring", len(problems), len(done),
                n_batches, global_batch, scoring)
     expert = common.load_model(config.expert, config.dtype, layout)

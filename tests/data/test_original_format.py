@@ -169,3 +169,22 @@ def test_bad_original_lines_raise_one_line_errors_naming_file_line_and_field(tok
   with pytest.raises(ValueError, match=message) as info:
     import_original(path, tokenizer)
   assert "\n" not in str(info.value)
+
+
+def test_command_line_export_then_import_gives_a_trainable_store_with_the_same_targets(tokenizer, tmp_path):
+  from lr_jax.data.original_format import main
+
+  records = [_record(tokenizer, "train-0", [1, 2], seed=5), _record(tokenizer, "train-1", [3], seed=6)]
+  SampleStore(tmp_path / "store", meta={"K": 4}).append(records)
+  problems = tmp_path / "train.jsonl"  # ids train-0, train-1: the questions become the prompt_ids
+  _write_lines(problems, [{"question": QUESTIONS[f"train-{i}"], "answer": "1"} for i in range(2)])
+  main(["export", "--store", str(tmp_path / "store"), "--output", str(tmp_path / "orig.jsonl"),
+        "--tokenizer", str(QWEN_TOKENIZER), "--problems", str(problems)])
+  main(["import", "--input", str(tmp_path / "orig.jsonl"), "--store", str(tmp_path / "imported"),
+        "--tokenizer", str(QWEN_TOKENIZER), "--top-k", "4"])
+  back = list(SampleStore(tmp_path / "imported").iter_records())
+  assert len(back) == 2
+  for a, b in zip(records, back):
+    np.testing.assert_array_equal(a.prompt_ids, b.prompt_ids)
+    np.testing.assert_array_equal(a.steps, b.steps)
+    np.testing.assert_allclose(np.sort(a.target_weights, axis=1), np.sort(b.target_weights, axis=1), atol=1e-6)
