@@ -42,7 +42,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.prompt.system_prompt = DEFAULT_SYSTEM_PROMPT
 
   c.data = ml_collections.ConfigDict()
-  c.data.path = "../shared/data/gsm8k/train.jsonl"   # a JSONL file, or tfds:NAME[:SPLIT] with data.tfds_dir
+  c.data.path = "../shared/data/gsm8k/train.jsonl"   # a JSONL file, or tfds:lr_jax_gsm8k:train with data.tfds_dir
   c.data.tfds_dir = ""
   c.data.num_problems = 1000
   c.data.order = "first"        # first N in file order (the original), or "random" (seeded)
