@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs lr_jax on every worker of a TPU VM slice. The workdir must be shared storage (a gs:// path
-# through etils/epath, or an NFS mount) so that every host sees the same store and checkpoints.
+# Runs lr_jax on every worker of a TPU VM slice. The workdir must be a filesystem every host mounts
+# (NFS, or a bucket through GCS FUSE) so that every host sees the same store and checkpoints.
 # Usage: launch/tpu_vm.sh TPU_NAME ZONE WORKDIR CONFIG [extra flags...]
 #   e.g. launch/tpu_vm.sh my-v5e-16 us-central2-b /mnt/nfs/runs/qwen15 configs/qwen_math.py
 set -euo pipefail

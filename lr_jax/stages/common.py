@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 from typing import Any
 
@@ -48,9 +47,8 @@ def is_main_process() -> bool:
 
 
 def log(msg: str, *args: Any) -> None:
-  """Logs on process 0 only."""
+  """Prints a progress line on process 0 only (library INFO logging is off by default)."""
   if is_main_process():
-    logging.info(msg, *args)
     print(msg % args if args else msg, flush=True)
 
 
