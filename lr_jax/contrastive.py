@@ -10,12 +10,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lr_jax.contrastive_math import contrastive_targets
+from lr_jax.contrastive_math import ContrastiveTargets, contrastive_targets
 from lr_jax.models.transformer import positions_from_mask
 
 
@@ -40,17 +39,9 @@ class ContrastiveConfig:
     return cls(**{"beta_inclusive": True, "score_first_token": False, **overrides})
 
 
-@flax.struct.dataclass
-class ContrastiveOut:
-  """Per completion step, shapes `[B, T]` (targets `[B, T, K]`); invalid steps have kept=False."""
-  kl: jax.Array
-  kept: jax.Array
-  target_ids: jax.Array
-  target_weights: jax.Array
-  dropped_mass: jax.Array
-  mask_size: jax.Array
-  expert_top1: jax.Array
-  amateur_top1: jax.Array
+# The fields of `contrastive_targets` laid out per completion step: `[B, T]` (targets `[B, T, K]`);
+# steps that are padding (or not scorable) have kept=False.
+ContrastiveOut = ContrastiveTargets
 
 
 def step_hidden(graphdef: nnx.GraphDef, state: nnx.State, prompt_tokens, prompt_mask, completion_tokens,

@@ -81,8 +81,7 @@ def _record_step(s: LockstepState, expert_hidden, amateur_hidden, expert, amateu
                                 valid_vocab=spec.vocab, alpha=c.alpha, beta=c.beta, top_k=c.top_k,
                                 beta_inclusive=c.beta_inclusive)
   active = ~s.finished
-  out = ContrastiveOut(**targets._asdict())
-  out = out.replace(kept=out.kept & ((s.step > 0) | c.score_first_token))
+  out = targets._replace(kept=targets.kept & ((s.step > 0) | c.score_first_token))
   out = jax.tree.map(lambda x: jnp.where(active.reshape((-1,) + (1,) * (x.ndim - 1)), x, jnp.zeros_like(x)), out)
   token = jnp.where(active, out.expert_top1, spec.pad_id)
   is_eos = jnp.isin(token, jnp.asarray(spec.eos_ids, jnp.int32)) if spec.eos_ids else jnp.zeros_like(active)
@@ -91,7 +90,7 @@ def _record_step(s: LockstepState, expert_hidden, amateur_hidden, expert, amateu
     return jax.lax.dynamic_update_slice_in_dim(buf, x[:, None].astype(buf.dtype), s.step, axis=1)
 
   scored = jax.tree.map(write, s.scored, out)
-  scored = scored.replace(**{f: constrain(layout, getattr(scored, f), ("batch", None, None)) for f in _TARGET_FIELDS})
+  scored = scored._replace(**{f: constrain(layout, getattr(scored, f), ("batch", None, None)) for f in _TARGET_FIELDS})
   return s.replace(tokens=write(s.tokens, token), num_tokens=s.num_tokens + active.astype(jnp.int32), last=token,
                    finished=s.finished | (active & is_eos), step=s.step + 1, scored=scored)
 
