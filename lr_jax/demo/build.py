@@ -27,16 +27,12 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from lr_jax.data import prompts as prompt_templates
 from lr_jax.demo import pretrain, world
 from lr_jax.demo import tokenizer as demo_tokenizer
-from lr_jax.generation.engine import DecodeSpec, bucket_size, decode_jit, output_slots, start_jit
-from lr_jax.generation.sampling import SamplingConfig
+from lr_jax.generate import generate
 from lr_jax.models.config import ModelConfig
 from lr_jax.models.transformer import Transformer
 
@@ -246,29 +242,9 @@ def boxed_answer(text: str) -> str | None:
 
 def greedy_decode(model: Transformer, prompts: list[list[int]], max_new_tokens: int, eos_id: int,
                   pad_id: int) -> list[list[int]]:
-  """Greedy completions of `prompts` (one left-padded batch), each cut after its first EOS.
-
-  Returns one id list per prompt, at most `max_new_tokens` long, EOS excluded.
-  """
-  width = bucket_size(max(len(p) for p in prompts), 16)
-  tokens = np.full((len(prompts), width), pad_id, np.int32)
-  mask = np.zeros((len(prompts), width), bool)
-  for i, p in enumerate(prompts):
-    tokens[i, width - len(p):] = p
-    mask[i, width - len(p):] = True
-  out_len = output_slots(max_new_tokens)
-  spec = DecodeSpec(sampling=SamplingConfig(), eos_ids=(eos_id,), pad_id=pad_id, valid_vocab=None,
-                    slots=width + out_len, out_len=out_len, return_logprobs=False)
-  graphdef, state = nnx.split(model)
-  decode_state = start_jit(graphdef, state, jnp.asarray(tokens), jnp.asarray(mask),
-                           jnp.arange(len(prompts), dtype=jnp.int32), jnp.int32(0), spec=spec)
-  decode_state = decode_jit(graphdef, state, decode_state, jnp.int32(max_new_tokens), spec=spec)
-  ids, lengths = jax.device_get((decode_state.tokens, decode_state.num_tokens))
-  out = []
-  for row, n in zip(ids, lengths):
-    row = row[:n].tolist()
-    out.append(row[:row.index(eos_id)] if eos_id in row else row)
-  return out
+  """Greedy completions of `prompts` through the generation engine, EOS excluded."""
+  out = generate(model, prompts, max_new_tokens=max_new_tokens, eos_ids=(eos_id,), pad_id=pad_id)
+  return [t[:-1] if r == "eos" else t for t, r in zip(out.tokens, out.finish_reasons)]
 
 
 def _encode(tok, texts: list[str]) -> list[list[int]]:
