@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from lr_jax.eval.files import iter_jsonl
+
 ORDERS = ("first", "random")
 
 
@@ -65,21 +67,7 @@ def load_problems(
   stem = os.path.splitext(os.path.basename(path))[0]
   # 'first' can stop reading early; 'random' needs every record to permute over.
   stop_after = n if order == "first" else None
-  records: list[tuple[int, dict]] = []
-  with open(path, encoding="utf-8") as f:
-    for line_index, line in enumerate(f):
-      if stop_after is not None and len(records) == stop_after:
-        break
-      if not line.strip():
-        continue
-      where = f"{path}:{line_index + 1}"
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-      if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-      records.append((line_index, record))
+  records = [(line_number - 1, record) for line_number, record in iter_jsonl(path, stop_after)]
   chosen = _select(len(records), n, order, seed, source=path)
   problems = []
   for i in chosen:

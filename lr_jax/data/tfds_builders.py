@@ -24,6 +24,8 @@ from collections.abc import Sequence
 
 import tensorflow_datasets as tfds
 
+from lr_jax.eval.files import iter_jsonl
+
 PREFIX = "lr_jax_"
 
 # benchmark -> (splits, where the files come from). The shared data folder holds exactly these.
@@ -87,18 +89,10 @@ class _JsonlBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return {split: self._generate_examples(path) for split, path in paths.items()}
 
   def _generate_examples(self, path: str):
-    with open(path, encoding="utf-8") as f:
-      for line_index, line in enumerate(f):
-        if not line.strip():
-          continue
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise ValueError(f"{path}:{line_index + 1}: invalid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(record, dict):
-          raise ValueError(f"{path}:{line_index + 1}: expected a JSON object, got {type(record).__name__}")
-        # ensure_ascii=False keeps the text readable; json floats round-trip through repr exactly.
-        yield line_index, {"record": json.dumps(record, ensure_ascii=False)}
+    for line_number, record in iter_jsonl(path):
+      # Keyed by 0-based physical line, as JSONL problem ids are; ensure_ascii=False keeps the text
+      # readable and json floats round-trip through repr exactly.
+      yield line_number - 1, {"record": json.dumps(record, ensure_ascii=False)}
 
 
 def _make_builder_class(benchmark: str) -> type[_JsonlBuilder]:

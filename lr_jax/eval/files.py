@@ -28,7 +28,7 @@ def iter_jsonl(path: str | os.PathLike, limit: int | None = None) -> Iterator[tu
       try:
         record = json.loads(line)
       except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{line_number}: not valid JSON ({e.msg})") from None
+        raise ValueError(f"{path}:{line_number}: invalid JSON ({e.msg} at column {e.colno})") from None
       if not isinstance(record, dict):
         raise ValueError(f"{path}:{line_number}: expected a JSON object, got {type(record).__name__}")
       count += 1

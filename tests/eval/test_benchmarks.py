@@ -100,7 +100,7 @@ def test_missing_file_names_the_path(tmp_path):
 def test_invalid_json_names_the_line(tmp_path):
   path = tmp_path / "broken.jsonl"
   path.write_text('{"question": "q", "answer": "#### 1"}\n{not json\n')
-  with pytest.raises(ValueError, match=r"broken.jsonl:2: not valid JSON"):
+  with pytest.raises(ValueError, match=r"broken.jsonl:2: invalid JSON"):
     load_benchmark("gsm8k", path)
 
 
