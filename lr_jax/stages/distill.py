@@ -12,7 +12,6 @@ import os
 import time
 
 import jax
-import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
@@ -68,14 +67,31 @@ def run(config, workdir: common.Workdir, writer) -> dict:
   common.log("distill: %d records, %d kept steps, %d updates of %d steps (%d epochs)", len(records), kept,
              n_updates, d.steps_per_update, epochs)
   t0 = time.time()
+  pending = None  # (update, device metrics): fetched after the next update is dispatched, no stall
+
+  def log(update, device_metrics):
+    nonlocal t0
+    m = jax.device_get(device_metrics)
+    writer.write("distill", update, {**m, "supervised_steps_per_s": m["supervised_steps"] /
+                                     max(time.time() - t0, 1e-9)})
+    t0 = time.time()
+    return m
+
+  metrics = None
   for u in tqdm(range(start, n_updates), desc="distill", initial=start, total=n_updates,
                 disable=jax.process_index() != 0):
-    state, metrics = step(state, frozen, shard_batch(packed.batch(u), layout))
-    metrics = jax.device_get(metrics)
-    writer.write("distill", u, {**metrics, "supervised_steps_per_s": metrics["supervised_steps"] /
-                                max(time.time() - t0, 1e-9)})
-    t0 = time.time()
+    state, device_metrics = step(state, frozen, shard_batch(packed.batch(u), layout))
+    if pending is not None:
+      log(*pending)
+    pending = (u, device_metrics)
+    if (u + 1) % d.checkpoint_every == 0:  # log all updates a checkpoint holds before saving it
+      log(*pending)
+      pending = None
     ckpt.save(u + 1, state, {"next_update": u + 1, "num_updates": n_updates})
+  if pending is not None:
+    metrics = log(*pending)
+  elif n_updates > start:
+    metrics = jax.device_get(device_metrics)
   if n_updates not in ckpt.all_steps():
     ckpt.save(n_updates, state, {"next_update": n_updates, "num_updates": n_updates}, force=True)
   ckpt.wait()
@@ -85,5 +101,5 @@ def run(config, workdir: common.Workdir, writer) -> dict:
     export_peft(model, lora, os.path.join(workdir.checkpoints, ADAPTER_DIR), base_model_name_or_path=config.expert)
     common.write_json(workdir.distill_done, {"updates": n_updates, "kept_steps": kept, "epochs": epochs,
                                              "records": len(records)})
-  return {"updates": n_updates, "kept_steps": kept, "final_loss": float(np.asarray(metrics["loss"]))
-          if n_updates > start else None}
+  return {"updates": n_updates, "kept_steps": kept,
+          "final_loss": None if metrics is None else float(metrics["loss"])}
