@@ -46,11 +46,14 @@ def test_smoke_run_fills_every_section_and_prints_the_table_last(suite, tmp_path
   con = sec["contrastive"]
   assert con["no_full_logits"]["largest_f32_below_bsv"] and 0 < con["mfu_vs_nominal"] < con["mfu_vs_measured"]
   lock = sec["lockstep"]
-  assert lock["all_rows_full_length"] and lock["largest_f32_below_bsv"]
-  assert lock["speedup_vs_generate_plus_contrastive"] > 0
+  assert set(lock["batches"]) == {"16", str(lock["default_batch"])}  # the contrastive batch and the default
+  for row in lock["batches"].values():
+    assert row["all_rows_full_length"] and row["largest_f32_below_bsv"]
+  assert lock["batches"]["16"]["speedup_vs_generate_plus_contrastive"] > 0
   assert sec["distill"]["variants"]["remat"]["loss_finite"] and sec["distill"]["supervised_steps"] == 4
   proj = sec["projection"]
   assert proj["sampling_path"] == "lockstep" and set(proj["paths"]) == {"lockstep", "teacher_forced"}
+  assert proj["paths"]["lockstep"]["batch"] == lock["default_batch"]
   assert proj["total_s"] == pytest.approx(proj["sampling_s"] + proj["training_s"] + proj["compile_s"])
   tail = printed[printed.index("=== accelerator suite summary ==="):]
   assert "generate batch 16" in tail and "lockstep batch 16" in tail and "paper workload projected (lockstep)" in tail
