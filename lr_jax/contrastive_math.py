@@ -15,6 +15,7 @@ clamps: -inf logits contribute exactly 0 and never produce NaN.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -82,16 +83,19 @@ def _score_exp(e: jax.Array, a: jax.Array, ref_e: jax.Array, ref_a: jax.Array,
 def contrastive_targets(expert_logits: jax.Array, amateur_logits: jax.Array, *,
                         valid_vocab: int, alpha: float = 0.2, beta: float = 0.4,
                         top_k: int = 32, beta_inclusive: bool = False,
-                        block: int | None = None) -> ContrastiveTargets:
+                        block: int | None = None, impl: str = "auto") -> ContrastiveTargets:
   """KL, keep decision and top-K contrastive targets for N decoding steps.
 
-  Jittable; all keyword arguments but beta are static. Walks the vocabulary in blocks
-  (`lr_jax.ops.vocab.fold_vocab_blocks`), so besides the float32 view of the
-  inputs it holds only [N, block] temporaries: pass 1 gives both
-  log-normalisers and argmaxes, pass 2 the KL, |M| and a column-max fold of
-  the masked scores that narrows the top-K to a few candidates, and pass 3,
-  run only when some |M| > K, the mass outside the top-K. Scores are ranked
-  as float32 xE - xA.
+  Jittable; all keyword arguments but beta are static. Two implementations of the
+  vocabulary passes (`lr_jax.ops.vocab`), equal up to float32 summation order:
+  "blocks" walks the vocabulary in blocks (`fold_vocab_blocks`), so besides the
+  float32 view of the inputs it holds only [N, block] temporaries: pass 1 gives
+  both log-normalisers and argmaxes, pass 2 the KL, |M| and a column-max fold of
+  the masked scores that narrows the top-K to a few candidates, and pass 3, run
+  only when some |M| > K, the mass outside the top-K. "fused" does the same
+  passes as whole-row reductions XLA fuses, and the top-K with
+  `vocab.top_k_fused`. "auto" takes "blocks" on CPU and "fused" elsewhere.
+  Scores are ranked as float32 xE - xA.
 
   Args:
     expert_logits: [N, VE] float (float32 avoids a copy on XLA:CPU), VE >= valid_vocab.
@@ -102,7 +106,8 @@ def contrastive_targets(expert_logits: jax.Array, amateur_logits: jax.Array, *,
     beta: KL threshold for keeping a step.
     top_k: K, 1 <= K <= min(valid_vocab, block).
     beta_inclusive: keep when kl >= beta instead of kl > beta.
-    block: vocabulary block width (default `lr_jax.ops.vocab.auto_block(N)`).
+    block: vocabulary block width of "blocks" (default `lr_jax.ops.vocab.auto_block(N)`).
+    impl: "auto", "blocks" or "fused".
   Returns:
     ContrastiveTargets (see its docstring for shapes and dtypes).
   """
@@ -119,6 +124,78 @@ def contrastive_targets(expert_logits: jax.Array, amateur_logits: jax.Array, *,
     raise ValueError(f"contrastive_targets: top_k must be in [1, {width}] "
                      f"(valid_vocab={valid_vocab}, block={block}), got {top_k}")
   log_alpha = jnp.float32(math.log(alpha))
+  blocks = functools.partial(_statistics_blocks, valid_vocab=valid_vocab, log_alpha=log_alpha, top_k=top_k,
+                             block=block)
+  fused = functools.partial(_statistics_fused, valid_vocab=valid_vocab, log_alpha=log_alpha, top_k=top_k)
+  stats = vocab_ops.by_platform(impl, blocks, fused, x_e, x_a)
+  kl, mask_size, top_ids, top_exp, outside = stats[:5]
+  kept_exp = jnp.sum(top_exp, axis=-1)
+  slot_used = jnp.arange(top_k) < mask_size[:, None]
+  # An all -inf expert row has an empty mask: weights 0, not 0 / 0.
+  has_mass = kept_exp[:, None] > 0
+  return ContrastiveTargets(
+      kl=kl,
+      kept=kl >= beta if beta_inclusive else kl > beta,
+      target_ids=jnp.where(slot_used, top_ids, 0),
+      target_weights=jnp.where(has_mass, top_exp / jnp.where(has_mass, kept_exp[:, None], 1.0), 0.0),
+      dropped_mass=jnp.where(outside > 0, outside / (kept_exp + outside), 0.0),
+      mask_size=mask_size,
+      expert_top1=stats[5],
+      amateur_top1=stats[6],
+  )
+
+
+# Per-position statistics both implementations return, each [N] unless noted:
+# (kl, mask_size, top_ids [N, K], top_exp [N, K], outside, expert_top1, amateur_top1), where
+# top_exp = exp(score - top score) at the top-K ids (0 at -inf scores) and outside = the same
+# summed over M minus the top-K slots (0 when |M| <= K).
+
+
+def _top_exp(gather, top_scores: jax.Array, top_ids: jax.Array, ref_id: jax.Array) -> jax.Array:
+  """exp(score - top score) `[N, K]` at the top-K ids; ref_id `[N, 1]` is the top score's token."""
+  ref_e, ref_a = gather(ref_id)
+  score_max = jnp.max(top_scores, axis=-1, keepdims=True)
+  return jnp.where(top_scores == -jnp.inf, 0.0,
+                   _score_exp(*gather(top_ids), ref_e, ref_a, top_scores, score_max))
+
+
+def _outside_step(top_scores, top_exp, ref, max_e, log_alpha):
+  """A vocabulary step summing the mass of M outside the top-K, and its finishing function.
+
+  Summed directly (not total - kept) so a small remainder keeps its relative precision: every
+  score below the K-th, plus the copies of the K-th score that the K slots did not take.
+  """
+  kth_score = jnp.min(top_scores, axis=-1, keepdims=True)
+  score_max = jnp.max(top_scores, axis=-1, keepdims=True)
+
+  def step(carry, start, e, a):
+    del start
+    below_kth, tied = carry
+    in_mask, scores = _masked_scores(e, a, max_e, log_alpha)
+    below = in_mask & (scores < kth_score)
+    below_exp = jnp.where(below, _score_exp(e, a, *ref, scores, score_max), 0.0)
+    return (below_kth + jnp.sum(below_exp, axis=-1),
+            tied + jnp.sum(in_mask & (scores == kth_score), axis=-1, dtype=jnp.int32))
+
+  def finish(carry, mask_size, top_k):
+    below_kth, tied = carry
+    at_kth = top_scores == kth_score
+    tied_out = tied - jnp.sum(at_kth, axis=-1, dtype=jnp.int32)
+    kth_exp = jnp.min(jnp.where(at_kth, top_exp, jnp.inf), axis=-1)
+    return jnp.where(mask_size > top_k, below_kth + tied_out.astype(jnp.float32) * kth_exp, 0.0)
+
+  n = top_scores.shape[0]
+  return step, finish, (jnp.zeros((n,), jnp.float32), jnp.zeros((n,), jnp.int32))
+
+
+def _kl_terms(e, a, lse_e, lse_gap):
+  """KL(pE || pA) summands; pE == 0 terms are 0 (and NaN when both logits are -inf)."""
+  return jnp.where(e == -jnp.inf, 0.0, jnp.exp(e - lse_e) * ((e - a) - lse_gap))
+
+
+def _statistics_blocks(x_e, x_a, *, valid_vocab, log_alpha, top_k, block):
+  n = x_e.shape[0]
+  width = min(block, valid_vocab)
 
   def fold(step, init):
     return vocab_ops.fold_vocab_blocks(step, init, [x_e, x_a], block, valid_vocab)
@@ -141,10 +218,9 @@ def contrastive_targets(expert_logits: jax.Array, amateur_logits: jax.Array, *,
 
   def kl_step(carry, start, e, a):
     kl, mask_size, score_cols = carry
-    # pE == 0 terms are 0 (and NaN when both logits are -inf).
-    terms = jnp.where(e == -jnp.inf, 0.0, jnp.exp(e - lse_e) * ((e - a) - lse_gap))
     in_mask, scores = _masked_scores(e, a, max_e, log_alpha)
-    return (kl + jnp.sum(terms, axis=-1), mask_size + jnp.sum(in_mask, axis=-1, dtype=jnp.int32),
+    return (kl + jnp.sum(_kl_terms(e, a, lse_e, lse_gap), axis=-1),
+            mask_size + jnp.sum(in_mask, axis=-1, dtype=jnp.int32),
             vocab_ops.update_column_max(score_cols, start, scores))
 
   kl, mask_size, score_cols = fold(
@@ -159,51 +235,38 @@ def contrastive_targets(expert_logits: jax.Array, amateur_logits: jax.Array, *,
   _, cand_scores = _masked_scores(*gather(jnp.where(in_range, cand_ids, 0)), max_e, log_alpha)
   top_scores, pos = lax.top_k(jnp.where(in_range, cand_scores, -jnp.inf), top_k)
   top_ids = jnp.take_along_axis(cand_ids, pos, axis=-1)
-
   # The top score's own token, found without slicing the top_k output (XLA
   # rewrites a sliced top_k into a full sort).
-  ref_e, ref_a = gather(vocab_ops.column_argmax(*score_cols, valid_vocab)[:, None])
-  score_max = jnp.max(top_scores, axis=-1, keepdims=True)
-  top_exp = jnp.where(top_scores == -jnp.inf, 0.0,
-                      _score_exp(*gather(top_ids), ref_e, ref_a, top_scores, score_max))
-  kept_exp = jnp.sum(top_exp, axis=-1)
-
-  def outside_mass():
-    # Summed directly (not total - kept) so a small remainder keeps its
-    # relative precision: every score below the K-th, plus the copies of the
-    # K-th score that the K slots did not take.
-    kth_score = jnp.min(top_scores, axis=-1, keepdims=True)
-
-    def outside_step(carry, start, e, a):
-      del start
-      below_kth, tied = carry
-      in_mask, scores = _masked_scores(e, a, max_e, log_alpha)
-      below = in_mask & (scores < kth_score)
-      below_exp = jnp.where(below, _score_exp(e, a, ref_e, ref_a, scores, score_max), 0.0)
-      return (below_kth + jnp.sum(below_exp, axis=-1),
-              tied + jnp.sum(in_mask & (scores == kth_score), axis=-1, dtype=jnp.int32))
-
-    below_kth, tied = fold(outside_step, (jnp.zeros((n,), jnp.float32), jnp.zeros((n,), jnp.int32)))
-    at_kth = top_scores == kth_score
-    tied_out = tied - jnp.sum(at_kth, axis=-1, dtype=jnp.int32)
-    kth_exp = jnp.min(jnp.where(at_kth, top_exp, jnp.inf), axis=-1)
-    return jnp.where(mask_size > top_k, below_kth + tied_out.astype(jnp.float32) * kth_exp, 0.0)
-
-  outside = lax.cond(jnp.any(mask_size > top_k), outside_mass,
+  ref_id = vocab_ops.column_argmax(*score_cols, valid_vocab)[:, None]
+  top_exp = _top_exp(gather, top_scores, top_ids, ref_id)
+  step, finish, init = _outside_step(top_scores, top_exp, gather(ref_id), max_e, log_alpha)
+  outside = lax.cond(jnp.any(mask_size > top_k), lambda: finish(fold(step, init), mask_size, top_k),
                      lambda: jnp.zeros((n,), jnp.float32))
-  slot_used = jnp.arange(top_k) < mask_size[:, None]
-  # An all -inf expert row has an empty mask: weights 0, not 0 / 0.
-  has_mass = kept_exp[:, None] > 0
-  return ContrastiveTargets(
-      kl=kl,
-      kept=kl >= beta if beta_inclusive else kl > beta,
-      target_ids=jnp.where(slot_used, top_ids, 0),
-      target_weights=jnp.where(has_mass, top_exp / jnp.where(has_mass, kept_exp[:, None], 1.0), 0.0),
-      dropped_mass=jnp.where(outside > 0, outside / (kept_exp + outside), 0.0),
-      mask_size=mask_size,
-      expert_top1=vocab_ops.column_argmax(*top_e, valid_vocab),
-      amateur_top1=vocab_ops.column_argmax(*top_a, valid_vocab),
-  )
+  return (kl, mask_size, top_ids, top_exp, outside, vocab_ops.column_argmax(*top_e, valid_vocab),
+          vocab_ops.column_argmax(*top_a, valid_vocab))
+
+
+def _statistics_fused(x_e, x_a, *, valid_vocab, log_alpha, top_k):
+  e, a = x_e[:, :valid_vocab], x_a[:, :valid_vocab]
+  max_e = jnp.max(e, axis=-1, keepdims=True)
+  lse_e = vocab_ops.logsumexp_fused(e)[:, None]
+  lse_gap = lse_e - vocab_ops.logsumexp_fused(a)[:, None]
+  kl = jnp.sum(_kl_terms(e, a, lse_e, lse_gap), axis=-1)
+  in_mask, scores = _masked_scores(e, a, max_e, log_alpha)
+  mask_size = jnp.sum(in_mask, axis=-1, dtype=jnp.int32)
+  top_scores, top_ids = vocab_ops.top_k_fused(scores, top_k)
+
+  def gather(ids):
+    ids = jnp.minimum(ids, valid_vocab - 1)  # padding ids only ever sit in -inf slots
+    return (jnp.take_along_axis(e, ids, axis=-1), jnp.take_along_axis(a, ids, axis=-1))
+
+  # The lowest id of the top score: top_k orders ties by id, so the first maximum of the K slots.
+  ref_id = jnp.take_along_axis(top_ids, jnp.argmax(top_scores, axis=-1)[:, None], axis=-1)
+  top_exp = _top_exp(gather, top_scores, top_ids, ref_id)
+  step, finish, init = _outside_step(top_scores, top_exp, gather(ref_id), max_e, log_alpha)
+  outside = finish(step(init, 0, e, a), mask_size, top_k)
+  return (kl, mask_size, top_ids, top_exp, outside, jnp.argmax(e, axis=-1).astype(jnp.int32),
+          jnp.argmax(a, axis=-1).astype(jnp.int32))
 
 
 def kl_loss(target_ids: jax.Array, target_weights: jax.Array, student_logits: jax.Array,

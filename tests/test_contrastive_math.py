@@ -59,15 +59,24 @@ def reference_targets(expert, amateur, valid_vocab, alpha=ALPHA, beta=BETA, k=K)
 _jit_targets = jax.jit(
     lambda expert, amateur, beta, **static: contrastive_math.contrastive_targets(
         expert, amateur, beta=beta, **static),
-    static_argnames=("valid_vocab", "alpha", "top_k", "beta_inclusive", "block"))
+    static_argnames=("valid_vocab", "alpha", "top_k", "beta_inclusive", "block", "impl"))
 
 # Hand-made cases share one shape so that they share one compilation.
 ROWS, VOCAB, BLOCK = 4, 300, 64
+_IMPL = ["blocks"]  # set per test by the `impl` fixture
+
+
+@pytest.fixture(autouse=True, params=["blocks", "fused"])
+def impl(request):
+  """Every test runs against both implementations of the vocabulary passes."""
+  _IMPL[0] = request.param
+  yield request.param
+  _IMPL[0] = "blocks"
 
 
 def run_targets(expert, amateur, valid_vocab=VOCAB, beta=BETA, block=BLOCK, **static):
   return _jit_targets(jnp.asarray(expert), jnp.asarray(amateur), jnp.float32(beta),
-                      valid_vocab=valid_vocab, block=block, **static)
+                      valid_vocab=valid_vocab, block=block, impl=_IMPL[0], **static)
 
 
 def random_logits(seed, scale=1.0, shape=(ROWS, VOCAB)):

@@ -183,7 +183,7 @@ def test_mesh_kv_cache_decode_equals_single_device(mesh, tiny_dir):
   with jax.default_matmul_precision("highest"):
     single, _ = decode(None)
     sharded, cache = decode(Layout.create(mesh, "sample"))
-  assert cache.k[0].sharding.is_equivalent_to(NamedSharding(mesh, P(("data", "fsdp"), None, "tensor", None)), 4)
+  assert cache.k[0].sharding.is_equivalent_to(NamedSharding(mesh, P(("data", "fsdp"), "tensor", None, None)), 4)
   err = np.max(np.abs(sharded - single))
   assert err <= 1e-5, f"max abs diff {err:.3g} (max |logit| {np.max(np.abs(single)):.3g})"
 

@@ -27,8 +27,9 @@ _MASKED = -1e30  # finite, so a fully padded query row gives a uniform (ignored)
 class KVCache:
   """Per-layer keys and values over S slots, shared write index for the (left-padded) batch.
 
-  k, v: tuples of `[B, S, K, Dh]` (one per layer); valid: bool `[B, S]` slots holding real tokens;
-  end: int32 scalar, the next slot to write.
+  k, v: tuples of `[B, K, S, Dh]` (one per layer; heads before slots, so attention reads each head's
+  slots contiguously and XLA never transposes the cache); valid: bool `[B, S]` slots holding real
+  tokens; end: int32 scalar, the next slot to write.
   """
   k: tuple[jax.Array, ...]
   v: tuple[jax.Array, ...]
@@ -37,9 +38,9 @@ class KVCache:
 
   @classmethod
   def zeros(cls, cfg: ModelConfig, batch: int, slots: int, dtype, layout: Layout | None = None) -> "KVCache":
-    shape = (batch, slots, cfg.num_kv_heads, cfg.head_dim)
+    shape = (batch, cfg.num_kv_heads, slots, cfg.head_dim)
     def z():
-      return constrain(layout, jnp.zeros(shape, dtype), ("batch", "cache_length", "act_kv_heads", None))
+      return constrain(layout, jnp.zeros(shape, dtype), ("batch", "act_kv_heads", "cache_length", None))
     return cls(k=tuple(z() for _ in range(cfg.num_layers)), v=tuple(z() for _ in range(cfg.num_layers)),
                valid=jnp.zeros((batch, slots), bool), end=jnp.zeros((), jnp.int32))
 
@@ -119,17 +120,17 @@ class Proj(nnx.Module):
 def attend(q, k, v, q_slots, k_valid, layout):
   """Grouped-query attention.
 
-  q: `[B, T, H, Dh]`; k, v: `[B, S, K, Dh]`; q_slots: int32 `[T]` slot of each query (causality is
+  q: `[B, T, H, Dh]`; k, v: `[B, K, S, Dh]`; q_slots: int32 `[T]` slot of each query (causality is
   slot order); k_valid: bool `[B, S]`. Returns `[B, T, H, Dh]`. Softmax in float32.
   """
   b, t, h, dh = q.shape
-  kv = k.shape[2]
+  kv = k.shape[1]
   qg = q.reshape(b, t, kv, h // kv, dh)
-  scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) / math.sqrt(dh)
-  causal = jnp.arange(k.shape[1])[None, :] <= q_slots[:, None]  # [T, S]
+  scores = jnp.einsum("btkgd,bksd->bkgts", qg, k, preferred_element_type=jnp.float32) / math.sqrt(dh)
+  causal = jnp.arange(k.shape[2])[None, :] <= q_slots[:, None]  # [T, S]
   mask = causal[None, None, None] & k_valid[:, None, None, None, :]
   probs = jax.nn.softmax(jnp.where(mask, scores, _MASKED), axis=-1).astype(v.dtype)
-  out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, dh)
+  out = jnp.einsum("bkgts,bksd->btkgd", probs, v).reshape(b, t, h, dh)
   return constrain(layout, out, ("batch", "length", "act_heads", None))
 
 
@@ -144,16 +145,16 @@ class Attention(nnx.Module):
     self.o_proj = Proj((h, dh), (d,), ("heads", "head_dim"), ("embed",), bias=cfg.o_bias, dtype=dtype, rngs=rngs)
 
   def __call__(self, x, positions, inv_freq, k_cache, v_cache, valid, start):
-    """x `[B, T, D]`; k_cache/v_cache `[B, S, K, Dh]` (or None: attend within x); valid bool `[B, S]`."""
+    """x `[B, T, D]`; k_cache/v_cache `[B, K, S, Dh]` (or None: attend within x); valid bool `[B, S]`."""
     q = apply_rope(self.q_proj(x), positions, inv_freq)
-    k = apply_rope(self.k_proj(x), positions, inv_freq)
-    v = self.v_proj(x)
+    k = apply_rope(self.k_proj(x), positions, inv_freq).swapaxes(1, 2)  # [B, K, T, Dh]
+    v = self.v_proj(x).swapaxes(1, 2)
     t = x.shape[1]
     if k_cache is None:
       k_all, v_all, slots = k, v, jnp.arange(t)
     else:
-      k_all = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), start, axis=1)
-      v_all = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), start, axis=1)
+      k_all = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), start, axis=2)
+      v_all = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), start, axis=2)
       slots = start + jnp.arange(t)
     out = attend(q, k_all, v_all, slots, valid, self.layout)
     return self.o_proj(out), k_all, v_all

@@ -1,17 +1,23 @@
-"""Exact reductions over the vocabulary axis, block by block, fast on XLA:CPU.
+"""Exact reductions over the vocabulary axis, in two implementations chosen by platform.
 
 All functions reduce the last axis of logits `[..., V]` (any float dtype,
 computed in float32), are jittable, and give exactly what `jnp.argmax`,
 `lax.top_k` and a float32 log-sum-exp give; inputs are NaN-free.
 
-Why blocks: on XLA:CPU an index-carrying row reduction (`jnp.argmax`,
-`lax.top_k`) over V ~ 152k runs as a scalar loop, and whole-row reductions of
-computed values stream [rows, V] through memory several times. Here the
-vocabulary is walked in blocks of `block` columns (a `fori_loop`; the last
-partial block is padded with -inf, which every step below treats as absent)
-and per-row state is updated per block: elementwise column maxima for
-argmax/top-k, a running max and rescaled sum of exps for log-sum-exp. The
-working set is rows x block, which stays in cache.
+`impl` selects how (static):
+  "blocks": walk the vocabulary in blocks of `block` columns (a `fori_loop`;
+    the last partial block is padded with -inf, which every step treats as
+    absent), updating per-row state per block: elementwise column maxima for
+    argmax/top-k, a running max and rescaled sum of exps for log-sum-exp. The
+    working set is rows x block, which stays in cache. Fast on XLA:CPU, where
+    an index-carrying row reduction (`jnp.argmax`, `lax.top_k`) over V ~ 152k
+    runs as a scalar loop and whole-row reductions stream [rows, V] through
+    memory several times.
+  "fused": whole-row reductions that XLA fuses into a few kernels; top-k
+    narrows to the k best tiles of `TILE` ids first. Fast on GPU and TPU, where
+    every iteration of a block loop is a round of kernel launches.
+  "auto" (default): "blocks" when compiled for CPU, "fused" elsewhere
+    (`lax.platform_dependent`: only the chosen branch is compiled).
 
 bf16 note: XLA:CPU upcasts bf16 array ops to f32, so a bf16 input costs one
 f32 copy of the logits; pass float32 logits (e.g. the LM head with
@@ -30,6 +36,22 @@ from jax import lax
 # measured best on XLA:CPU at 64 rows (8192) and 256 rows (2048-4096).
 _BLOCK_ELEMENTS = 1 << 19
 _MIN_BLOCK, _MAX_BLOCK = 1024, 16384
+IMPLS = ("auto", "blocks", "fused")
+TILE = 128  # ids per tile of the fused top-k's first stage
+
+
+def by_platform(impl: str, blocks_fn: Callable[..., Any], fused_fn: Callable[..., Any], *args) -> Any:
+  """blocks_fn(*args) or fused_fn(*args) as `impl` says; "auto" picks by the platform compiled for.
+
+  Both functions must return the same pytree of shapes and dtypes.
+  """
+  if impl == "blocks":
+    return blocks_fn(*args)
+  if impl == "fused":
+    return fused_fn(*args)
+  if impl == "auto":
+    return lax.platform_dependent(*args, cpu=blocks_fn, default=fused_fn)
+  raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
 
 
 def auto_block(rows: int) -> int:
@@ -140,21 +162,28 @@ def _gather_or_neg_inf(rows: jax.Array, ids: jax.Array) -> jax.Array:
   return jnp.where(ids < vocab, values, -jnp.inf)
 
 
-def argmax(logits: jax.Array, *, block: int | None = None) -> jax.Array:
+def argmax(logits: jax.Array, *, block: int | None = None, impl: str = "auto") -> jax.Array:
   """First index of the maximum over the last axis, like `jnp.argmax`.
 
   Args:
     logits: [..., V] float.
-    block: static block width (default `auto_block(rows)`).
+    block: static block width of the "blocks" implementation (default `auto_block(rows)`).
+    impl: "auto", "blocks" or "fused" (see the module docstring).
   Returns:
     int32 [...]; ties go to the lowest index; an all -inf row gives 0.
   """
   rows = _as_f32_rows(logits, "argmax")
   vocab = rows.shape[-1]
   block = block or auto_block(rows.shape[0])
-  state = fold_vocab_blocks(update_column_max, init_column_max(rows.shape[0], min(block, vocab)),
-                            [rows], block)
-  return column_argmax(*state, vocab).reshape(logits.shape[:-1])
+
+  def blocks(x):
+    state = fold_vocab_blocks(update_column_max, init_column_max(x.shape[0], min(block, vocab)), [x], block)
+    return column_argmax(*state, vocab)
+
+  def fused(x):
+    return jnp.argmax(x, axis=-1).astype(jnp.int32)
+
+  return by_platform(impl, blocks, fused, rows).reshape(logits.shape[:-1])
 
 
 def _shifted_exp(x: jax.Array, shift: jax.Array) -> jax.Array:
@@ -182,32 +211,45 @@ def finish_logsumexp(state: tuple[jax.Array, jax.Array]) -> jax.Array:
   return jnp.log(run_sum) + jnp.where(run_max == -jnp.inf, 0.0, run_max)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
-def _logsumexp_rows(rows: jax.Array, block: int, vocab: int) -> jax.Array:
+def _logsumexp_blocks(rows: jax.Array, block: int, vocab: int) -> jax.Array:
   state = fold_vocab_blocks(lambda state, start, values: update_logsumexp(state, values),
                             init_logsumexp(rows.shape[0]), [rows], block, vocab)
   return finish_logsumexp(state)
 
 
+def logsumexp_fused(rows: jax.Array) -> jax.Array:
+  """float32 [R] log-sum-exp of [R, W] in whole-row reductions; -inf for a row with no finite entry."""
+  row_max = jnp.max(rows, axis=-1)
+  shift = jnp.where(row_max == -jnp.inf, 0.0, row_max)
+  return jnp.log(jnp.sum(jnp.exp(rows - shift[:, None]), axis=-1)) + shift
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
+def _logsumexp_rows(rows: jax.Array, block: int, vocab: int, impl: str) -> jax.Array:
+  return by_platform(impl, lambda x: _logsumexp_blocks(x, block, vocab),
+                     lambda x: logsumexp_fused(x[:, :vocab]), rows)
+
+
 @_logsumexp_rows.defjvp
-def _logsumexp_rows_jvp(block, vocab, primals, tangents):
-  # The online loop is not differentiated; d lse = sum(softmax * d rows).
+def _logsumexp_rows_jvp(block, vocab, impl, primals, tangents):
+  # The reduction is not differentiated; d lse = sum(softmax * d rows).
   (rows,), (rows_dot,) = primals, tangents
-  lse = _logsumexp_rows(rows, block, vocab)
+  lse = _logsumexp_rows(rows, block, vocab, impl)
   valid = rows[:, :vocab]
   probs = jnp.where(valid == -jnp.inf, 0.0, jnp.exp(valid - lse[:, None]))
   return lse, jnp.sum(probs * rows_dot[:, :vocab], axis=-1)
 
 
 def logsumexp(logits: jax.Array, *, valid_vocab: int | None = None,
-              block: int | None = None) -> jax.Array:
-  """log(sum(exp(logits))) over the last axis in float32 (online, one pass).
+              block: int | None = None, impl: str = "auto") -> jax.Array:
+  """log(sum(exp(logits))) over the last axis in float32.
 
   Args:
     logits: [..., V] float.
     valid_vocab: static; only ids < valid_vocab count (default V). Cheaper
       than slicing, which copies the logits.
-    block: static block width (default `auto_block(rows)`).
+    block: static block width of the "blocks" implementation (default `auto_block(rows)`).
+    impl: "auto", "blocks" or "fused" (see the module docstring).
   Returns:
     float32 [...]; an all -inf row gives -inf (not NaN). Differentiable: the
     gradient is softmax over the valid ids (0 at -inf entries and past
@@ -217,21 +259,48 @@ def logsumexp(logits: jax.Array, *, valid_vocab: int | None = None,
   vocab = valid_vocab or rows.shape[-1]
   if not 1 <= vocab <= rows.shape[-1]:
     raise ValueError(f"logsumexp: valid_vocab must be in [1, {rows.shape[-1]}], got {valid_vocab}")
-  lse = _logsumexp_rows(rows, block or auto_block(rows.shape[0]), vocab)
+  lse = _logsumexp_rows(rows, block or auto_block(rows.shape[0]), vocab, impl)
   return lse.reshape(logits.shape[:-1])
 
 
-def top_k(values: jax.Array, k: int, *, block: int | None = None) -> tuple[jax.Array, jax.Array]:
+def top_k_fused(rows: jax.Array, k: int, *, tile: int = TILE) -> tuple[jax.Array, jax.Array]:
+  """`lax.top_k` of float32 [R, V] in two stages: the k tiles of `tile` ids with the largest maxima,
+  then the top-k of their k * tile entries.
+
+  Exact: order entries by (value descending, id ascending); each chosen tile's best entry precedes
+  every entry of an unchosen tile (tile maxima are ranked with ties to the lower tile, whose ids are
+  all lower), so the top-k lies in the chosen tiles; they are gathered in id order so the final
+  `lax.top_k` breaks ties by lowest id. Padding past V (the last tile) is -inf and never outranks a
+  real entry. Rows of at most 4k tiles go straight to `lax.top_k`.
+  Returns (values float32 [R, k], ids int32 [R, k]).
+  """
+  r, vocab = rows.shape
+  tiles = -(-vocab // tile)
+  if tiles <= 4 * k:
+    return tuple(lax.top_k(rows, k))
+  padded = jnp.pad(rows, ((0, 0), (0, tiles * tile - vocab)), constant_values=-jnp.inf)
+  x = padded.reshape(r, tiles, tile)
+  best = jnp.sort(lax.top_k(jnp.max(x, axis=-1), k)[1], axis=-1)  # [R, k] tile indices, increasing
+  candidates = jnp.take_along_axis(x, best[:, :, None], axis=1).reshape(r, k * tile)
+  ids = (best[:, :, None] * tile + jnp.arange(tile, dtype=jnp.int32)).reshape(r, k * tile)
+  values, pos = lax.top_k(candidates, k)
+  return values, jnp.take_along_axis(ids, pos, axis=-1)
+
+
+def top_k(values: jax.Array, k: int, *, block: int | None = None,
+          impl: str = "auto") -> tuple[jax.Array, jax.Array]:
   """The k largest entries of the last axis, exactly as `lax.top_k` orders them.
 
-  Sorted descending, equal values in increasing index order. A column-max fold
-  over the blocks narrows the search to ceil(V / block) * k candidates (see
-  `top_k_candidate_ids`), then `lax.top_k` finishes on those.
+  Sorted descending, equal values in increasing index order. "blocks": a
+  column-max fold over the blocks narrows the search to ceil(V / block) * k
+  candidates (see `top_k_candidate_ids`), then `lax.top_k` finishes on those;
+  "fused": `top_k_fused`.
 
   Args:
     values: [..., V] float.
     k: static, 1 <= k <= V.
-    block: static block width (default `auto_block(rows)`).
+    block: static block width of the "blocks" implementation (default `auto_block(rows)`).
+    impl: "auto", "blocks" or "fused" (see the module docstring).
   Returns:
     (top values [..., k] in values' dtype, their indices int32 [..., k]).
   """
@@ -241,15 +310,17 @@ def top_k(values: jax.Array, k: int, *, block: int | None = None) -> tuple[jax.A
     raise ValueError(f"top_k: k must be in [1, {vocab}] for a last axis of {vocab}, got {k}")
   block = block or auto_block(rows.shape[0])
   out_shape = values.shape[:-1] + (k,)
-  if vocab <= block or 4 * k > block:
-    # One block, or k too wide for the candidate stage to pay off.
-    top_values, top_idx = lax.top_k(rows, k)
-  else:
-    state = fold_vocab_blocks(update_column_max, init_column_max(rows.shape[0], block),
-                              [rows], block)
+
+  def blocks(x):
+    if vocab <= block or 4 * k > block:
+      # One block, or k too wide for the candidate stage to pay off.
+      return tuple(lax.top_k(x, k))
+    state = fold_vocab_blocks(update_column_max, init_column_max(x.shape[0], block), [x], block)
     cand_idx = top_k_candidate_ids(*state, k, vocab)
-    top_values, pos = lax.top_k(_gather_or_neg_inf(rows, cand_idx), k)
-    top_idx = jnp.take_along_axis(cand_idx, pos, axis=-1)
+    top_values, pos = lax.top_k(_gather_or_neg_inf(x, cand_idx), k)
+    return top_values, jnp.take_along_axis(cand_idx, pos, axis=-1)
+
+  top_values, top_idx = by_platform(impl, blocks, lambda x: top_k_fused(x, k), rows)
   return top_values.astype(values.dtype).reshape(out_shape), top_idx.reshape(out_shape)
 
 
