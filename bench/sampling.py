@@ -26,6 +26,14 @@ for every approach); peak host memory (ru_maxrss) before and after the lr_jax ru
   python bench/sampling.py                     # 16 problems x 128 tokens; several minutes on 2 cores
   python bench/sampling.py --problems 4 --new-tokens 32 --batch 4
   python bench/sampling.py --smoke             # tiny shapes, seconds (run by a test)
+
+With --real-pair DIR (the folder `shared/tools/real_pair.py` writes) the two models are the real
+Qwen2.5-Coder-1.5B/0.5B-Instruct checkpoints instead (no EOS, so every problem runs to full
+length in every approach alike), and the run also prints the KL statistics of the lockstep and
+original trajectories over each problem's steps up to its first EOS: the share of steps with KL in
+[0, 0.1) and above beta, and the mean KL where the two models' top-1 tokens agree and differ.
+
+  python bench/sampling.py --real-pair ~/.cache/lr_real_pair --repeats 1   # ~1 h on 2 cores
 """
 from __future__ import annotations
 
@@ -67,6 +75,9 @@ SMOKE = {"expert": dict(hidden_size=32, num_layers=2, head_dim=8, intermediate_s
 VALID_VOCAB = 151665  # Qwen2.5 tokenizer ids; rows past it are embedding padding
 INIT_STD = 0.2
 AMATEUR_CHUNK = 64
+REAL_FOLDERS = {"expert": "qwen2.5-coder-1.5b-instruct", "amateur": "qwen2.5-coder-0.5b-instruct"}
+QWEN_EOS = (151645, 151643)  # <|im_end|>, <|endoftext|>: where a real trajectory would have ended
+LOW_KL = 0.1
 DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
 
@@ -79,6 +90,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--dtypes", default="", help="lr_jax dtypes, comma-separated (default fp32,bf16; --smoke: fp32)")
   p.add_argument("--smoke", action="store_true",
                  help=f"tiny models over {SMOKE_VOCAB} ids (prompt ids folded into them), 2 problems, 4 tokens")
+  p.add_argument("--real-pair", default="", help="folder of shared/tools/real_pair.py: real models, KL statistics")
   p.add_argument("--shared", default=os.environ.get("LR_SHARED_DIR") or os.path.join(os.path.dirname(REPO_ROOT),
                                                                                       "shared"))
   args = p.parse_args(argv)
@@ -129,11 +141,55 @@ def build_pair(args, folder: str):
   return out
 
 
+def load_real_pair(args):
+  """{role: (None, ModelConfig, path)} of the real checkpoints; torch loads them later (`torch_model`)."""
+  out = {}
+  for role, folder in REAL_FOLDERS.items():
+    path = os.path.join(args.real_pair, folder)
+    if not os.path.isfile(os.path.join(path, "config.json")):
+      raise FileNotFoundError(f"{path}/config.json: not found; run shared/tools/real_pair.py --out {args.real_pair}")
+    out[role] = (None, ModelConfig.from_json(os.path.join(path, "config.json")), path)
+  return out
+
+
+def torch_model(path: str):
+  """A float32 transformers model from `path`, plain greedy with no EOS (full-length trajectories)."""
+  import torch
+  import transformers
+  model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+  model.generation_config = transformers.GenerationConfig(do_sample=False, eos_token_id=None, pad_token_id=0)
+  return model
+
+
+def steps_before_eos(tokens: list[list[int]], new_tokens: int) -> np.ndarray:
+  """bool [problems, new_tokens]: the steps up to and including each trajectory's first EOS."""
+  out = np.zeros((len(tokens), new_tokens), bool)
+  for i, row in enumerate(tokens):
+    ends = [t for t, tok in enumerate(row[:new_tokens]) if tok in QWEN_EOS]
+    out[i, :ends[0] + 1 if ends else len(row[:new_tokens])] = True
+  return out
+
+
+def kl_statistics(kl: np.ndarray, agree: np.ndarray, used: np.ndarray, beta: float) -> dict:
+  """Shares of steps by KL band and the mean KL where the top-1 tokens agree / differ, over `used`."""
+  kl, agree = kl[used], agree[used]
+  return {"steps": int(kl.size), "share_kl_below_0.1": float(np.mean(kl < LOW_KL)),
+          "share_kl_above_beta": float(np.mean(kl > beta)), "share_top1_differ": float(np.mean(~agree)),
+          "mean_kl_top1_agree": float(np.mean(kl[agree])) if agree.any() else float("nan"),
+          "mean_kl_top1_differ": float(np.mean(kl[~agree])) if (~agree).any() else float("nan")}
+
+
+def print_kl_statistics(name: str, st: dict, beta: float) -> None:
+  print(f"KL statistics, {name}: {st['steps']} steps; KL in [0, {LOW_KL}) {st['share_kl_below_0.1'] * 100:.1f}%, "
+        f"KL > {beta} {st['share_kl_above_beta'] * 100:.1f}%; top-1 differs at {st['share_top1_differ'] * 100:.1f}%; "
+        f"mean KL {st['mean_kl_top1_agree']:.3f} where top-1 agrees, {st['mean_kl_top1_differ']:.3f} where it differs")
+
+
 def original_approach(expert, amateur, prompts, new_tokens: int, vocab: int, config: ContrastiveConfig) -> dict:
   """(a): per problem, HF greedy generate with logits, then the amateur per prefix in chunks of 64."""
   import torch
   seconds = {"generate": 0.0, "amateur prefixes": 0.0, "KL and targets": 0.0}
-  trajectories, records = [], []
+  trajectories, records, kls, agrees = [], [], [], []
   with torch.inference_mode():
     expert.generate(torch.tensor([prompts[0][:8]]), max_new_tokens=2, do_sample=False, pad_token_id=0)  # set-up
     for prompt in prompts:
@@ -168,11 +224,14 @@ def original_approach(expert, amateur, prompts, new_tokens: int, vocab: int, con
         in_mask = pe >= config.alpha * pe.max(-1, keepdim=True).values
         targets = torch.softmax(torch.where(in_mask, lpe - lpa, torch.tensor(-float("inf"))), -1)
         keep = kl > config.beta
+        kls.append(kl.numpy())
+        agrees.append((lpe.argmax(-1) == lpa.argmax(-1)).numpy())
         top = torch.topk(targets[keep], config.top_k, dim=-1)
         records.append((kl[keep], top.indices, top.values))  # what the original writes out per kept step
         seconds["amateur prefixes"] += t2 - t1
         seconds["KL and targets"] += time.perf_counter() - t2
-  return dict(seconds=seconds, tokens=trajectories, kept=sum(len(kl) for kl, _, _ in records))
+  return dict(seconds=seconds, tokens=trajectories, kept=sum(len(kl) for kl, _, _ in records),
+              kl=np.concatenate(kls).reshape(len(prompts), -1), agree=np.concatenate(agrees).reshape(len(prompts), -1))
 
 
 def lr_jax_runs(models, prompts, new_tokens: int, batch: int, config: ContrastiveConfig, repeats: int) -> dict:
@@ -180,6 +239,7 @@ def lr_jax_runs(models, prompts, new_tokens: int, batch: int, config: Contrastiv
   that compiles."""
   (eg, es), (ag, as_) = models
   step = make_contrastive_step(eg, ag, config)
+  out = {}
   batches = [prompts[i:i + batch] for i in range(0, len(prompts), batch)]
 
   def teacher_forced(timed):
@@ -197,7 +257,7 @@ def lr_jax_runs(models, prompts, new_tokens: int, batch: int, config: Contrastiv
     return tokens, kept
 
   def lockstep(timed):
-    tokens, kept = [], 0
+    tokens, kept, kl, agree = [], 0, [], []
     for chunk in batches:
       t0 = time.perf_counter()
       gen, scored = contrastive_decode((eg, es), (ag, as_), chunk, max_new_tokens=new_tokens, config=config,
@@ -205,11 +265,13 @@ def lr_jax_runs(models, prompts, new_tokens: int, batch: int, config: Contrastiv
       timed["lockstep loop"] += time.perf_counter() - t0
       tokens += gen.tokens
       kept += int(scored.kept.sum())
+      kl.append(scored.kl)
+      agree.append(scored.expert_top1 == scored.amateur_top1)
+    out["lockstep_kl"], out["lockstep_agree"] = np.concatenate(kl), np.concatenate(agree)
     return tokens, kept
 
   approaches = (("teacher-forced", teacher_forced, ("generate", "contrastive_step")),
                 ("lockstep", lockstep, ("lockstep loop",)))
-  out = {}
   for name, fn, stages in approaches:
     t0 = time.perf_counter()
     fn({s: 0.0 for s in stages})
@@ -272,7 +334,7 @@ def main(argv=None) -> dict:
   config = ContrastiveConfig(valid_vocab=vocab)
   results: dict[str, float] = {}
   with tempfile.TemporaryDirectory() as folder:
-    pair = build_pair(args, folder)
+    pair = load_real_pair(args) if args.real_pair else build_pair(args, folder)
     cfgs = [pair[r][1] for r in ("expert", "amateur")]
     max_len = bucket_size(max(map(len, prompts)), MIN_PROMPT_BUCKET) + output_slots(new)
     floor = flop_floor(cfgs, prompts, new)
@@ -286,18 +348,24 @@ def main(argv=None) -> dict:
     for dname in args.dtypes:
       dtype = DTYPES[dname]
       models = tuple(nnx.split(from_pretrained(pair[r][2], dtype=dtype).model) for r in ("expert", "amateur"))
-      auto_batch, chunk = default_sampling_batch(*cfgs, vocab, max_len, device_memory_bytes(),
-                                                 param_bytes=jnp.dtype(dtype).itemsize)
-      batch = args.batch or min(auto_batch, bucket_size(n))
+      if args.batch:
+        batch, chunk, source = args.batch, config.chunk_size, "--batch"
+      else:
+        auto_batch, chunk = default_sampling_batch(*cfgs, vocab, max_len, device_memory_bytes(),
+                                                   param_bytes=jnp.dtype(dtype).itemsize)
+        batch, source = min(auto_batch, bucket_size(n)), f"default_sampling_batch: {auto_batch} rows"
       cfg = dataclasses.replace(config, chunk_size=chunk)
-      print(f"lr_jax {dname}: batch {batch} (default_sampling_batch: {auto_batch} rows, chunk {chunk})")
+      print(f"lr_jax {dname}: batch {batch} ({source}), chunk {chunk}")
       lr[dname] = lr_jax_runs(models, prompts, new, batch, cfg, args.repeats)
       lr[dname]["rate"] = matmul_flops_per_s(dtype, 256 if args.smoke else 2048)
       print(f"  matmul {dname}: {lr[dname]['rate'] / 1e9:.1f} GFLOP/s")
+      del models
     rss_after = peak_rss_gib()
 
     rate32 = matmul_flops_per_s(jnp.float32, 256 if args.smoke else 2048)
-    original = original_approach(pair["expert"][0], pair["amateur"][0], prompts, new, vocab, config)
+    expert_t, amateur_t = (pair[r][0] or torch_model(pair[r][2]) for r in ("expert", "amateur"))
+    original = original_approach(expert_t, amateur_t, prompts, new, vocab, config)
+    del expert_t, amateur_t
     base = report("(a) original (transformers, fp32)", original["seconds"], n, None, floor, rate32)
     results["original_s_per_problem"] = base / n
     for dname, runs in lr.items():
@@ -318,6 +386,13 @@ def main(argv=None) -> dict:
       print(f"{dname}: lockstep == teacher-forced trajectories {same_ls}/{n}, == transformers {same_hf}/{n}; "
             f"kept steps: original {original['kept']}, teacher-forced {tf['kept']}, lockstep {ls['kept']}; "
             f"first calls (with compile) {tf['first_call_s']:.1f} s / {ls['first_call_s']:.1f} s")
+    if args.real_pair:
+      for name, kl, agree, tokens in (
+          [(f"lr_jax lockstep {d}", r["lockstep_kl"], r["lockstep_agree"], r["lockstep"]["tokens"])
+           for d, r in lr.items()] + [("original", original["kl"], original["agree"], original["tokens"])]):
+        st = kl_statistics(kl, agree, steps_before_eos(tokens, new), config.beta)
+        print_kl_statistics(name, st, config.beta)
+        results[f"kl_statistics {name}"] = st
     print(f"peak host memory (ru_maxrss): {rss_before:.2f} GiB before the lr_jax runs, {rss_after:.2f} GiB after")
     results["peak_rss_gib"] = rss_after
   return results

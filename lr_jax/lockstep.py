@@ -263,7 +263,8 @@ def default_sampling_batch(expert_cfg: ModelConfig, amateur_cfg: ModelConfig, vo
 
 
 def device_memory_bytes(device: jax.Device | None = None) -> int:
-  """Memory of one device: its allocator limit, or on CPU the available host memory split over local devices."""
+  """Memory of one device: its allocator limit, or on CPU the available host memory (plus what live
+  JAX arrays, e.g. loaded weights, already hold of it) split over the local devices."""
   device = device or jax.local_devices()[0]
   try:
     stats = device.memory_stats()
@@ -276,4 +277,6 @@ def device_memory_bytes(device: jax.Device | None = None) -> int:
       host = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
   except (OSError, StopIteration):
     host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-  return host // max(len(jax.local_devices()), 1)
+  cpus = [d for d in jax.local_devices() if d.platform == "cpu"]
+  held = sum(a.nbytes for a in jax.live_arrays() if not a.is_deleted() and set(a.devices()) & set(cpus))
+  return (host + held) // max(len(jax.local_devices()), 1)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
+import io
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +13,7 @@ from flax import nnx
 
 from lr_jax.contrastive import ContrastiveConfig, contrastive_step
 from lr_jax.generate import generate
+from lr_jax import lockstep as lockstep_module
 from lr_jax.lockstep import MAX_BATCH, MAX_CHUNK, MIN_CHUNK, contrastive_decode, default_sampling_batch
 from lr_jax.models import ModelConfig, from_pretrained
 from lr_jax.sharding import Layout, make_mesh
@@ -163,6 +166,20 @@ def test_default_batch_shrinks_for_longer_sequences_and_float32_weights():
 def test_default_batch_refuses_a_device_that_cannot_hold_the_weights():
   with pytest.raises(ValueError, match="cannot hold both models"):
     default_sampling_batch(QWEN_1_5B, QWEN_0_5B, 151665, 384, 4 * 2**30)
+
+
+def test_cpu_device_memory_counts_what_loaded_arrays_already_hold(monkeypatch):
+  # Weights loaded before the batch is chosen must not be subtracted twice (once from the host's
+  # available memory, once as weights), so the host figure gets the live CPU arrays added back.
+  real_open = open
+  monkeypatch.setattr(lockstep_module, "open", lambda path, *a, **k: io.StringIO("MemAvailable: 1048576 kB\n")
+                      if path == "/proc/meminfo" else real_open(path, *a, **k), raising=False)
+  gc.collect()
+  before = lockstep_module.device_memory_bytes()
+  held = jax.device_put(jnp.zeros((1 << 20,), jnp.float32), jax.local_devices()[0])
+  after = lockstep_module.device_memory_bytes()
+  assert after - before == held.nbytes // len(jax.local_devices())
+  assert before >= 2**30 // len(jax.local_devices())
 
 
 @pytest.mark.parametrize("bad_prompts, max_new, message", [

@@ -51,7 +51,7 @@ def test_make_mesh_fills_one_minus_one_and_refuses_bad_shapes(mesh):
     ("train", ("vocab", "embed"), (512, 64), P("tensor", "fsdp")),
     ("sample", ("vocab", "embed"), (512, 64), P("tensor", None)),
     ("train", ("batch", "length", "act_embed"), (4, 10, 64), P(("data", "fsdp"), None, None)),
-    ("train", ("batch", "cache_length", "act_kv_heads", None), (4, 9, 2, 16), P(("data", "fsdp"), None, "tensor", None)),
+    ("train", ("batch", "act_kv_heads", "cache_length", None), (4, 2, 9, 16), P(("data", "fsdp"), "tensor", None, None)),
     # a dim the mesh axes do not divide is replicated, not an error: 3 kv heads over tensor=2
     ("train", ("embed", "kv_heads", "head_dim"), (64, 3, 16), P("fsdp", None, None)),
     ("train", ("batch", "length"), (6, 10), P(None, None)),
