@@ -417,7 +417,6 @@ def section_lockstep(ctx: Context) -> dict[str, Any]:
     result["batches"][str(b)] = row
     log(f"lockstep batch {b} chunk {chunk}: {row['trajectories_per_s']:.1f} traj/s ({secs:.2f} s per batch, "
         f"{row['step_s'] * 1e3:.2f} ms/step), compile {compile_s:.1f} s")
-    del compiled, out
   return result
 
 
@@ -479,7 +478,7 @@ def section_distill(ctx: Context) -> dict[str, Any]:
     result["variants"][name] = row
     log(f"distill {name}: {row['updates_per_s']:.2f} updates/s ({secs * 1e3:.0f} ms), "
         f"MFU {row['mfu_vs_nominal'] * 100:.1f}% of nominal, compile {compile_s:.1f} s")
-    del holder, train_state
+    holder.clear()  # the next variant builds its own state; free this one first
   return result
 
 

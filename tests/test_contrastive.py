@@ -1,5 +1,4 @@
 """`contrastive_step` against the per-prefix algorithm of the original code, run in PyTorch."""
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +9,7 @@ from flax import nnx
 from lr_jax.contrastive import ContrastiveConfig, contrastive_step, make_contrastive_step
 from lr_jax.data.tokenizer_pair import check_tokenizer_pair
 from lr_jax.models import from_pretrained
-from lr_jax.sharding import Layout, make_mesh, shard_state
+from lr_jax.sharding import Layout, make_mesh
 from tests.helpers import load_hf, make_tiny_hf
 
 VOCAB = 512
