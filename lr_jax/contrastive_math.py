@@ -127,28 +127,37 @@ def contrastive_targets(expert_logits: jax.Array, amateur_logits: jax.Array, *,
   blocks = functools.partial(_statistics_blocks, valid_vocab=valid_vocab, log_alpha=log_alpha, top_k=top_k,
                              block=block)
   fused = functools.partial(_statistics_fused, valid_vocab=valid_vocab, log_alpha=log_alpha, top_k=top_k)
-  stats = vocab_ops.by_platform(impl, blocks, fused, x_e, x_a)
-  kl, mask_size, top_ids, top_exp, outside = stats[:5]
+  st = vocab_ops.by_platform(impl, blocks, fused, x_e, x_a)
+  kl, top_exp, outside = st.kl, st.top_exp, st.outside
   kept_exp = jnp.sum(top_exp, axis=-1)
-  slot_used = jnp.arange(top_k) < mask_size[:, None]
+  slot_used = jnp.arange(top_k) < st.mask_size[:, None]
   # An all -inf expert row has an empty mask: weights 0, not 0 / 0.
   has_mass = kept_exp[:, None] > 0
   return ContrastiveTargets(
       kl=kl,
       kept=kl >= beta if beta_inclusive else kl > beta,
-      target_ids=jnp.where(slot_used, top_ids, 0),
+      target_ids=jnp.where(slot_used, st.top_ids, 0),
       target_weights=jnp.where(has_mass, top_exp / jnp.where(has_mass, kept_exp[:, None], 1.0), 0.0),
       dropped_mass=jnp.where(outside > 0, outside / (kept_exp + outside), 0.0),
-      mask_size=mask_size,
-      expert_top1=stats[5],
-      amateur_top1=stats[6],
+      mask_size=st.mask_size,
+      expert_top1=st.expert_top1,
+      amateur_top1=st.amateur_top1,
   )
 
 
-# Per-position statistics both implementations return, each [N] unless noted:
-# (kl, mask_size, top_ids [N, K], top_exp [N, K], outside, expert_top1, amateur_top1), where
-# top_exp = exp(score - top score) at the top-K ids (0 at -inf scores) and outside = the same
-# summed over M minus the top-K slots (0 when |M| <= K).
+class _Statistics(NamedTuple):
+  """What both implementations compute per position, each [N] unless noted.
+
+  top_ids: int32 [N, K] ranked by score; top_exp: float32 [N, K] exp(score - top score) at them (0
+  at -inf scores); outside: the same summed over M minus the K slots (0 when |M| <= K).
+  """
+  kl: jax.Array
+  mask_size: jax.Array
+  top_ids: jax.Array
+  top_exp: jax.Array
+  outside: jax.Array
+  expert_top1: jax.Array
+  amateur_top1: jax.Array
 
 
 def _top_exp(gather, top_scores: jax.Array, top_ids: jax.Array, ref_id: jax.Array) -> jax.Array:
@@ -242,8 +251,8 @@ def _statistics_blocks(x_e, x_a, *, valid_vocab, log_alpha, top_k, block):
   step, finish, init = _outside_step(top_scores, top_exp, gather(ref_id), max_e, log_alpha)
   outside = lax.cond(jnp.any(mask_size > top_k), lambda: finish(fold(step, init), mask_size, top_k),
                      lambda: jnp.zeros((n,), jnp.float32))
-  return (kl, mask_size, top_ids, top_exp, outside, vocab_ops.column_argmax(*top_e, valid_vocab),
-          vocab_ops.column_argmax(*top_a, valid_vocab))
+  return _Statistics(kl, mask_size, top_ids, top_exp, outside, vocab_ops.column_argmax(*top_e, valid_vocab),
+                     vocab_ops.column_argmax(*top_a, valid_vocab))
 
 
 def _statistics_fused(x_e, x_a, *, valid_vocab, log_alpha, top_k):
@@ -265,8 +274,8 @@ def _statistics_fused(x_e, x_a, *, valid_vocab, log_alpha, top_k):
   top_exp = _top_exp(gather, top_scores, top_ids, ref_id)
   step, finish, init = _outside_step(top_scores, top_exp, gather(ref_id), max_e, log_alpha)
   outside = finish(step(init, 0, e, a), mask_size, top_k)
-  return (kl, mask_size, top_ids, top_exp, outside, jnp.argmax(e, axis=-1).astype(jnp.int32),
-          jnp.argmax(a, axis=-1).astype(jnp.int32))
+  return _Statistics(kl, mask_size, top_ids, top_exp, outside, jnp.argmax(e, axis=-1).astype(jnp.int32),
+                     jnp.argmax(a, axis=-1).astype(jnp.int32))
 
 
 def kl_loss(target_ids: jax.Array, target_weights: jax.Array, student_logits: jax.Array,
