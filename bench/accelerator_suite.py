@@ -18,8 +18,9 @@ I/O). Sections, in order (each guarded: an error is recorded and the next sectio
                sampling stage picks for this device (`default_sampling_batch`: 256 on an H100).
   distill      `make_distill_step` with LoRA r 8 on q, v; 16 packed rows of 255 tokens, one kept step
                each (16 steps per update): updates/s and MFU (4 * trunk params * tokens + 4 * D * V
-               per supervised step: the frozen base needs input gradients only), remat off (the default), then on
-               when the time budget allows.
+               per supervised step: the frozen base needs input gradients only) and compile time, for
+               the default (no remat, layers scanned), then unrolled layers and remat as the time
+               budget allows.
   torch        the original approach in PyTorch + transformers on the same device (a subprocess, so a
                CUDA-library clash cannot take the JAX results down): per problem, batch-1 expert
                `generate(output_scores=True)` then one amateur forward per generated prefix.
@@ -105,7 +106,8 @@ class Shapes:
   contrastive_batch: int
   chunk_size: int  # contrastive LM-head chunk (positions); < batch * new_tokens so chunking is real
   distill_rows: int  # rows per update = supervised steps per update (one kept step per row)
-  distill_remat: tuple[bool, ...]  # variants; the first is configs/qwen_math.py's default (remat off)
+  # (remat, scan_layers) variants; the first is configs/qwen_math.py's default (no remat, scanned layers)
+  distill_variants: tuple[tuple[bool, bool], ...]
   top_k: int
   matmul_n: int
   copy_bytes: int
@@ -118,13 +120,14 @@ FULL = Shapes(
     expert=qwen2(151936, 1536, 28, 12, 2, 128, 8960, 10000.0),
     amateur=qwen2(151936, 896, 24, 14, 2, 64, 4864, 1000000.0),
     gen_batches=(64, 256), prompt_len=128, new_tokens=128, contrastive_batch=64, chunk_size=256,
-    distill_rows=16, distill_remat=(False, True), top_k=32, matmul_n=8192, copy_bytes=1 << 30, repeats=5,
+    distill_rows=16,
+    distill_variants=((False, True), (False, False), (True, True)), top_k=32, matmul_n=8192, copy_bytes=1 << 30, repeats=5,
     torch_problems=8, torch_device="cuda")
 SMOKE = Shapes(
     expert=qwen2(1024, 64, 2, 4, 2, 16, 128, 10000.0),
     amateur=qwen2(1024, 32, 2, 4, 2, 8, 64, 1000000.0),
     gen_batches=(16,), prompt_len=8, new_tokens=8, contrastive_batch=16, chunk_size=8,
-    distill_rows=4, distill_remat=(True,), top_k=8, matmul_n=256, copy_bytes=1 << 22, repeats=2, torch_problems=1,
+    distill_rows=4, distill_variants=((True, True),), top_k=8, matmul_n=256, copy_bytes=1 << 22, repeats=2, torch_problems=1,
     torch_device="cpu")
 
 
@@ -451,12 +454,12 @@ def section_distill(ctx: Context) -> dict[str, Any]:
                             "real_tokens": real_tokens, "supervised_steps": supervised, "lora": "r8 q,v",
                             "variants": {}}
   reserve = TORCH_RESERVE_S if "torch" in ctx.args.sections else 0.0
-  for i, remat in enumerate(s.distill_remat):
-    name = "remat" if remat else "no_remat"
+  for i, (remat, scan) in enumerate(s.distill_variants):
+    name = ("remat" if remat else "no_remat") + ("_scan" if scan else "_unrolled")
     if i and elapsed() + DISTILL_VARIANT_S + reserve > ctx.args.budget_seconds:
       result["variants"][name] = {"status": "skipped", "note": "time budget kept for later sections"}
       continue
-    model.remat = remat  # static: read when the step is traced
+    model.remat, model.scan_layers = remat, scan  # static: read when the step is traced
     graphdef, params, frozen = split_trainable(model, lora)
     train_state = init_train_state(params, config, seed=0)
     step = make_distill_step(graphdef, config)

@@ -45,8 +45,8 @@ def records():
   return make_records([4, 6, 3, 5, 3, 4], seed=1, vocab=VALID)
 
 
-def lora_model(base_dir, lora: LoRAConfig, random_b: bool, layout=None, remat=False):
-  model = from_pretrained(base_dir, dtype=jnp.float32, layout=layout, remat=remat).model
+def lora_model(base_dir, lora: LoRAConfig, random_b: bool, layout=None, remat=False, scan_layers=False):
+  model = from_pretrained(base_dir, dtype=jnp.float32, layout=layout, remat=remat, scan_layers=scan_layers).model
   apply_lora(model, lora, rngs=nnx.Rngs(0))
   if random_b:
     rng = np.random.default_rng(0)
@@ -220,11 +220,14 @@ def test_optimizer_matches_torch_adamw_with_grad_clipping_and_linear_decay():
   assert np.max(np.abs(clipped - unclipped)) > 1e-6  # clipping changes the trajectory measurably
 
 
-def test_eight_sharded_devices_with_remat_equal_one_device(base_dir, records, training):
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_eight_sharded_devices_with_remat_equal_one_device(base_dir, records, training, scan_layers):
+  """Against the unrolled single-device step: with `scan_layers` this also checks that the scanned
+  layers give the same update, dropout masks included (the second update depends on them)."""
   assert jax.device_count() == 8
   lora = LoRAConfig(targets=("q_proj", "v_proj"), rank=4, alpha=8.0, dropout=0.1)
   layout = Layout.create(make_mesh((2, 2, 2)), "train")
-  model = lora_model(base_dir, lora, random_b=False, layout=layout, remat=True)
+  model = lora_model(base_dir, lora, random_b=False, layout=layout, remat=True, scan_layers=scan_layers)
   graphdef, params, frozen = split_trainable(model, lora)
   frozen = shard_state(frozen, layout)
   assert len(frozen["embed"][...].sharding.device_set) == 8

@@ -194,14 +194,20 @@ class Transformer(nnx.Module):
 
   The head is computed separately so that callers evaluate it only where they need it (the last
   prompt position, generated steps, kept steps), in chunks, never `[B, T, V]` float32 at once.
+
+  Flags read when a forward is traced: `remat` rematerialises each layer in the backward pass;
+  `scan_layers` runs cache-free forwards (training, teacher-forced scoring) as one `lax.scan` over
+  the layers, which compiles one layer instead of L. Cached forwards (prefill, decode) always unroll
+  the layers, so each layer's cache is updated in place.
   """
 
   def __init__(self, cfg: ModelConfig, *, dtype=jnp.bfloat16, layout: Layout | None = None,
-               remat: bool = False, rngs: nnx.Rngs):
+               remat: bool = False, scan_layers: bool = False, rngs: nnx.Rngs):
     self.config = cfg
     self.dtype = dtype
     self.layout = layout
     self.remat = remat
+    self.scan_layers = scan_layers
     emb = jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.hidden_size), jnp.float32) * 0.02
     self.embed = nnx.Param(emb.astype(dtype), logical_axes=("vocab", "embed"))
     self.layers = nnx.List([DecoderLayer(cfg, dtype, layout, rngs) for _ in range(cfg.num_layers)])
@@ -236,6 +242,8 @@ class Transformer(nnx.Module):
       valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, mask, cache.end, axis=1)
       start = cache.end
     call = nnx.remat(DecoderLayer.__call__) if self.remat else DecoderLayer.__call__
+    if cache is None and self.scan_layers:
+      return self.final_norm(self._scanned_layers(call, x, positions, inv_freq, valid)), None
     new_k, new_v = [], []
     for i, layer in enumerate(self.layers):
       kc = None if cache is None else cache.k[i]
@@ -248,6 +256,26 @@ class Transformer(nnx.Module):
     if cache is None:
       return hidden, None
     return hidden, KVCache(k=tuple(new_k), v=tuple(new_v), valid=valid, end=cache.end + tokens.shape[1])
+
+  def _scanned_layers(self, call, x, positions, inv_freq, valid) -> jax.Array:
+    """The layers as one `lax.scan` over their stacked states: XLA compiles one layer, not L.
+
+    Stacking copies the layer weights once per call (inside the jitted step), which a cache-free
+    forward (training, scoring) repays in compile time. RNG counts advanced inside the scan (LoRA
+    dropout) are written back, so successive calls draw fresh masks as the unrolled loop does.
+    """
+    graphdef = nnx.graphdef(self.layers[0])
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *(nnx.state(layer) for layer in self.layers))
+
+    def body(x, state):
+      layer = nnx.merge(graphdef, state)
+      x, _, _ = call(layer, x, positions, inv_freq, None, None, valid, None)
+      return constrain(self.layout, x, ("batch", "length", "act_embed")), nnx.state(layer, nnx.RngState)
+
+    x, rng_states = jax.lax.scan(body, x, stacked)
+    for i, layer in enumerate(self.layers):
+      nnx.update(layer, jax.tree.map(lambda a: a[i], rng_states))
+    return x
 
   def head_weight(self) -> jax.Array:
     """`[V, D]`: the embedding itself when tied (the same array, not a copy), else lm_head."""

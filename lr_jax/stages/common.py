@@ -62,8 +62,9 @@ def make_layout(mesh_shape, rules: str) -> Layout:
   return Layout.create(make_mesh(tuple(mesh_shape)), rules)
 
 
-def load_model(path_or_id: str, dtype_name: str, layout: Layout | None, remat: bool = False) -> Pretrained:
-  return from_pretrained(path_or_id, dtype=dtype_of(dtype_name), layout=layout, remat=remat)
+def load_model(path_or_id: str, dtype_name: str, layout: Layout | None, remat: bool = False,
+               scan_layers: bool = False) -> Pretrained:
+  return from_pretrained(path_or_id, dtype=dtype_of(dtype_name), layout=layout, remat=remat, scan_layers=scan_layers)
 
 
 def load_tokenizer(path_or_id: str):

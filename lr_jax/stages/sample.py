@@ -159,8 +159,9 @@ def run(config, workdir: common.Workdir, writer) -> dict:
   if n_batches:
     common.log("sample: %d problems (%d already stored), %d batches of %d, %s scoring", len(problems), len(done),
                n_batches, global_batch, scoring)
-    expert = common.load_model(config.expert, config.dtype, layout)
-    amateur = common.load_model(config.amateur, config.dtype, layout)
+    scan = config.sample.get("scan_layers", True)  # teacher-forced scoring only; decoding unrolls
+    expert = common.load_model(config.expert, config.dtype, layout, scan_layers=scan)
+    amateur = common.load_model(config.amateur, config.dtype, layout, scan_layers=scan)
     ccfg = dataclasses.replace(ccfg, valid_vocab=valid_vocab, chunk_size=chunk)
     eg, es = nnx.split(expert.model)
     ag, as_ = nnx.split(amateur.model)

@@ -50,7 +50,7 @@ def test_smoke_run_fills_every_section_and_prints_the_table_last(suite, tmp_path
   for row in lock["batches"].values():
     assert row["all_rows_full_length"] and row["largest_f32_below_bsv"]
   assert lock["batches"]["16"]["speedup_vs_generate_plus_contrastive"] > 0
-  assert sec["distill"]["variants"]["remat"]["loss_finite"] and sec["distill"]["supervised_steps"] == 4
+  assert sec["distill"]["variants"]["remat_scan"]["loss_finite"] and sec["distill"]["supervised_steps"] == 4
   proj = sec["projection"]
   assert proj["sampling_path"] == "lockstep" and set(proj["paths"]) == {"lockstep", "teacher_forced"}
   assert proj["paths"]["lockstep"]["batch"] == lock["default_batch"]

@@ -95,22 +95,38 @@ def test_split_separates_lora_and_full_finetune_params_from_the_frozen_base(base
     split_trainable(model, LoRAConfig(full_finetune=("embedding",)))
 
 
-def test_training_view_applies_dropout_and_default_view_does_not(base_dir):
-  model = base_model(base_dir)
-  apply_lora(model, LoRAConfig(targets=("q_proj",), dropout=0.5), rngs=nnx.Rngs(0))
+def lora_dropout_model(base_dir, scan_layers=False):
+  model = from_pretrained(base_dir, dtype=jnp.float32, scan_layers=scan_layers).model
+  apply_lora(model, LoRAConfig(targets=("q_proj", "v_proj"), dropout=0.5), rngs=nnx.Rngs(0))
   randomize_b(model)
-  ids = jnp.asarray(random_ids(1, 12, VOCAB, seed=2))
+  return model
+
+
+@nnx.jit  # nnx.jit carries the dropout RNG counters' updates out, so each call draws a new mask
+def dropout_hidden(m, ids):
   mask = jnp.ones(ids.shape, bool)
+  return m(ids, positions_from_mask(mask), mask)[0]
 
-  @nnx.jit  # nnx.jit carries the dropout RNG counters' updates out, so each call draws a new mask
-  def hidden(m):
-    return m(ids, positions_from_mask(mask), mask)[0]
 
-  assert np.array_equal(hidden(model), hidden(model))
+def test_training_view_applies_dropout_and_default_view_does_not(base_dir):
+  model = lora_dropout_model(base_dir)
+  ids = jnp.asarray(random_ids(1, 12, VOCAB, seed=2))
+  assert np.array_equal(dropout_hidden(model, ids), dropout_hidden(model, ids))
   train = nnx.view(model, deterministic=False)
-  first, second = hidden(train), hidden(train)
-  assert np.max(np.abs(first - hidden(model))) > 1e-3
+  first, second = dropout_hidden(train, ids), dropout_hidden(train, ids)
+  assert np.max(np.abs(first - dropout_hidden(model, ids))) > 1e-3
   assert np.max(np.abs(first - second)) > 1e-3
+
+
+def test_scanned_layers_draw_the_unrolled_dropout_masks_and_advance_them(base_dir):
+  ids = jnp.asarray(random_ids(2, 12, VOCAB, seed=3))
+  calls = {}
+  for scan in (False, True):
+    train = nnx.view(lora_dropout_model(base_dir, scan_layers=scan), deterministic=False)
+    calls[scan] = [np.asarray(dropout_hidden(train, ids)) for _ in range(3)]
+  for unrolled, scanned in zip(calls[False], calls[True]):
+    np.testing.assert_allclose(scanned, unrolled, atol=1e-5)
+  assert all(np.max(np.abs(a - b)) > 1e-3 for a, b in zip(calls[True], calls[True][1:]))
 
 
 def test_peft_tensors_use_out_in_layout_and_round_trip(base_dir):

@@ -185,3 +185,47 @@ def test_remat_forward_and_gradient_under_jit_equal_plain(tmp_path):
   assert abs(float(v0) - float(v1)) <= 1e-6
   for a, b in zip(g0, g1):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6)
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_scanned_layers_forward_and_gradient_under_jit_equal_unrolled(tmp_path, remat):
+  model_dir = make_tiny_hf(tmp_path, "qwen2", vocab_size=VOCAB, tokenizer=False, num_layers=3)
+  ids, mask = left_padded_batch([16, 11], 16, VOCAB, seed=6)
+  ids, mask = jnp.asarray(ids), jnp.asarray(mask)
+
+  def run(scan_layers):
+    model = from_pretrained(model_dir, dtype=jnp.float32, remat=remat, scan_layers=scan_layers).model
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def loss_and_grad(state):
+      def loss(state):
+        m = nnx.merge(graphdef, state)
+        hidden, _ = m(ids, positions_from_mask(mask), mask)
+        return jnp.mean(jnp.where(mask, jax.nn.logsumexp(m.logits(hidden), axis=-1), 0.0)), hidden
+      return jax.value_and_grad(loss, has_aux=True)(state)
+
+    (value, hidden), grads = loss_and_grad(state)
+    return value, hidden, nnx.to_flat_state(grads)
+
+  (v0, h0, g0), (v1, h1, g1) = run(False), run(True)
+  assert abs(float(v0) - float(v1)) <= 1e-6
+  np.testing.assert_allclose(np.asarray(h1), np.asarray(h0), atol=1e-5)
+  assert [p for p, _ in g0] == [p for p, _ in g1]
+  for (path, a), (_, b) in zip(g0, g1):
+    np.testing.assert_allclose(np.asarray(b[...]), np.asarray(a[...]), atol=1e-6, err_msg=str(path))
+    assert "kernel" not in str(path) or float(jnp.max(jnp.abs(a[...]))) > 0, path  # every layer is trained
+
+
+def test_scanned_layers_leave_cached_forwards_unrolled_and_equal(tmp_path):
+  model_dir = make_tiny_hf(tmp_path, "qwen2", vocab_size=VOCAB, tokenizer=False)
+  ids, mask = left_padded_batch([12, 7], 12, VOCAB, seed=7)
+  plain = from_pretrained(model_dir, dtype=jnp.float32).model
+  scanned = from_pretrained(model_dir, dtype=jnp.float32, scan_layers=True).model
+  pos = positions_from_mask(mask)
+  outs = []
+  for m in (plain, scanned):
+    cache = KVCache.zeros(m.config, 2, 16, jnp.float32)
+    hidden, cache = m(jnp.asarray(ids), pos, jnp.asarray(mask), cache)
+    outs.append((np.asarray(hidden), np.asarray(cache.k[1])))
+  assert np.array_equal(outs[0][0], outs[1][0]) and np.array_equal(outs[0][1], outs[1][1])

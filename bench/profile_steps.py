@@ -1,0 +1,318 @@
+"""Where a step's time goes: per-op device time of decoding, lockstep sampling and a distill update.
+
+Random-weight bf16 models with the shapes of the accelerator suite (Qwen2.5-Math-1.5B expert,
+Qwen2.5-0.5B amateur). Each target is compiled, run once, then called under `jax.profiler` (a
+perfetto trace); the events XLA tags with an `hlo_op` are summed per op and looked up in the
+optimized HLO, which gives:
+
+  - wall time per step and the device's busy time per step (the union of op intervals); the
+    difference is time the device waited on launches or the host,
+  - ops launched per step,
+  - time per category (matmul, fusion kinds, copies, collectives, ...) and the top ops, each with
+    its HLO opcode and fusion kind, so a slow `fusion.123` can be read in OUT/<target>/hlo.txt.gz.
+
+Targets (a "step" is one decoded token; the distill target's step is one update):
+  decode_b{64,256}   `generation.engine.decode_until`, 128 new tokens after a 128-token prompt
+  lockstep_b{N}      `lockstep.lockstep_decode` at the sampling stage's default batch (prefill included)
+  distill            `make_distill_step`, 16 rows x 255 tokens, LoRA r 8 on q, v (no remat, scanned)
+
+  PYTHONPATH=. python bench/profile_steps.py --out $OUT/profile            # one GPU, ~3-4 min
+  python bench/profile_steps.py --smoke --out /tmp/profile                 # CPU, tiny shapes, seconds
+
+OUT/summary.json, OUT/summary.md and OUT/<target>/{summary.json,hlo.txt.gz} are written; the raw
+trace is kept with --keep-traces. Prints one table per target.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import functools
+import glob
+import gzip
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from typing import Any, Callable
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+import accelerator_suite as suite  # noqa: E402
+from lr_jax.contrastive import ContrastiveConfig  # noqa: E402
+from lr_jax.data.packing import PackedUpdates, PackingConfig  # noqa: E402
+from lr_jax.distill import DistillConfig, init_train_state, make_distill_step, shard_batch  # noqa: E402
+from lr_jax.generation.engine import DecodeSpec, decode_until, output_slots, start_decoding  # noqa: E402
+from lr_jax.generation.sampling import SamplingConfig  # noqa: E402
+from lr_jax.models.lora import LoRAConfig, apply_lora, split_trainable  # noqa: E402
+from lr_jax.models.transformer import Transformer  # noqa: E402
+
+TOP_OPS = 25
+_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*.*?\s([a-z][\w\-]*)\(", re.M)
+
+
+# ------------------------------------------------------------------------------------ HLO lookup
+
+def hlo_ops(hlo_text: str) -> dict[str, dict[str, str]]:
+  """Instruction name -> {"opcode", "kind"} over every computation of an optimized HLO dump.
+
+  kind: the fusion kind (kLoop, kInput, kOutput, kCustom) or a custom call's target, plus
+  "gemm" when the fusion or call is a matmul (cuBLAS, Triton GEMM, oneDNN/XNN dot).
+  """
+  ops = {}
+  for line in hlo_text.splitlines():
+    m = _INSTR.match(line)
+    if not m:
+      continue
+    name, opcode = m.group(1), m.group(2)
+    kind = ""
+    if opcode == "fusion":
+      k = re.search(r"kind=(k\w+)", line)
+      kind = k.group(1) if k else ""
+    elif opcode == "custom-call":
+      t = re.search(r'custom_call_target="([^"]+)"', line)
+      kind = t.group(1) if t else ""
+    if re.search(r"gemm|cublas|matmul|__triton_gemm|\"dot\"|onednn|xnn.*dot", line, re.I) and opcode in (
+        "fusion", "custom-call"):
+      kind = (kind + " gemm").strip()
+    ops[name] = {"opcode": opcode, "kind": kind}
+  return ops
+
+
+def category(op: str, info: dict[str, str] | None) -> str:
+  """A coarse bucket for one op: matmul, fusion.<kind>, copy, collective, control, or the opcode."""
+  if info is None:
+    return "gemm" if re.search(r"gemm|cublas|dot", op, re.I) else "unmatched"
+  opcode, kind = info["opcode"], info["kind"]
+  if "gemm" in kind or opcode in ("dot", "convolution"):
+    return "matmul"
+  if opcode == "fusion":
+    return f"fusion.{kind or '?'}"
+  if opcode in ("copy", "copy-start", "copy-done", "dynamic-update-slice", "dynamic-slice", "transpose"):
+    return "copy"
+  if opcode in ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute"):
+    return "collective"
+  if opcode in ("while", "conditional", "call"):
+    return "control"
+  return opcode
+
+
+# --------------------------------------------------------------------------------- trace reading
+
+def trace_events(trace_dir: str) -> list[dict[str, Any]]:
+  """The complete ('X') events of the newest perfetto trace under `trace_dir`, each with its
+  process name (e.g. '/device:GPU:0', '/host:CPU') under the key 'process'."""
+  paths = sorted(glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True))
+  if not paths:
+    raise FileNotFoundError(f"{trace_dir}: no perfetto_trace.json.gz (jax.profiler wrote no trace)")
+  with gzip.open(paths[-1]) as f:
+    data = json.load(f)
+  events = data["traceEvents"] if isinstance(data, dict) else data
+  names = {e["pid"]: e.get("args", {}).get("name", "") for e in events
+           if e.get("ph") == "M" and e.get("name") == "process_name"}
+  return [dict(e, process=names.get(e.get("pid"), "")) for e in events if e.get("ph") == "X" and "dur" in e]
+
+
+def op_events(events: list[dict[str, Any]], module: str | None) -> tuple[list[dict[str, Any]], str]:
+  """Events carrying an `hlo_op` (of `module` when given): the device's where there are any, else
+  the host's (XLA:CPU runs ops on host threads). Returns (events, 'device' | 'host')."""
+  tagged = [e for e in events if "hlo_op" in e.get("args", {}) and not e["name"].startswith("end: ")]
+  if module:
+    tagged = [e for e in tagged if e["args"].get("hlo_module", "").startswith(module)] or tagged
+  device = [e for e in tagged if e["process"].startswith("/device:")]
+  return (device, "device") if device else (tagged, "host")
+
+
+def busy_time(events: list[dict[str, Any]]) -> float:
+  """Microseconds covered by at least one event (the union of [ts, ts + dur))."""
+  total, end = 0.0, -float("inf")
+  for start, stop in sorted((e["ts"], e["ts"] + e["dur"]) for e in events):
+    if stop <= end:
+      continue
+    total += stop - max(start, end)
+    end = stop
+  return total
+
+
+def summarise(events: list[dict[str, Any]], where: str, ops: dict[str, dict[str, str]], steps: int,
+              wall_s: float) -> dict[str, Any]:
+  """Per-step figures and the top ops of one traced run of `steps` steps taking `wall_s` seconds.
+
+  Control ops (while, conditional, call) are left out: where they appear as events (XLA:CPU) their
+  span holds the ops of their bodies, which are counted themselves.
+  """
+  events = [e for e in events if category(e["args"]["hlo_op"], ops.get(e["args"]["hlo_op"])) != "control"]
+  per_op = collections.defaultdict(lambda: [0.0, 0])
+  for e in events:
+    rec = per_op[e["args"]["hlo_op"]]
+    rec[0] += e["dur"]
+    rec[1] += 1
+  total_us = sum(v[0] for v in per_op.values())
+  by_cat = collections.defaultdict(float)
+  for op, (us, _) in per_op.items():
+    by_cat[category(op, ops.get(op))] += us
+  top = sorted(per_op.items(), key=lambda kv: -kv[1][0])[:TOP_OPS]
+  step_us = wall_s * 1e6 / steps
+  busy_us = busy_time(events) / steps
+  return {
+      "events_from": where, "steps": steps, "wall_ms_per_step": step_us / 1e3,
+      "busy_ms_per_step": busy_us / 1e3, "busy_fraction": busy_us / step_us if step_us else None,
+      "op_ms_per_step": total_us / steps / 1e3, "ops_per_step": sum(v[1] for v in per_op.values()) / steps,
+      "distinct_ops": len(per_op),
+      "categories": {k: {"ms_per_step": v / steps / 1e3, "share": v / total_us if total_us else 0.0}
+                     for k, v in sorted(by_cat.items(), key=lambda kv: -kv[1])},
+      "top_ops": [{"op": op, **(ops.get(op) or {"opcode": "?", "kind": ""}), "ms_per_step": us / steps / 1e3,
+                   "calls_per_step": n / steps, "share": us / total_us if total_us else 0.0}
+                  for op, (us, n) in top],
+  }
+
+
+def profile(name: str, compiled, call: Callable[[], Any], steps: int, out: str, keep_trace: bool,
+            calls: int) -> dict[str, Any]:
+  """Runs `call` once untraced (warm-up), then `calls` times under the profiler; summarises."""
+  folder = os.path.join(out, name)
+  os.makedirs(folder, exist_ok=True)
+  hlo = compiled.as_text()
+  with gzip.open(os.path.join(folder, "hlo.txt.gz"), "wt") as f:
+    f.write(hlo)
+  jax.block_until_ready(call())
+  trace_dir = os.path.join(folder, "trace")
+  shutil.rmtree(trace_dir, ignore_errors=True)
+  jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+  t0 = time.perf_counter()
+  for _ in range(calls):
+    jax.block_until_ready(call())
+  wall = time.perf_counter() - t0
+  jax.profiler.stop_trace()
+  module = re.search(r"^HloModule\s+([\w.\-]+)", hlo, re.M)
+  events, where = op_events(trace_events(trace_dir), module.group(1) if module else None)
+  if not keep_trace:
+    shutil.rmtree(trace_dir)
+  result = summarise(events, where, hlo_ops(hlo), steps * calls, wall)
+  suite.write_atomic(os.path.join(folder, "summary.json"), json.dumps(result, indent=2))
+  return result
+
+
+# ---------------------------------------------------------------------------------------- targets
+
+def target_decode(shapes: suite.Shapes, batch: int):
+  cfg = shapes.expert
+  graphdef, state = nnx.split(Transformer(cfg, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)))
+  out_len = output_slots(shapes.new_tokens)
+  spec = DecodeSpec(sampling=SamplingConfig(), eos_ids=(), pad_id=0, valid_vocab=None,
+                    slots=shapes.prompt_len + out_len, out_len=out_len, return_logprobs=False)
+  start = jax.jit(functools.partial(start_decoding, graphdef, spec=spec))
+  tokens = jnp.asarray(suite.random_ids(np.random.default_rng(0), (batch, shapes.prompt_len), cfg.vocab_size))
+  first = start(state, tokens, jnp.ones(tokens.shape, bool), jnp.arange(batch, dtype=jnp.int32), jnp.int32(0))
+  until = jnp.int32(shapes.new_tokens)
+  compiled = jax.jit(functools.partial(decode_until, graphdef, spec=spec)).lower(state, first, until).compile()
+  return compiled, lambda: compiled(state, first, until), shapes.new_tokens - 1
+
+
+def target_lockstep(shapes: suite.Shapes, batch: int, chunk: int):
+  from lr_jax import lockstep
+  v = shapes.expert.vocab_size
+  eg, es = nnx.split(Transformer(shapes.expert, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)))
+  ag, as_ = nnx.split(Transformer(shapes.amateur, dtype=jnp.bfloat16, rngs=nnx.Rngs(1)))
+  out_len = output_slots(shapes.new_tokens)
+  spec = lockstep.LockstepSpec(config=ContrastiveConfig(chunk_size=chunk, top_k=shapes.top_k), vocab=v,
+                               eos_ids=(), pad_id=0, slots=shapes.prompt_len + out_len, out_len=out_len)
+  tokens = jnp.asarray(suite.random_ids(np.random.default_rng(4), (batch, shapes.prompt_len), v))
+  args = (es, as_, tokens, jnp.ones(tokens.shape, bool), jnp.int32(shapes.new_tokens))
+  compiled = jax.jit(functools.partial(lockstep.lockstep_decode, eg, ag, spec=spec)).lower(*args).compile()
+  return compiled, lambda: compiled(*args), shapes.new_tokens
+
+
+def target_distill(shapes: suite.Shapes):
+  model = Transformer(shapes.expert, dtype=jnp.bfloat16, scan_layers=True, rngs=nnx.Rngs(0))
+  lora = LoRAConfig(targets=("q_proj", "v_proj"), rank=8, alpha=16.0, dropout=0.05)
+  apply_lora(model, lora, rngs=nnx.Rngs(0))
+  packed = PackedUpdates(suite.distill_records(shapes),
+                         PackingConfig(steps_per_update=shapes.distill_rows, shuffle_seed=None))
+  batch = shard_batch(packed.batch(0), None)
+  config = DistillConfig(total_updates=1000)
+  graphdef, params, frozen = split_trainable(model, lora)
+  step = make_distill_step(graphdef, config)
+  state = {"train": init_train_state(params, config, seed=0)}
+  compiled = step.lower(state["train"], frozen, batch).compile()
+
+  def one_update():
+    state["train"], metrics = compiled(state["train"], frozen, batch)
+    return metrics
+
+  return compiled, one_update, 1
+
+
+# ------------------------------------------------------------------------------------------- main
+
+def to_markdown(results: dict[str, Any]) -> str:
+  lines = ["# Step profiles", "", f"device: {results['device']}, jax {results['jax']}", ""]
+  for name, r in results["targets"].items():
+    if "error" in r:
+      lines += [f"## {name}", "", f"error: {r['error']}", ""]
+      continue
+    lines += [f"## {name}", "",
+              f"wall {r['wall_ms_per_step']:.3f} ms/step, device busy {r['busy_ms_per_step']:.3f} ms "
+              f"({100 * (r['busy_fraction'] or 0):.0f}%), {r['ops_per_step']:.0f} ops/step "
+              f"({r['distinct_ops']} distinct), events from the {r['events_from']}", "",
+              "| category | ms/step | share |", "|---|---|---|"]
+    lines += [f"| {k} | {v['ms_per_step']:.4f} | {100 * v['share']:.1f}% |" for k, v in r["categories"].items()]
+    lines += ["", "| op | opcode | kind | ms/step | calls/step | share |", "|---|---|---|---|---|---|"]
+    lines += [f"| {o['op']} | {o['opcode']} | {o['kind']} | {o['ms_per_step']:.4f} | {o['calls_per_step']:.1f} | "
+              f"{100 * o['share']:.1f}% |" for o in r["top_ops"]]
+    lines.append("")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> dict[str, Any]:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--out", default="profile_out")
+  p.add_argument("--smoke", action="store_true", help="tiny shapes on CPU")
+  p.add_argument("--targets", default="decode,lockstep,distill", help="comma-separated subset")
+  p.add_argument("--calls", type=int, default=2, help="traced calls per target")
+  p.add_argument("--keep-traces", action="store_true", help="keep OUT/<target>/trace (perfetto + xplane)")
+  args = p.parse_args(argv)
+  shapes = suite.SMOKE if args.smoke else suite.FULL
+  wanted = {t.strip() for t in args.targets.split(",") if t.strip()}
+  unknown = wanted - {"decode", "lockstep", "distill"}
+  if unknown or not wanted:
+    raise SystemExit(f"--targets: {','.join(sorted(unknown)) or '(empty)'} not among decode,lockstep,distill")
+  os.makedirs(args.out, exist_ok=True)
+  dev = jax.devices()[0]
+  results: dict[str, Any] = {"device": f"{dev.device_kind} ({dev.platform})", "jax": jax.__version__,
+                             "smoke": args.smoke, "targets": {}}
+  builders: list[tuple[str, Callable[[], tuple]]] = []
+  if "decode" in wanted:
+    builders += [(f"decode_b{b}", functools.partial(target_decode, shapes, b)) for b in shapes.gen_batches]
+  if "lockstep" in wanted:
+    from lr_jax import lockstep
+    b, chunk = lockstep.default_sampling_batch(shapes.expert, shapes.amateur, shapes.expert.vocab_size,
+                                               shapes.prompt_len + output_slots(shapes.new_tokens),
+                                               lockstep.device_memory_bytes())
+    builders.append((f"lockstep_b{b}", functools.partial(target_lockstep, shapes, b, chunk)))
+  if "distill" in wanted:
+    builders.append(("distill", functools.partial(target_distill, shapes)))
+  for name, build in builders:
+    t0 = time.perf_counter()
+    try:
+      compiled, call, steps = build()
+      r = profile(name, compiled, call, steps, args.out, args.keep_traces, args.calls)
+    except Exception as e:  # noqa: BLE001  one failing target must not lose the others
+      r = {"error": f"{type(e).__name__}: {e}"}
+    r["seconds"] = time.perf_counter() - t0
+    results["targets"][name] = r
+    suite.write_atomic(os.path.join(args.out, "summary.json"), json.dumps(results, indent=2))
+    suite.write_atomic(os.path.join(args.out, "summary.md"), to_markdown(results))
+    print(to_markdown({**results, "targets": {name: r}}).split("\n", 3)[3], flush=True)
+  return results
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,64 @@
+"""bench/profile_steps.py: HLO op lookup (GPU-style dumps included), the busy-time union, and a CPU
+smoke run whose per-op figures are consistent with its own wall time."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+
+import pytest
+
+from tests.helpers import REPO_ROOT
+
+GPU_STYLE_HLO = """HloModule jit_decode_until, entry_computation_layout={()}
+ENTRY %main {
+  %custom-call.3 = (bf16[64,8960]{1,0}, s8[0]{0}) custom-call(%a, %b), custom_call_target="__cublas$gemm", backend_config={}
+  %gemm_fusion_dot.5 = bf16[64,1536]{1,0} fusion(%x, %w), kind=kCustom, calls=%gemm_fusion_dot.5_computation, backend_config={"fusion_backend_config":{"kind":"__triton_gemm"}}
+  %loop_multiply_fusion = bf16[64,8960]{1,0} fusion(%g, %u), kind=kLoop, calls=%fused_multiply
+  ROOT %input_reduce_fusion.2 = f32[64]{0} fusion(%l), kind=kInput, calls=%fused_reduce
+  %while.7 = (s32[]) while(%t), condition=%cond, body=%body
+  %dynamic-update-slice.1 = bf16[64,2,256,128]{3,2,1,0} dynamic-update-slice(%c, %k, %i, %j, %k2, %l2)
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def prof():
+  name = "bench_profile_steps"
+  sys.path.insert(0, os.path.join(REPO_ROOT, "bench"))
+  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO_ROOT, "bench", "profile_steps.py"))
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[name] = module
+  spec.loader.exec_module(module)
+  yield module
+  del sys.modules[name]
+
+
+def test_hlo_ops_and_categories_of_a_gpu_style_dump(prof):
+  ops = prof.hlo_ops(GPU_STYLE_HLO)
+  cats = {name: prof.category(name, ops.get(name)) for name in ops}
+  assert cats == {"custom-call.3": "matmul", "gemm_fusion_dot.5": "matmul", "loop_multiply_fusion": "fusion.kLoop",
+                  "input_reduce_fusion.2": "fusion.kInput", "while.7": "control", "dynamic-update-slice.1": "copy"}
+  assert prof.category("sm90_xmma_gemm_bf16", None) == "gemm" and prof.category("fusion.99", None) == "unmatched"
+
+
+def test_busy_time_is_the_union_of_intervals(prof):
+  events = [{"ts": 0.0, "dur": 10.0}, {"ts": 5.0, "dur": 10.0}, {"ts": 20.0, "dur": 5.0}, {"ts": 21.0, "dur": 1.0}]
+  assert prof.busy_time(events) == 20.0
+
+
+def test_smoke_profile_of_decode_and_distill_on_cpu(prof, tmp_path):
+  results = prof.main(["--smoke", "--out", str(tmp_path), "--targets", "decode,distill", "--calls", "1"])
+  assert set(results["targets"]) == {"decode_b16", "distill"}
+  for name, r in results["targets"].items():
+    assert "error" not in r, (name, r.get("error"))
+    assert r["ops_per_step"] > 5 and 0 < r["busy_ms_per_step"] <= 1.05 * r["wall_ms_per_step"], (name, r)
+    assert abs(sum(c["share"] for c in r["categories"].values()) - 1.0) < 1e-6
+    assert "control" not in r["categories"] and r["categories"].get("matmul", {}).get("ms_per_step", 0) > 0
+    assert all(o["opcode"] != "?" for o in r["top_ops"]), [o["op"] for o in r["top_ops"] if o["opcode"] == "?"]
+    assert os.path.getsize(tmp_path / name / "hlo.txt.gz") > 0 and not (tmp_path / name / "trace").exists()
+  assert r["steps"] == 1 and results["targets"]["decode_b16"]["steps"] == 7  # 8 new tokens: 7 decode steps
+  with open(tmp_path / "summary.json") as f:
+    assert json.load(f)["targets"].keys() == results["targets"].keys()
+  assert "## decode_b16" in (tmp_path / "summary.md").read_text()
