@@ -9,7 +9,8 @@ optimized HLO, which gives:
     difference is time the device waited on launches or the host,
   - ops launched per step,
   - time per category (matmul, fusion kinds, copies, collectives, ...) and the top ops, each with
-    its HLO opcode and fusion kind, so a slow `fusion.123` can be read in OUT/<target>/hlo.txt.gz.
+    its HLO opcode and fusion kind, so a slow `fusion.123` can be read in OUT/<target>/hlo.txt.gz,
+  - XLA's own cost model of the executable (flops, bytes accessed; a while body counted once).
 
 Targets (a "step" is one decoded token; the distill target's step is one update):
   decode_b{64,256}   `generation.engine.decode_until`, 128 new tokens after a 128-token prompt
@@ -196,6 +197,10 @@ def profile(name: str, compiled, call: Callable[[], Any], steps: int, out: str, 
   if not keep_trace:
     shutil.rmtree(trace_dir)
   result = summarise(events, where, hlo_ops(hlo), steps * calls, wall)
+  cost = compiled.cost_analysis()
+  cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
+  # XLA's cost model counts a while loop's body once: for the decode loop that is one step.
+  result["xla_cost_model"] = {"flops": cost.get("flops"), "bytes_accessed": cost.get("bytes accessed")}
   suite.write_atomic(os.path.join(folder, "summary.json"), json.dumps(result, indent=2))
   return result
 
@@ -252,6 +257,10 @@ def target_distill(shapes: suite.Shapes):
 
 # ------------------------------------------------------------------------------------------- main
 
+def _num(x) -> str:
+  return "?" if x is None else f"{x:.3g}"
+
+
 def to_markdown(results: dict[str, Any]) -> str:
   lines = ["# Step profiles", "", f"device: {results['device']}, jax {results['jax']}", ""]
   for name, r in results["targets"].items():
@@ -261,7 +270,8 @@ def to_markdown(results: dict[str, Any]) -> str:
     lines += [f"## {name}", "",
               f"wall {r['wall_ms_per_step']:.3f} ms/step, device busy {r['busy_ms_per_step']:.3f} ms "
               f"({100 * (r['busy_fraction'] or 0):.0f}%), {r['ops_per_step']:.0f} ops/step "
-              f"({r['distinct_ops']} distinct), events from the {r['events_from']}", "",
+              f"({r['distinct_ops']} distinct), events from the {r['events_from']}; XLA cost model "
+              f"{_num(r['xla_cost_model']['flops'])} flops, {_num(r['xla_cost_model']['bytes_accessed'])} bytes", "",
               "| category | ms/step | share |", "|---|---|---|"]
     lines += [f"| {k} | {v['ms_per_step']:.4f} | {100 * v['share']:.1f}% |" for k, v in r["categories"].items()]
     lines += ["", "| op | opcode | kind | ms/step | calls/step | share |", "|---|---|---|---|---|---|"]

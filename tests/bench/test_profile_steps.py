@@ -55,6 +55,7 @@ def test_smoke_profile_of_decode_and_distill_on_cpu(prof, tmp_path):
     assert "error" not in r, (name, r.get("error"))
     assert r["ops_per_step"] > 5 and 0 < r["busy_ms_per_step"] <= 1.05 * r["wall_ms_per_step"], (name, r)
     assert abs(sum(c["share"] for c in r["categories"].values()) - 1.0) < 1e-6
+    assert r["xla_cost_model"]["flops"] > 0 and r["xla_cost_model"]["bytes_accessed"] > 0
     assert "control" not in r["categories"] and r["categories"].get("matmul", {}).get("ms_per_step", 0) > 0
     assert all(o["opcode"] != "?" for o in r["top_ops"]), [o["op"] for o in r["top_ops"] if o["opcode"] == "?"]
     assert os.path.getsize(tmp_path / name / "hlo.txt.gz") > 0 and not (tmp_path / name / "trace").exists()
