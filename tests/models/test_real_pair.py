@@ -27,8 +27,9 @@ LAST = 16
 TOL = 5e-3
 
 
+@pytest.mark.parametrize("scan_layers", [False, True])
 @pytest.mark.parametrize("folder", ["qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"])
-def test_real_checkpoint_logits_match_transformers(folder):
+def test_real_checkpoint_logits_match_transformers(folder, scan_layers):
   torch = pytest.importorskip("torch")
   from transformers import AutoTokenizer
 
@@ -43,7 +44,7 @@ def test_real_checkpoint_logits_match_transformers(folder):
   del hf
   gc.collect()
   with jax.default_matmul_precision("highest"):
-    model = from_pretrained(model_dir, dtype=jnp.float32).model
+    model = from_pretrained(model_dir, dtype=jnp.float32, scan_layers=scan_layers).model
     ours = np.asarray(model.logits(jax_hidden(model, ids)[0, -LAST:]))
   err = float(np.max(np.abs(ours - ref)))
   assert err <= TOL, f"{folder}: max abs logit diff {err:.3g} (max |logit| {np.max(np.abs(ref)):.3g})"
