@@ -62,10 +62,11 @@ _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*.*?\s([a-z][\w\-]*)\(",
 # ------------------------------------------------------------------------------------ HLO lookup
 
 def hlo_ops(hlo_text: str) -> dict[str, dict[str, str]]:
-  """Instruction name -> {"opcode", "kind"} over every computation of an optimized HLO dump.
+  """Instruction name -> {"opcode", "kind", "source"} over every computation of an optimized HLO dump.
 
   kind: the fusion kind (kLoop, kInput, kOutput, kCustom) or a custom call's target, plus
-  "gemm" when the fusion or call is a matmul (cuBLAS, Triton GEMM, oneDNN/XNN dot).
+  "gemm" when the fusion or call is a matmul (cuBLAS, Triton GEMM, oneDNN/XNN dot); source: the
+  last three parts of the JAX op name XLA kept in the metadata (e.g. "attn/dot_general").
   """
   ops = {}
   for line in hlo_text.splitlines():
@@ -83,7 +84,8 @@ def hlo_ops(hlo_text: str) -> dict[str, dict[str, str]]:
     if re.search(r"gemm|cublas|matmul|__triton_gemm|\"dot\"|onednn|xnn.*dot", line, re.I) and opcode in (
         "fusion", "custom-call"):
       kind = (kind + " gemm").strip()
-    ops[name] = {"opcode": opcode, "kind": kind}
+    src = re.search(r'op_name="([^"]*)"', line)
+    ops[name] = {"opcode": opcode, "kind": kind, "source": "/".join(src.group(1).split("/")[-3:]) if src else ""}
   return ops
 
 
@@ -169,7 +171,7 @@ def summarise(events: list[dict[str, Any]], where: str, ops: dict[str, dict[str,
       "distinct_ops": len(per_op),
       "categories": {k: {"ms_per_step": v / steps / 1e3, "share": v / total_us if total_us else 0.0}
                      for k, v in sorted(by_cat.items(), key=lambda kv: -kv[1])},
-      "top_ops": [{"op": op, **(ops.get(op) or {"opcode": "?", "kind": ""}), "ms_per_step": us / steps / 1e3,
+      "top_ops": [{"op": op, **(ops.get(op) or {"opcode": "?", "kind": "", "source": ""}), "ms_per_step": us / steps / 1e3,
                    "calls_per_step": n / steps, "share": us / total_us if total_us else 0.0}
                   for op, (us, n) in top],
   }
@@ -274,9 +276,10 @@ def to_markdown(results: dict[str, Any]) -> str:
               f"{_num(r['xla_cost_model']['flops'])} flops, {_num(r['xla_cost_model']['bytes_accessed'])} bytes", "",
               "| category | ms/step | share |", "|---|---|---|"]
     lines += [f"| {k} | {v['ms_per_step']:.4f} | {100 * v['share']:.1f}% |" for k, v in r["categories"].items()]
-    lines += ["", "| op | opcode | kind | ms/step | calls/step | share |", "|---|---|---|---|---|---|"]
-    lines += [f"| {o['op']} | {o['opcode']} | {o['kind']} | {o['ms_per_step']:.4f} | {o['calls_per_step']:.1f} | "
-              f"{100 * o['share']:.1f}% |" for o in r["top_ops"]]
+    lines += ["", "| op | opcode | kind | JAX source | ms/step | calls/step | share |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [f"| {o['op']} | {o['opcode']} | {o['kind']} | {o['source']} | {o['ms_per_step']:.4f} | "
+              f"{o['calls_per_step']:.1f} | {100 * o['share']:.1f}% |" for o in r["top_ops"]]
     lines.append("")
   return "\n".join(lines)
 

@@ -15,7 +15,7 @@ GPU_STYLE_HLO = """HloModule jit_decode_until, entry_computation_layout={()}
 ENTRY %main {
   %custom-call.3 = (bf16[64,8960]{1,0}, s8[0]{0}) custom-call(%a, %b), custom_call_target="__cublas$gemm", backend_config={}
   %gemm_fusion_dot.5 = bf16[64,1536]{1,0} fusion(%x, %w), kind=kCustom, calls=%gemm_fusion_dot.5_computation, backend_config={"fusion_backend_config":{"kind":"__triton_gemm"}}
-  %loop_multiply_fusion = bf16[64,8960]{1,0} fusion(%g, %u), kind=kLoop, calls=%fused_multiply
+  %loop_multiply_fusion = bf16[64,8960]{1,0} fusion(%g, %u), kind=kLoop, calls=%fused_multiply, metadata={op_name="jit(decode_until)/while/body/mlp/mul" source_file="x.py"}
   ROOT %input_reduce_fusion.2 = f32[64]{0} fusion(%l), kind=kInput, calls=%fused_reduce
   %while.7 = (s32[]) while(%t), condition=%cond, body=%body
   %dynamic-update-slice.1 = bf16[64,2,256,128]{3,2,1,0} dynamic-update-slice(%c, %k, %i, %j, %k2, %l2)
@@ -40,6 +40,7 @@ def test_hlo_ops_and_categories_of_a_gpu_style_dump(prof):
   cats = {name: prof.category(name, ops.get(name)) for name in ops}
   assert cats == {"custom-call.3": "matmul", "gemm_fusion_dot.5": "matmul", "loop_multiply_fusion": "fusion.kLoop",
                   "input_reduce_fusion.2": "fusion.kInput", "while.7": "control", "dynamic-update-slice.1": "copy"}
+  assert ops["loop_multiply_fusion"]["source"] == "body/mlp/mul" and ops["custom-call.3"]["source"] == ""
   assert prof.category("sm90_xmma_gemm_bf16", None) == "gemm" and prof.category("fusion.99", None) == "unmatched"
 
 
