@@ -16,6 +16,7 @@ Targets (a "step" is one decoded token; the distill target's step is one update)
   decode_b{64,256}   `generation.engine.decode_until`, 128 new tokens after a 128-token prompt
   lockstep_b{N}      `lockstep.lockstep_decode` at the sampling stage's default batch (prefill included)
   distill            `make_distill_step`, 16 rows x 255 tokens, LoRA r 8 on q, v (no remat, scanned)
+  distill_dropout0   the same with LoRA dropout 0 (not in the default targets): what dropout's RNG costs
 
   PYTHONPATH=. python bench/profile_steps.py --out $OUT/profile            # one GPU, ~3-4 min
   python bench/profile_steps.py --smoke --out /tmp/profile                 # CPU, tiny shapes, seconds
@@ -56,6 +57,7 @@ from lr_jax.models.lora import LoRAConfig, apply_lora, split_trainable  # noqa: 
 from lr_jax.models.transformer import Transformer  # noqa: E402
 
 TOP_OPS = 25
+TARGETS = ("decode", "lockstep", "distill", "distill_dropout0")
 _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*.*?\s([a-z][\w\-]*)\(", re.M)
 
 
@@ -237,9 +239,9 @@ def target_lockstep(shapes: suite.Shapes, batch: int, chunk: int):
   return compiled, lambda: compiled(*args), shapes.new_tokens
 
 
-def target_distill(shapes: suite.Shapes):
+def target_distill(shapes: suite.Shapes, dropout: float):
   model = Transformer(shapes.expert, dtype=jnp.bfloat16, scan_layers=True, rngs=nnx.Rngs(0))
-  lora = LoRAConfig(targets=("q_proj", "v_proj"), rank=8, alpha=16.0, dropout=0.05)
+  lora = LoRAConfig(targets=("q_proj", "v_proj"), rank=8, alpha=16.0, dropout=dropout)
   apply_lora(model, lora, rngs=nnx.Rngs(0))
   packed = PackedUpdates(suite.distill_records(shapes),
                          PackingConfig(steps_per_update=shapes.distill_rows, shuffle_seed=None))
@@ -288,15 +290,15 @@ def main(argv=None) -> dict[str, Any]:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--out", default="profile_out")
   p.add_argument("--smoke", action="store_true", help="tiny shapes on CPU")
-  p.add_argument("--targets", default="decode,lockstep,distill", help="comma-separated subset")
+  p.add_argument("--targets", default="decode,lockstep,distill", help=f"comma-separated subset of {','.join(TARGETS)}")
   p.add_argument("--calls", type=int, default=2, help="traced calls per target")
   p.add_argument("--keep-traces", action="store_true", help="keep OUT/<target>/trace (perfetto + xplane)")
   args = p.parse_args(argv)
   shapes = suite.SMOKE if args.smoke else suite.FULL
   wanted = {t.strip() for t in args.targets.split(",") if t.strip()}
-  unknown = wanted - {"decode", "lockstep", "distill"}
+  unknown = wanted - set(TARGETS)
   if unknown or not wanted:
-    raise SystemExit(f"--targets: {','.join(sorted(unknown)) or '(empty)'} not among decode,lockstep,distill")
+    raise SystemExit(f"--targets: {','.join(sorted(unknown)) or '(empty)'} not among {','.join(TARGETS)}")
   os.makedirs(args.out, exist_ok=True)
   dev = jax.devices()[0]
   results: dict[str, Any] = {"device": f"{dev.device_kind} ({dev.platform})", "jax": jax.__version__,
@@ -310,8 +312,9 @@ def main(argv=None) -> dict[str, Any]:
                                                shapes.prompt_len + output_slots(shapes.new_tokens),
                                                lockstep.device_memory_bytes())
     builders.append((f"lockstep_b{b}", functools.partial(target_lockstep, shapes, b, chunk)))
-  if "distill" in wanted:
-    builders.append(("distill", functools.partial(target_distill, shapes)))
+  for name, dropout in (("distill", 0.05), ("distill_dropout0", 0.0)):
+    if name in wanted:
+      builders.append((name, functools.partial(target_distill, shapes, dropout)))
   for name, build in builders:
     t0 = time.perf_counter()
     try:

@@ -50,8 +50,9 @@ def test_busy_time_is_the_union_of_intervals(prof):
 
 
 def test_smoke_profile_of_decode_and_distill_on_cpu(prof, tmp_path):
-  results = prof.main(["--smoke", "--out", str(tmp_path), "--targets", "decode,distill", "--calls", "1"])
-  assert set(results["targets"]) == {"decode_b16", "distill"}
+  results = prof.main(["--smoke", "--out", str(tmp_path), "--targets", "decode,distill,distill_dropout0",
+                        "--calls", "1"])
+  assert set(results["targets"]) == {"decode_b16", "distill", "distill_dropout0"}
   for name, r in results["targets"].items():
     assert "error" not in r, (name, r.get("error"))
     assert r["ops_per_step"] > 5 and 0 < r["busy_ms_per_step"] <= 1.05 * r["wall_ms_per_step"], (name, r)
@@ -60,7 +61,7 @@ def test_smoke_profile_of_decode_and_distill_on_cpu(prof, tmp_path):
     assert "control" not in r["categories"] and r["categories"].get("matmul", {}).get("ms_per_step", 0) > 0
     assert all(o["opcode"] != "?" for o in r["top_ops"]), [o["op"] for o in r["top_ops"] if o["opcode"] == "?"]
     assert os.path.getsize(tmp_path / name / "hlo.txt.gz") > 0 and not (tmp_path / name / "trace").exists()
-  assert r["steps"] == 1 and results["targets"]["decode_b16"]["steps"] == 7  # 8 new tokens: 7 decode steps
+  assert results["targets"]["distill"]["steps"] == 1 and results["targets"]["decode_b16"]["steps"] == 7  # 8 new tokens: 7 decode steps
   with open(tmp_path / "summary.json") as f:
     assert json.load(f)["targets"].keys() == results["targets"].keys()
   assert "## decode_b16" in (tmp_path / "summary.md").read_text()
