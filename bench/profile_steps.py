@@ -5,9 +5,10 @@ Qwen2.5-0.5B amateur). Each target is compiled, run once, then called under `jax
 perfetto trace); the events XLA tags with an `hlo_op` are summed per op and looked up in the
 optimized HLO, which gives:
 
-  - wall time per step and the device's busy time per step (the union of op intervals); the
-    difference is time the device waited on launches or the host,
-  - ops launched per step,
+  - wall time per step (untraced, and traced), and the device's busy time per step (the union of
+    op intervals) against the traced wall time; the gap is time the device waited on launches or
+    the host while traced (profiling adds per-launch cost and turns XLA's CUDA graphs off),
+  - kernels (GPU) or thunks (CPU) launched per step,
   - time per category (matmul, fusion kinds, copies, collectives, ...) and the top ops, each with
     its HLO opcode and fusion kind, so a slow `fusion.123` can be read in OUT/<target>/hlo.txt.gz,
   - XLA's own cost model of the executable (flops, bytes accessed; a while body counted once).
@@ -67,7 +68,8 @@ def hlo_ops(hlo_text: str) -> dict[str, dict[str, str]]:
   """Instruction name -> {"opcode", "kind", "source"} over every computation of an optimized HLO dump.
 
   kind: the fusion kind (kLoop, kInput, kOutput, kCustom) or a custom call's target, plus
-  "gemm" when the fusion or call is a matmul (cuBLAS, Triton GEMM, oneDNN/XNN dot); source: the
+  "gemm" when the fusion or call is itself a matmul (by its own name, its custom-call target or its
+  backend kind: cuBLAS, cuBLASLt, Triton GEMM, cuDNN fusions), not merely reading one; source: the
   last three parts of the JAX op name XLA kept in the metadata (e.g. "attn/dot_general").
   """
   ops = {}
@@ -83,8 +85,9 @@ def hlo_ops(hlo_text: str) -> dict[str, dict[str, str]]:
     elif opcode == "custom-call":
       t = re.search(r'custom_call_target="([^"]+)"', line)
       kind = t.group(1) if t else ""
-    if re.search(r"gemm|cublas|matmul|__triton_gemm|\"dot\"|onednn|xnn.*dot", line, re.I) and opcode in (
-        "fusion", "custom-call"):
+    backend = re.search(r'"kind":"([^"]+)"', line)
+    own = " ".join((name, kind if opcode == "custom-call" else "", backend.group(1) if backend else ""))
+    if opcode in ("fusion", "custom-call") and re.search(r"gemm|cublas|matmul|cudnn", own, re.I):
       kind = (kind + " gemm").strip()
     src = re.search(r'op_name="([^"]*)"', line)
     ops[name] = {"opcode": opcode, "kind": kind, "source": "/".join(src.group(1).split("/")[-3:]) if src else ""}
@@ -93,8 +96,8 @@ def hlo_ops(hlo_text: str) -> dict[str, dict[str, str]]:
 
 def category(op: str, info: dict[str, str] | None) -> str:
   """A coarse bucket for one op: matmul, fusion.<kind>, copy, collective, control, or the opcode."""
-  if info is None:
-    return "gemm" if re.search(r"gemm|cublas|dot", op, re.I) else "unmatched"
+  if info is None:  # a kernel name (GPU events without an hlo_op), or an op missing from the dump
+    return "matmul" if re.search(r"gemm|cublas|xmma|cutlass", op, re.I) else "unmatched"
   opcode, kind = info["opcode"], info["kind"]
   if "gemm" in kind or opcode in ("dot", "convolution"):
     return "matmul"
@@ -102,7 +105,7 @@ def category(op: str, info: dict[str, str] | None) -> str:
     return f"fusion.{kind or '?'}"
   if opcode in ("copy", "copy-start", "copy-done", "dynamic-update-slice", "dynamic-slice", "transpose"):
     return "copy"
-  if opcode in ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute"):
+  if re.fullmatch(r"(all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute)(-start|-done)?", opcode):
     return "collective"
   if opcode in ("while", "conditional", "call"):
     return "control"
@@ -126,13 +129,19 @@ def trace_events(trace_dir: str) -> list[dict[str, Any]]:
 
 
 def op_events(events: list[dict[str, Any]], module: str | None) -> tuple[list[dict[str, Any]], str]:
-  """Events carrying an `hlo_op` (of `module` when given): the device's where there are any, else
-  the host's (XLA:CPU runs ops on host threads). Returns (events, 'device' | 'host')."""
-  tagged = [e for e in events if "hlo_op" in e.get("args", {}) and not e["name"].startswith("end: ")]
-  if module:
-    tagged = [e for e in tagged if e["args"].get("hlo_module", "").startswith(module)] or tagged
-  device = [e for e in tagged if e["process"].startswith("/device:")]
-  return (device, "device") if device else (tagged, "host")
+  """The events of the executable's ops, each with its key under 'op': on an accelerator every
+  device event (kernels, copies), keyed by its `hlo_op` or else by the kernel's own name; on CPU,
+  where XLA runs ops on host threads, the host events carrying an `hlo_op`. Events tagged with
+  another `hlo_module` than `module` are dropped. Returns (events, 'device' | 'host')."""
+  def ours(e):
+    other = e.get("args", {}).get("hlo_module")
+    return not (module and other and not other.startswith(module)) and not e["name"].startswith("end: ")
+
+  device = [dict(e, op=e.get("args", {}).get("hlo_op", e["name"])) for e in events
+            if e["process"].startswith("/device:") and ours(e)]
+  if device:
+    return device, "device"
+  return [dict(e, op=e["args"]["hlo_op"]) for e in events if "hlo_op" in e.get("args", {}) and ours(e)], "host"
 
 
 def busy_time(events: list[dict[str, Any]]) -> float:
@@ -147,16 +156,19 @@ def busy_time(events: list[dict[str, Any]]) -> float:
 
 
 def summarise(events: list[dict[str, Any]], where: str, ops: dict[str, dict[str, str]], steps: int,
-              wall_s: float) -> dict[str, Any]:
-  """Per-step figures and the top ops of one traced run of `steps` steps taking `wall_s` seconds.
+              wall_s: float, traced_wall_s: float) -> dict[str, Any]:
+  """Per-step figures and the top ops of `steps` steps: `wall_s` untraced, `traced_wall_s` the
+  traced run the events come from (tracing adds per-launch cost, and XLA:GPU runs no CUDA graphs
+  while profiling, so device-busy time is compared with the traced wall time).
 
   Control ops (while, conditional, call) are left out: where they appear as events (XLA:CPU) their
-  span holds the ops of their bodies, which are counted themselves.
+  span holds the ops of their bodies, which are counted themselves. A launch is one kernel (GPU)
+  or one thunk (CPU); an HLO op may launch several.
   """
-  events = [e for e in events if category(e["args"]["hlo_op"], ops.get(e["args"]["hlo_op"])) != "control"]
+  events = [e for e in events if category(e["op"], ops.get(e["op"])) != "control"]
   per_op = collections.defaultdict(lambda: [0.0, 0])
   for e in events:
-    rec = per_op[e["args"]["hlo_op"]]
+    rec = per_op[e["op"]]
     rec[0] += e["dur"]
     rec[1] += 1
   total_us = sum(v[0] for v in per_op.values())
@@ -164,30 +176,35 @@ def summarise(events: list[dict[str, Any]], where: str, ops: dict[str, dict[str,
   for op, (us, _) in per_op.items():
     by_cat[category(op, ops.get(op))] += us
   top = sorted(per_op.items(), key=lambda kv: -kv[1][0])[:TOP_OPS]
-  step_us = wall_s * 1e6 / steps
+  traced_us = traced_wall_s * 1e6 / steps
   busy_us = busy_time(events) / steps
   return {
-      "events_from": where, "steps": steps, "wall_ms_per_step": step_us / 1e3,
-      "busy_ms_per_step": busy_us / 1e3, "busy_fraction": busy_us / step_us if step_us else None,
-      "op_ms_per_step": total_us / steps / 1e3, "ops_per_step": sum(v[1] for v in per_op.values()) / steps,
+      "events_from": where, "steps": steps, "wall_ms_per_step": wall_s * 1e3 / steps,
+      "traced_wall_ms_per_step": traced_us / 1e3, "busy_ms_per_step": busy_us / 1e3,
+      "busy_fraction": busy_us / traced_us if traced_us else None,
+      "op_ms_per_step": total_us / steps / 1e3, "launches_per_step": sum(v[1] for v in per_op.values()) / steps,
       "distinct_ops": len(per_op),
       "categories": {k: {"ms_per_step": v / steps / 1e3, "share": v / total_us if total_us else 0.0}
                      for k, v in sorted(by_cat.items(), key=lambda kv: -kv[1])},
       "top_ops": [{"op": op, **(ops.get(op) or {"opcode": "?", "kind": "", "source": ""}), "ms_per_step": us / steps / 1e3,
-                   "calls_per_step": n / steps, "share": us / total_us if total_us else 0.0}
+                   "launches_per_step": n / steps, "share": us / total_us if total_us else 0.0}
                   for op, (us, n) in top],
   }
 
 
 def profile(name: str, compiled, call: Callable[[], Any], steps: int, out: str, keep_trace: bool,
             calls: int) -> dict[str, Any]:
-  """Runs `call` once untraced (warm-up), then `calls` times under the profiler; summarises."""
+  """Runs `call` once (warm-up), `calls` times untraced (wall time), `calls` times under the profiler."""
   folder = os.path.join(out, name)
   os.makedirs(folder, exist_ok=True)
   hlo = compiled.as_text()
   with gzip.open(os.path.join(folder, "hlo.txt.gz"), "wt") as f:
     f.write(hlo)
   jax.block_until_ready(call())
+  t0 = time.perf_counter()
+  for _ in range(calls):
+    jax.block_until_ready(call())
+  untraced = time.perf_counter() - t0
   trace_dir = os.path.join(folder, "trace")
   shutil.rmtree(trace_dir, ignore_errors=True)
   jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
@@ -200,7 +217,7 @@ def profile(name: str, compiled, call: Callable[[], Any], steps: int, out: str, 
   events, where = op_events(trace_events(trace_dir), module.group(1) if module else None)
   if not keep_trace:
     shutil.rmtree(trace_dir)
-  result = summarise(events, where, hlo_ops(hlo), steps * calls, wall)
+  result = summarise(events, where, hlo_ops(hlo), steps * calls, untraced, wall)
   cost = compiled.cost_analysis()
   cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
   # XLA's cost model counts a while loop's body once: for the decode loop that is one step.
@@ -272,16 +289,17 @@ def to_markdown(results: dict[str, Any]) -> str:
       lines += [f"## {name}", "", f"error: {r['error']}", ""]
       continue
     lines += [f"## {name}", "",
-              f"wall {r['wall_ms_per_step']:.3f} ms/step, device busy {r['busy_ms_per_step']:.3f} ms "
-              f"({100 * (r['busy_fraction'] or 0):.0f}%), {r['ops_per_step']:.0f} ops/step "
+              f"wall {r['wall_ms_per_step']:.3f} ms/step ({r['traced_wall_ms_per_step']:.3f} traced), device busy "
+              f"{r['busy_ms_per_step']:.3f} ms ({100 * (r['busy_fraction'] or 0):.0f}% of traced), "
+              f"{r['launches_per_step']:.0f} launches/step "
               f"({r['distinct_ops']} distinct), events from the {r['events_from']}; XLA cost model "
               f"{_num(r['xla_cost_model']['flops'])} flops, {_num(r['xla_cost_model']['bytes_accessed'])} bytes", "",
               "| category | ms/step | share |", "|---|---|---|"]
     lines += [f"| {k} | {v['ms_per_step']:.4f} | {100 * v['share']:.1f}% |" for k, v in r["categories"].items()]
-    lines += ["", "| op | opcode | kind | JAX source | ms/step | calls/step | share |",
+    lines += ["", "| op | opcode | kind | JAX source | ms/step | launches/step | share |",
               "|---|---|---|---|---|---|---|"]
     lines += [f"| {o['op']} | {o['opcode']} | {o['kind']} | {o['source']} | {o['ms_per_step']:.4f} | "
-              f"{o['calls_per_step']:.1f} | {100 * o['share']:.1f}% |" for o in r["top_ops"]]
+              f"{o['launches_per_step']:.1f} | {100 * o['share']:.1f}% |" for o in r["top_ops"]]
     lines.append("")
   return "\n".join(lines)
 

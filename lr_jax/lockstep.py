@@ -219,11 +219,13 @@ def _pow2_floor(x: float) -> int:
 
 
 def default_sampling_batch(expert_cfg: ModelConfig, amateur_cfg: ModelConfig, vocab: int, max_len: int,
-                           device_memory_bytes: int, *, param_bytes: int = 2) -> tuple[int, int]:
+                           device_memory_bytes: int, *, param_bytes: int = 2,
+                           scanned_layers: bool = False) -> tuple[int, int]:
   """Rows per device and scoring chunk for sampling, from the models' shapes and the device memory.
 
   Memory model (bytes on one device; weights replicated, as under the 'sample' rules), with
-  usable = USABLE_MEMORY_FRACTION * device_memory_bytes - weights of both models:
+  usable = USABLE_MEMORY_FRACTION * device_memory_bytes - weights of both models (plus a second copy
+  of their layer weights with `scanned_layers`, which teacher-forced scoring stacks for its scan):
     chunk rows: LOGIT_COPIES float32 `[V]` rows each, within CHUNK_MEMORY_SHARE of usable;
     batch rows: both KV caches over `max_len` slots, one forward's activations over `max_len`
       tokens (3 MLP-wide and 4 hidden-wide vectors per token, float32 attention scores per head),
@@ -237,6 +239,7 @@ def default_sampling_batch(expert_cfg: ModelConfig, amateur_cfg: ModelConfig, vo
     max_len: prompt bucket plus new tokens: the cache slots per row.
     device_memory_bytes: memory of one device (see `device_memory_bytes`).
     param_bytes: bytes per weight and activation element (2 for bfloat16, 4 for float32).
+    scanned_layers: the forwards run with `Transformer.scan_layers` (cache-free scoring only).
   Returns:
     (batch, chunk): batch rows per device (multiply by the data-parallel ways for a global batch)
     and `ContrastiveConfig.chunk_size`.
@@ -244,6 +247,8 @@ def default_sampling_batch(expert_cfg: ModelConfig, amateur_cfg: ModelConfig, vo
   cfgs = (expert_cfg, amateur_cfg)
   heads_vocab = max(vocab, *(c.vocab_size for c in cfgs))
   weights = sum(c.num_params() for c in cfgs) * param_bytes
+  if scanned_layers:
+    weights += sum(c.num_params(include_head=False) - c.vocab_size * c.hidden_size for c in cfgs) * param_bytes
   usable = USABLE_MEMORY_FRACTION * device_memory_bytes - weights
   chunk_row = LOGIT_COPIES * heads_vocab * 4
   kv_row = sum(2 * c.num_layers * c.num_kv_heads * c.head_dim * max_len * param_bytes for c in cfgs)

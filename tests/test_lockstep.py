@@ -161,6 +161,10 @@ def test_default_batch_shrinks_for_longer_sequences_and_float32_weights():
   base = default_sampling_batch(QWEN_1_5B, QWEN_0_5B, 151665, 384, 16 * 2**30)
   assert default_sampling_batch(QWEN_1_5B, QWEN_0_5B, 151665, 2304, 16 * 2**30)[0] < base[0]
   assert default_sampling_batch(QWEN_1_5B, QWEN_0_5B, 151665, 384, 16 * 2**30, param_bytes=4)[0] < base[0]
+  # teacher-forced scoring with scanned layers holds a second copy of the layer weights (~3.3 GB here)
+  assert default_sampling_batch(QWEN_1_5B, QWEN_0_5B, 151665, 384, 16 * 2**30, scanned_layers=True)[0] < base[0]
+  with pytest.raises(ValueError, match="cannot hold both models"):
+    default_sampling_batch(QWEN_1_5B, QWEN_0_5B, 151665, 384, 8 * 2**30, scanned_layers=True)
 
 
 def test_default_batch_refuses_a_device_that_cannot_hold_the_weights():

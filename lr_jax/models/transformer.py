@@ -260,22 +260,36 @@ class Transformer(nnx.Module):
   def _scanned_layers(self, call, x, positions, inv_freq, valid) -> jax.Array:
     """The layers as one `lax.scan` over their stacked states: XLA compiles one layer, not L.
 
-    Stacking copies the layer weights once per call (inside the jitted step), which a cache-free
-    forward (training, scoring) repays in compile time. RNG counts advanced inside the scan (LoRA
-    dropout) are written back, so successive calls draw fresh masks as the unrolled loop does.
+    Stacking holds a second copy of the layer weights for the call (sharded like the originals),
+    which a cache-free forward (training, scoring) repays in compile time. When dropout is active,
+    the RNG counts advanced inside the scan are written back, so successive calls draw fresh masks
+    as the unrolled loop does; otherwise the layers' state is left untouched.
     """
     graphdef = nnx.graphdef(self.layers[0])
-    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *(nnx.state(layer) for layer in self.layers))
+    stacked = jax.tree.map(self._stack, *(nnx.state(layer) for layer in self.layers),
+                           is_leaf=lambda v: isinstance(v, nnx.Variable))
+    dropout = any(isinstance(m, nnx.Dropout) and not m.deterministic and m.rate > 0
+                  for _, m in nnx.iter_graph(self.layers[0]))
 
     def body(x, state):
       layer = nnx.merge(graphdef, state)
       x, _, _ = call(layer, x, positions, inv_freq, None, None, valid, None)
-      return constrain(self.layout, x, ("batch", "length", "act_embed")), nnx.state(layer, nnx.RngState)
+      x = constrain(self.layout, x, ("batch", "length", "act_embed"))
+      return x, nnx.state(layer, nnx.RngState) if dropout else None
 
     x, rng_states = jax.lax.scan(body, x, stacked)
-    for i, layer in enumerate(self.layers):
-      nnx.update(layer, jax.tree.map(lambda a: a[i], rng_states))
+    if dropout:
+      for i, layer in enumerate(self.layers):
+        nnx.update(layer, jax.tree.map(lambda a: a[i], rng_states))
     return x
+
+  def _stack(self, *variables: nnx.Variable) -> nnx.Variable:
+    """One Variable of every layer stacked on a new leading axis; parameters keep their sharding."""
+    value = jnp.stack([v[...] for v in variables])
+    if isinstance(variables[0], nnx.Param):
+      axes = getattr(variables[0], "logical_axes", None) or (None,) * (value.ndim - 1)
+      value = constrain(self.layout, value, (None, *axes))
+    return variables[0].replace(value)
 
   def head_weight(self) -> jax.Array:
     """`[V, D]`: the embedding itself when tied (the same array, not a copy), else lm_head."""

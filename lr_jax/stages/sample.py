@@ -103,8 +103,10 @@ def batch_and_chunk(config, expert_cfg: ModelConfig, amateur_cfg: ModelConfig, v
     return batch, chunk
   max_len = bucket_size(longest_prompt, MIN_PROMPT_BUCKET) + output_slots(config.sample.max_new_tokens)
   memory = device_memory_bytes()
+  scanned = scoring_of(config) == TEACHER_FORCED and config.sample.get("scan_layers", True)
   per_device, auto_chunk = default_sampling_batch(expert_cfg, amateur_cfg, valid_vocab, max_len, memory,
-                                                  param_bytes=jnp.dtype(common.dtype_of(config.dtype)).itemsize)
+                                                  param_bytes=jnp.dtype(common.dtype_of(config.dtype)).itemsize,
+                                                  scanned_layers=scanned)
   ways = layout.data_size
   if not batch:
     per_device = min(per_device, bucket_size(-(-num_problems // ways)))

@@ -176,3 +176,12 @@ def test_lora_maps_multi_axis_inputs_like_a_flat_matrix():
   x = jax.random.normal(jax.random.key(2), (7, 2, 3))
   flat = x.reshape(7, 6) @ lora.a[...].reshape(6, 2) @ lora.b[...] * 2.0
   assert np.allclose(lora(x), flat, atol=1e-6)
+
+
+def test_scanned_layers_in_eval_mode_run_as_a_plain_jit_closure(base_dir):
+  """No dropout, no RNG write-back: a model closed over by `jax.jit` works as unrolled layers do."""
+  model = lora_dropout_model(base_dir, scan_layers=True)
+  ids = jnp.asarray(random_ids(1, 12, VOCAB, seed=4))
+  mask = jnp.ones(ids.shape, bool)
+  hidden = jax.jit(lambda i: model(i, positions_from_mask(mask), mask)[0])
+  np.testing.assert_allclose(np.asarray(hidden(ids)), np.asarray(dropout_hidden(model, ids)), atol=1e-6)
