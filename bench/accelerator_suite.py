@@ -120,15 +120,14 @@ FULL = Shapes(
     expert=qwen2(151936, 1536, 28, 12, 2, 128, 8960, 10000.0),
     amateur=qwen2(151936, 896, 24, 14, 2, 64, 4864, 1000000.0),
     gen_batches=(64, 256), prompt_len=128, new_tokens=128, contrastive_batch=64, chunk_size=256,
-    distill_rows=16,
-    distill_variants=((False, True), (False, False), (True, True)), top_k=32, matmul_n=8192, copy_bytes=1 << 30, repeats=5,
-    torch_problems=8, torch_device="cuda")
+    distill_rows=16, distill_variants=((False, True), (False, False), (True, True)), top_k=32, matmul_n=8192,
+    copy_bytes=1 << 30, repeats=5, torch_problems=8, torch_device="cuda")
 SMOKE = Shapes(
     expert=qwen2(1024, 64, 2, 4, 2, 16, 128, 10000.0),
     amateur=qwen2(1024, 32, 2, 4, 2, 8, 64, 1000000.0),
     gen_batches=(16,), prompt_len=8, new_tokens=8, contrastive_batch=16, chunk_size=8,
-    distill_rows=4, distill_variants=((True, True),), top_k=8, matmul_n=256, copy_bytes=1 << 22, repeats=2, torch_problems=1,
-    torch_device="cpu")
+    distill_rows=4, distill_variants=((True, True),), top_k=8, matmul_n=256, copy_bytes=1 << 22, repeats=2,
+    torch_problems=1, torch_device="cpu")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

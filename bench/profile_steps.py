@@ -186,8 +186,9 @@ def summarise(events: list[dict[str, Any]], where: str, ops: dict[str, dict[str,
       "distinct_ops": len(per_op),
       "categories": {k: {"ms_per_step": v / steps / 1e3, "share": v / total_us if total_us else 0.0}
                      for k, v in sorted(by_cat.items(), key=lambda kv: -kv[1])},
-      "top_ops": [{"op": op, **(ops.get(op) or {"opcode": "?", "kind": "", "source": ""}), "ms_per_step": us / steps / 1e3,
-                   "launches_per_step": n / steps, "share": us / total_us if total_us else 0.0}
+      "top_ops": [{"op": op, **(ops.get(op) or {"opcode": "?", "kind": "", "source": ""}),
+                   "ms_per_step": us / steps / 1e3, "launches_per_step": n / steps,
+                   "share": us / total_us if total_us else 0.0}
                   for op, (us, n) in top],
   }
 
