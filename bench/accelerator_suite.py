@@ -437,6 +437,26 @@ def distill_records(s: Shapes) -> list[SimpleNamespace]:
   return records
 
 
+def distill_update(cfg: ModelConfig, *, rows: int, half_len: int, scan: bool, dtype=jnp.bfloat16,
+                   dropout: float = 0.05, abstract: bool = False):
+  """(jitted step, train state, frozen base, batch) of one LoRA r 8 (q, v) update of `cfg` on `rows`
+  synthetic rows of `half_len` prompt + `half_len` completion tokens; `abstract`: shapes only."""
+  lora = LoRAConfig(targets=("q_proj", "v_proj"), rank=8, alpha=16.0, dropout=dropout)
+  config = DistillConfig(total_updates=WORKLOAD["updates"])
+
+  def build():
+    model = Transformer(cfg, dtype=dtype, scan_layers=scan, rngs=nnx.Rngs(0))
+    apply_lora(model, lora, rngs=nnx.Rngs(0))
+    return model
+
+  graphdef, params, frozen = split_trainable(nnx.eval_shape(build) if abstract else build(), lora)
+  shapes = dataclasses.replace(FULL, expert=cfg, prompt_len=half_len, new_tokens=half_len, distill_rows=rows)
+  packed = PackedUpdates(distill_records(shapes), PackingConfig(steps_per_update=rows, shuffle_seed=None))
+  init = functools.partial(init_train_state, config=config, seed=0)
+  state = jax.eval_shape(init, params) if abstract else init(params)
+  return make_distill_step(graphdef, config), state, frozen, shard_batch(packed.batch(0), None)
+
+
 def section_distill(ctx: Context) -> dict[str, Any]:
   s = ctx.shapes
   model = ctx.take_model("expert")  # apply_lora mutates it

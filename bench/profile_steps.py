@@ -50,11 +50,8 @@ from flax import nnx  # noqa: E402
 
 import accelerator_suite as suite  # noqa: E402
 from lr_jax.contrastive import ContrastiveConfig  # noqa: E402
-from lr_jax.data.packing import PackedUpdates, PackingConfig  # noqa: E402
-from lr_jax.distill import DistillConfig, init_train_state, make_distill_step, shard_batch  # noqa: E402
 from lr_jax.generation.engine import DecodeSpec, decode_until, output_slots, start_decoding  # noqa: E402
 from lr_jax.generation.sampling import SamplingConfig  # noqa: E402
-from lr_jax.models.lora import LoRAConfig, apply_lora, split_trainable  # noqa: E402
 from lr_jax.models.transformer import Transformer  # noqa: E402
 
 TOP_OPS = 25
@@ -258,20 +255,13 @@ def target_lockstep(shapes: suite.Shapes, batch: int, chunk: int):
 
 
 def target_distill(shapes: suite.Shapes, dropout: float):
-  model = Transformer(shapes.expert, dtype=jnp.bfloat16, scan_layers=True, rngs=nnx.Rngs(0))
-  lora = LoRAConfig(targets=("q_proj", "v_proj"), rank=8, alpha=16.0, dropout=dropout)
-  apply_lora(model, lora, rngs=nnx.Rngs(0))
-  packed = PackedUpdates(suite.distill_records(shapes),
-                         PackingConfig(steps_per_update=shapes.distill_rows, shuffle_seed=None))
-  batch = shard_batch(packed.batch(0), None)
-  config = DistillConfig(total_updates=1000)
-  graphdef, params, frozen = split_trainable(model, lora)
-  step = make_distill_step(graphdef, config)
-  state = {"train": init_train_state(params, config, seed=0)}
-  compiled = step.lower(state["train"], frozen, batch).compile()
+  step, state, frozen, batch = suite.distill_update(shapes.expert, rows=shapes.distill_rows,
+                                                    half_len=shapes.prompt_len, scan=True, dropout=dropout)
+  compiled = step.lower(state, frozen, batch).compile()
+  holder = {"state": state}
 
   def one_update():
-    state["train"], metrics = compiled(state["train"], frozen, batch)
+    holder["state"], metrics = compiled(holder["state"], frozen, batch)
     return metrics
 
   return compiled, one_update, 1

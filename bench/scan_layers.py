@@ -14,7 +14,6 @@ what it buys and costs, both ways in one process:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import statistics
 import sys
@@ -25,39 +24,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from flax import nnx  # noqa: E402
 
 import accelerator_suite as suite  # noqa: E402
-from lr_jax.data.packing import PackedUpdates, PackingConfig  # noqa: E402
-from lr_jax.distill import DistillConfig, init_train_state, make_distill_step, shard_batch  # noqa: E402
 from lr_jax.models.config import ModelConfig  # noqa: E402
-from lr_jax.models.lora import LoRAConfig, apply_lora, split_trainable  # noqa: E402
-from lr_jax.models.transformer import Transformer  # noqa: E402
 
-LORA = LoRAConfig(targets=("q_proj", "v_proj"), rank=8, alpha=16.0, dropout=0.05)
-CONFIG = DistillConfig(total_updates=1000)
 RUN_SHAPE = suite.qwen2(151936, 512, 16, 8, 2, 64, 1536, 10000.0)  # ~110M params: seconds per update on CPU
 
 
-def update_inputs(cfg: ModelConfig, scan: bool, dtype, rows: int, half_len: int, abstract: bool):
-  """(jitted step, train state, frozen base, batch) for one LoRA update of `cfg`."""
-  def build():
-    model = Transformer(cfg, dtype=dtype, scan_layers=scan, rngs=nnx.Rngs(0))
-    apply_lora(model, LORA, rngs=nnx.Rngs(0))
-    return model
-
-  model = nnx.eval_shape(build) if abstract else build()
-  graphdef, params, frozen = split_trainable(model, LORA)
-  shapes = dataclasses.replace(suite.FULL, expert=cfg, prompt_len=half_len, new_tokens=half_len, distill_rows=rows)
-  packed = PackedUpdates(suite.distill_records(shapes), PackingConfig(steps_per_update=rows, shuffle_seed=None))
-  batch = shard_batch(packed.batch(0), None)
-  init = lambda p: init_train_state(p, CONFIG, seed=0)  # noqa: E731
-  state = jax.eval_shape(init, params) if abstract else init(params)
-  return make_distill_step(graphdef, CONFIG), state, frozen, batch
-
-
 def compile_seconds(cfg: ModelConfig, scan: bool, rows: int, half_len: int) -> float:
-  step, state, frozen, batch = update_inputs(cfg, scan, jnp.bfloat16, rows, half_len, abstract=True)
+  step, state, frozen, batch = suite.distill_update(cfg, rows=rows, half_len=half_len, scan=scan, abstract=True)
   t0 = time.perf_counter()
   step.lower(state, frozen, batch).compile()
   return time.perf_counter() - t0
@@ -65,7 +40,7 @@ def compile_seconds(cfg: ModelConfig, scan: bool, rows: int, half_len: int) -> f
 
 def update_seconds(cfg: ModelConfig, scan: bool, rows: int, half_len: int, repeats: int) -> tuple[float, float]:
   """(median seconds per update, loss of the last update) in float32."""
-  step, state, frozen, batch = update_inputs(cfg, scan, jnp.float32, rows, half_len, abstract=False)
+  step, state, frozen, batch = suite.distill_update(cfg, rows=rows, half_len=half_len, scan=scan, dtype=jnp.float32)
   compiled = step.lower(state, frozen, batch).compile()
   state, metrics = jax.block_until_ready(compiled(state, frozen, batch))
   times = []
