@@ -438,14 +438,15 @@ def distill_records(s: Shapes) -> list[SimpleNamespace]:
 
 
 def distill_update(cfg: ModelConfig, *, rows: int, half_len: int, scan: bool, dtype=jnp.bfloat16,
-                   dropout: float = 0.05, abstract: bool = False):
+                   dropout: float = 0.05, attention: str = "auto", abstract: bool = False):
   """(jitted step, train state, frozen base, batch) of one LoRA r 8 (q, v) update of `cfg` on `rows`
-  synthetic rows of `half_len` prompt + `half_len` completion tokens; `abstract`: shapes only."""
+  synthetic rows of `half_len` prompt + `half_len` completion tokens; `attention`: the
+  `Transformer`'s kernel choice; `abstract`: shapes only."""
   lora = LoRAConfig(targets=("q_proj", "v_proj"), rank=8, alpha=16.0, dropout=dropout)
   config = DistillConfig(total_updates=WORKLOAD["updates"])
 
   def build():
-    model = Transformer(cfg, dtype=dtype, scan_layers=scan, rngs=nnx.Rngs(0))
+    model = Transformer(cfg, dtype=dtype, scan_layers=scan, attention=attention, rngs=nnx.Rngs(0))
     apply_lora(model, lora, rngs=nnx.Rngs(0))
     return model
 

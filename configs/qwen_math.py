@@ -29,6 +29,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.expert = EXPERTS[variant]
   c.amateur = "Qwen/Qwen2.5-0.5B"
   c.dtype = "bfloat16"
+  c.attention = "auto"          # cache-free forwards (training, teacher-forced scoring): cuDNN flash attention
+                                # on NVIDIA GPUs in bf16, else XLA; "xla" forces XLA everywhere
   c.seed = 0
   c.stages = "sample,distill,eval,export,report"
 

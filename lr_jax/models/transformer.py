@@ -6,6 +6,11 @@ G = H // K query heads per kv head, Dh head dim, F MLP width, V embedding rows.
 Weights are stored einsum-ready (`[D, H, Dh]` for q, `[H, Dh, D]` for o, `[D, F]` for the MLP) and
 tagged with logical axis names; `lr_jax.sharding` maps the names onto the mesh. RMSNorm statistics,
 RoPE, attention softmax and logits are float32; everything else runs in the parameter dtype.
+
+Attention runs through XLA (`attend`: explicit float32 scores, any dtype and platform) or, for
+cache-free forwards on NVIDIA GPUs in bf16/fp16, through cuDNN's fused flash attention
+(`attend_fused`: the same masks, float32 softmax inside the kernel, no `[B, H, T, S]` scores in
+memory); `Transformer(attention="auto")` picks per platform when a forward is traced.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from lr_jax.models.config import ModelConfig
 from lr_jax.sharding import Layout, constrain
 
 _MASKED = -1e30  # finite, so a fully padded query row gives a uniform (ignored) softmax instead of NaN
+ATTENTION = ("auto", "xla", "cudnn")
 
 
 @flax.struct.dataclass
@@ -134,6 +140,38 @@ def attend(q, k, v, q_slots, k_valid, layout):
   return constrain(layout, out, ("batch", "length", "act_heads", None))
 
 
+def attend_fused(q, k, v, k_valid, layout, implementation: str = "cudnn"):
+  """Causal self-attention within one cache-free call (T == S) through `jax.nn.dot_product_attention`.
+
+  q: `[B, T, H, Dh]`; k, v: `[B, T, K, Dh]` (tokens before heads, as the kernel wants them); k_valid:
+  bool `[B, T]`. Padded keys are masked by a `[B, 1, T, T]` bias, so any padding (left or right) is
+  exact for real queries; a query with no valid key (padding) gets some average, as in `attend`, and
+  is never read. "cudnn" is the fused kernel; "xla" the same call through XLA (tests compare it).
+  cuDNN's partitioner needs q, k and v sharded alike: where the layout cannot split the kv heads as
+  it splits the query heads (fewer kv heads than 'tensor' ways), this falls back to `attend`.
+  Returns `[B, T, H, Dh]`.
+  """
+  b, t = q.shape[:2]
+  heads, kv_heads = ("batch", "length", "act_heads", None), ("batch", "length", "act_kv_heads", None)
+  if layout is not None:
+    if layout.spec(heads, q.shape) != layout.spec(kv_heads, k.shape):
+      return attend(q, k.swapaxes(1, 2), v.swapaxes(1, 2), jnp.arange(t), k_valid, layout)
+    q, k, v = layout.constrain(q, heads), layout.constrain(k, kv_heads), layout.constrain(v, kv_heads)
+  mask = constrain(layout, jnp.broadcast_to(k_valid[:, None, None, :], (b, 1, t, t)), ("batch", None, None, None))
+  out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True, implementation=implementation)
+  return constrain(layout, out, heads)
+
+
+def fused_attention_available(dtype, head_dim: int) -> bool:
+  """Whether cuDNN's fused attention serves a model of this dtype and head size here: NVIDIA GPUs
+  of compute capability >= 8.0 (Ampere and newer), bf16 or fp16, head_dim a multiple of 8 <= 128."""
+  device = jax.devices()[0]
+  if device.platform != "gpu" or "nvidia" not in getattr(device, "device_kind", "").lower():
+    return False
+  major = int(str(getattr(device, "compute_capability", "0")).split(".")[0])
+  return major >= 8 and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128
+
+
 class Attention(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, dtype, layout: Layout | None, rngs: nnx.Rngs):
@@ -144,11 +182,16 @@ class Attention(nnx.Module):
     self.v_proj = Proj((d,), (kv, dh), ("embed",), ("kv_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
     self.o_proj = Proj((h, dh), (d,), ("heads", "head_dim"), ("embed",), bias=cfg.o_bias, dtype=dtype, rngs=rngs)
 
-  def __call__(self, x, positions, inv_freq, k_cache, v_cache, valid, start):
-    """x `[B, T, D]`; k_cache/v_cache `[B, K, S, Dh]` (or None: attend within x); valid bool `[B, S]`."""
+  def __call__(self, x, positions, inv_freq, k_cache, v_cache, valid, start, fused: bool = False):
+    """x `[B, T, D]`; k_cache/v_cache `[B, K, S, Dh]` (or None: attend within x); valid bool `[B, S]`;
+    fused: cache-free only, attend through cuDNN (`attend_fused`); the keys and values returned are
+    then `[B, T, K, Dh]`."""
     q = apply_rope(self.q_proj(x), positions, inv_freq)
-    k = apply_rope(self.k_proj(x), positions, inv_freq).swapaxes(1, 2)  # [B, K, T, Dh]
-    v = self.v_proj(x).swapaxes(1, 2)
+    k = apply_rope(self.k_proj(x), positions, inv_freq)  # [B, T, K, Dh]
+    v = self.v_proj(x)
+    if fused:
+      return self.o_proj(attend_fused(q, k, v, valid, self.layout)), k, v
+    k, v = k.swapaxes(1, 2), v.swapaxes(1, 2)  # [B, K, T, Dh]: the cache's layout
     t = x.shape[1]
     if k_cache is None:
       k_all, v_all, slots = k, v, jnp.arange(t)
@@ -183,8 +226,8 @@ class DecoderLayer(nnx.Module):
     self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
     self.mlp = MLP(cfg, dtype, layout, rngs)
 
-  def __call__(self, x, positions, inv_freq, k_cache, v_cache, valid, start):
-    h, k, v = self.attn(self.input_norm(x), positions, inv_freq, k_cache, v_cache, valid, start)
+  def __call__(self, x, positions, inv_freq, k_cache, v_cache, valid, start, fused=False):
+    h, k, v = self.attn(self.input_norm(x), positions, inv_freq, k_cache, v_cache, valid, start, fused)
     x = x + h
     return x + self.mlp(self.post_attn_norm(x)), k, v
 
@@ -198,16 +241,21 @@ class Transformer(nnx.Module):
   Flags read when a forward is traced: `remat` rematerialises each layer in the backward pass;
   `scan_layers` runs cache-free forwards (training, teacher-forced scoring) as one `lax.scan` over
   the layers, which compiles one layer instead of L. Cached forwards (prefill, decode) always unroll
-  the layers, so each layer's cache is updated in place.
+  the layers, so each layer's cache is updated in place. `attention` picks the kernel of cache-free
+  forwards: "xla" (`attend`), "cudnn" (`attend_fused`, NVIDIA GPUs, bf16/fp16), or "auto": cudnn
+  where `fused_attention_available`, else xla. Cached forwards always use `attend`.
   """
 
   def __init__(self, cfg: ModelConfig, *, dtype=jnp.bfloat16, layout: Layout | None = None,
-               remat: bool = False, scan_layers: bool = False, rngs: nnx.Rngs):
+               remat: bool = False, scan_layers: bool = False, attention: str = "auto", rngs: nnx.Rngs):
+    if attention not in ATTENTION:
+      raise ValueError(f"Transformer attention={attention!r}: expected one of {', '.join(ATTENTION)}")
     self.config = cfg
     self.dtype = dtype
     self.layout = layout
     self.remat = remat
     self.scan_layers = scan_layers
+    self.attention = attention
     emb = jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.hidden_size), jnp.float32) * 0.02
     self.embed = nnx.Param(emb.astype(dtype), logical_axes=("vocab", "embed"))
     self.layers = nnx.List([DecoderLayer(cfg, dtype, layout, rngs) for _ in range(cfg.num_layers)])
@@ -241,14 +289,15 @@ class Transformer(nnx.Module):
     else:
       valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, mask, cache.end, axis=1)
       start = cache.end
-    call = nnx.remat(DecoderLayer.__call__) if self.remat else DecoderLayer.__call__
+    call = nnx.remat(DecoderLayer.__call__, static_argnums=(8,)) if self.remat else DecoderLayer.__call__
+    fused = cache is None and self.fused_attention()
     if cache is None and self.scan_layers:
-      return self.final_norm(self._scanned_layers(call, x, positions, inv_freq, valid)), None
+      return self.final_norm(self._scanned_layers(call, x, positions, inv_freq, valid, fused)), None
     new_k, new_v = [], []
     for i, layer in enumerate(self.layers):
       kc = None if cache is None else cache.k[i]
       vc = None if cache is None else cache.v[i]
-      x, k, v = call(layer, x, positions, inv_freq, kc, vc, valid, start)
+      x, k, v = call(layer, x, positions, inv_freq, kc, vc, valid, start, fused)
       x = constrain(self.layout, x, ("batch", "length", "act_embed"))
       new_k.append(k)
       new_v.append(v)
@@ -257,7 +306,13 @@ class Transformer(nnx.Module):
       return hidden, None
     return hidden, KVCache(k=tuple(new_k), v=tuple(new_v), valid=valid, end=cache.end + tokens.shape[1])
 
-  def _scanned_layers(self, call, x, positions, inv_freq, valid) -> jax.Array:
+  def fused_attention(self) -> bool:
+    """Whether cache-free forwards traced now attend through cuDNN (see `attention`)."""
+    if self.attention == "auto":
+      return fused_attention_available(self.dtype, self.config.head_dim)
+    return self.attention == "cudnn"
+
+  def _scanned_layers(self, call, x, positions, inv_freq, valid, fused) -> jax.Array:
     """The layers as one `lax.scan` over their stacked states: XLA compiles one layer, not L.
 
     Stacking holds a second copy of the layer weights for the call (sharded like the originals),
@@ -273,7 +328,7 @@ class Transformer(nnx.Module):
 
     def body(x, state):
       layer = nnx.merge(graphdef, state)
-      x, _, _ = call(layer, x, positions, inv_freq, None, None, valid, None)
+      x, _, _ = call(layer, x, positions, inv_freq, None, None, valid, None, fused)
       x = constrain(self.layout, x, ("batch", "length", "act_embed"))
       return x, nnx.state(layer, nnx.RngState) if dropout else None
 

@@ -229,3 +229,89 @@ def test_scanned_layers_leave_cached_forwards_unrolled_and_equal(tmp_path):
     hidden, cache = m(jnp.asarray(ids), pos, jnp.asarray(mask), cache)
     outs.append((np.asarray(hidden), np.asarray(cache.k[1])))
   assert np.array_equal(outs[0][0], outs[1][0]) and np.array_equal(outs[0][1], outs[1][1])
+
+
+def test_fused_attention_call_matches_attend_on_real_queries():
+  """`attend_fused` (run through XLA here; cuDNN takes the same arguments on a GPU) against `attend`
+  with left and right padding, GQA 6 query heads per kv head: equal wherever the query is real."""
+  from lr_jax.models.transformer import attend, attend_fused
+  b, t, h, kv, dh = 3, 12, 12, 2, 16
+  q, k, v = (jax.random.normal(key, (b, t, n, dh), jnp.float32)
+             for key, n in zip(jax.random.split(jax.random.key(0), 3), (h, kv, kv)))
+  valid = np.ones((b, t), bool)
+  valid[0, :5] = False  # left padding
+  valid[1, 9:] = False  # right padding
+  ours = attend_fused(q, k, v, jnp.asarray(valid), None, implementation="xla")
+  ref = attend(q, k.swapaxes(1, 2), v.swapaxes(1, 2), jnp.arange(t), jnp.asarray(valid), None)
+  assert ours.shape == ref.shape == (b, t, h, dh)
+  np.testing.assert_allclose(np.asarray(ours)[valid], np.asarray(ref)[valid], atol=1e-5)
+
+
+def test_attention_auto_picks_xla_off_nvidia_gpus_and_bad_names_are_refused():
+  from lr_jax.models.config import ModelConfig
+  from lr_jax.models.transformer import Transformer, fused_attention_available
+  cfg = ModelConfig(model_type="qwen2", vocab_size=64, hidden_size=32, num_layers=1, num_heads=4, num_kv_heads=2,
+                    head_dim=8, intermediate_size=64, rms_norm_eps=1e-6, rope_theta=1e4,
+                    max_position_embeddings=64, tie_word_embeddings=True, qkv_bias=True, o_bias=False)
+  model = Transformer(cfg, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+  assert model.attention == "auto"
+  assert fused_attention_available(jnp.bfloat16, 128) is (jax.devices()[0].platform == "gpu" and
+                                                          "nvidia" in jax.devices()[0].device_kind.lower())
+  if jax.devices()[0].platform == "cpu":
+    assert not model.fused_attention()
+  assert not fused_attention_available(jnp.float32, 128) and not fused_attention_available(jnp.bfloat16, 256)
+  with pytest.raises(ValueError, match="attention='flash'.*auto, xla, cudnn"):
+    Transformer(cfg, attention="flash", rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("remat,scan_layers", [(False, False), (True, False), (True, True)])
+def test_fused_attention_path_forward_and_gradient_equal_xla_path(tmp_path, monkeypatch, remat, scan_layers):
+  """The model's fused-attention path (k, v kept tokens-first, the flag static under remat, threaded
+  through the scan) with the fused call run through XLA: same loss, hidden states and gradients."""
+  import lr_jax.models.transformer as transformer
+  fused = transformer.attend_fused
+  monkeypatch.setattr(transformer, "attend_fused",
+                      lambda q, k, v, valid, layout: fused(q, k, v, valid, layout, implementation="xla"))
+  model_dir = make_tiny_hf(tmp_path, "qwen2", vocab_size=VOCAB, tokenizer=False, num_layers=2)
+  ids, mask = left_padded_batch([16, 11], 16, VOCAB, seed=8)
+  ids, mask = jnp.asarray(ids), jnp.asarray(mask)
+
+  def run(attention):
+    model = from_pretrained(model_dir, dtype=jnp.float32, remat=remat, scan_layers=scan_layers,
+                            attention=attention).model
+    assert model.fused_attention() is (attention == "cudnn")
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def loss_and_grad(state):
+      def loss(state):
+        m = nnx.merge(graphdef, state)
+        hidden, _ = m(ids, positions_from_mask(mask), mask)
+        return jnp.mean(jnp.where(mask, jax.nn.logsumexp(m.logits(hidden), axis=-1), 0.0)), hidden
+      return jax.value_and_grad(loss, has_aux=True)(state)
+
+    (value, hidden), grads = loss_and_grad(state)
+    return value, np.asarray(hidden), nnx.to_flat_state(grads)
+
+  (v0, h0, g0), (v1, h1, g1) = run("xla"), run("cudnn")
+  assert abs(float(v0) - float(v1)) <= 1e-5
+  np.testing.assert_allclose(h1[np.asarray(mask)], h0[np.asarray(mask)], atol=1e-5)
+  for (path, a), (_, b) in zip(g0, g1):
+    np.testing.assert_allclose(np.asarray(b[...]), np.asarray(a[...]), atol=1e-5, err_msg=str(path))
+
+
+@pytest.mark.parametrize("mesh_shape", [(2, 2, 2), (1, 2, 4)])
+def test_fused_attention_call_on_a_mesh_equals_one_device(mesh_shape):
+  """On 8 devices q, k, v are constrained alike (2 kv heads over 'tensor' 2), or, with more 'tensor'
+  ways than kv heads, the call falls back to `attend`; both equal the single-device result."""
+  from lr_jax.models.transformer import attend_fused
+  from lr_jax.sharding import Layout, make_mesh
+  layout = Layout.create(make_mesh(mesh_shape), "train")
+  b, t, h, kv, dh = 4, 8, 8, 2, 8
+  q, k, v = (jax.random.normal(key, (b, t, n, dh), jnp.float32)
+             for key, n in zip(jax.random.split(jax.random.key(1), 3), (h, kv, kv)))
+  valid = jnp.asarray(np.arange(t)[None, :] >= np.asarray([0, 3, 0, 5])[:, None])
+  one = attend_fused(q, k, v, valid, None, implementation="xla")
+  run = jax.jit(lambda *a: attend_fused(*a, layout, implementation="xla"))
+  np.testing.assert_allclose(np.asarray(run(q, k, v, valid))[np.asarray(valid)], np.asarray(one)[np.asarray(valid)],
+                             atol=1e-5)
