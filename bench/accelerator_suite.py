@@ -106,8 +106,9 @@ class Shapes:
   contrastive_batch: int
   chunk_size: int  # contrastive LM-head chunk (positions); < batch * new_tokens so chunking is real
   distill_rows: int  # rows per update = supervised steps per update (one kept step per row)
-  # (remat, scan_layers) variants; the first is configs/qwen_math.py's default (no remat, scanned layers)
-  distill_variants: tuple[tuple[bool, bool], ...]
+  # (remat, scan_layers, attention) variants; the first is configs/qwen_math.py's default (no remat,
+  # unrolled layers, attention "auto": cuDNN on NVIDIA GPUs)
+  distill_variants: tuple[tuple[bool, bool, str], ...]
   top_k: int
   matmul_n: int
   copy_bytes: int
@@ -120,13 +121,13 @@ FULL = Shapes(
     expert=qwen2(151936, 1536, 28, 12, 2, 128, 8960, 10000.0),
     amateur=qwen2(151936, 896, 24, 14, 2, 64, 4864, 1000000.0),
     gen_batches=(64, 256), prompt_len=128, new_tokens=128, contrastive_batch=64, chunk_size=256,
-    distill_rows=16, distill_variants=((False, True), (False, False), (True, True)), top_k=32, matmul_n=8192,
+    distill_rows=16, distill_variants=((False, False, "auto"), (False, False, "xla"), (False, True, "auto")), top_k=32, matmul_n=8192,
     copy_bytes=1 << 30, repeats=5, torch_problems=8, torch_device="cuda")
 SMOKE = Shapes(
     expert=qwen2(1024, 64, 2, 4, 2, 16, 128, 10000.0),
     amateur=qwen2(1024, 32, 2, 4, 2, 8, 64, 1000000.0),
     gen_batches=(16,), prompt_len=8, new_tokens=8, contrastive_batch=16, chunk_size=8,
-    distill_rows=4, distill_variants=((True, True),), top_k=8, matmul_n=256, copy_bytes=1 << 22, repeats=2,
+    distill_rows=4, distill_variants=((True, True, "auto"),), top_k=8, matmul_n=256, copy_bytes=1 << 22, repeats=2,
     torch_problems=1, torch_device="cpu")
 
 
@@ -372,6 +373,24 @@ def section_contrastive(ctx: Context) -> dict[str, Any]:
   log(f"contrastive: {result['trajectories_per_s']:.1f} traj/s ({secs * 1e3:.0f} ms per {b}), "
       f"MFU {result['mfu_vs_nominal'] * 100:.1f}% of nominal, compile {compile_s:.1f} s, "
       f"temp {temp} B vs [B,T,V] f32 {full_logits_bytes} B, largest f32 {largest_shape}")
+  result["attention_kernel"] = "cudnn" if ctx.model("expert").fused_attention() else "xla"
+  if result["attention_kernel"] == "cudnn":  # the same step through XLA's attention, for the ratio
+    for name in ("expert", "amateur"):
+      ctx.model(name).attention = "xla"
+    try:
+      xla_step = make_contrastive_step(nnx.graphdef(ctx.model("expert")), nnx.graphdef(ctx.model("amateur")),
+                                       ContrastiveConfig(chunk_size=s.chunk_size, top_k=s.top_k))
+      xla_compiled, xla_compile_s = compile_timed(xla_step, es, as_, batch)
+      xla_out = xla_compiled(es, as_, batch)
+      xla_secs = statistics.median(timed_calls(lambda: xla_compiled(es, as_, batch), ctx.repeats))
+    finally:
+      for name in ("expert", "amateur"):
+        ctx.model(name).attention = "auto"
+    result["xla_attention"] = {"step_s": xla_secs, "trajectories_per_s": b / xla_secs, "compile_s": xla_compile_s,
+                               **mfu(flops, xla_secs, ctx), "cudnn_speedup": xla_secs / secs,
+                               "kl_max_abs_diff": float(jnp.max(jnp.abs(out.kl - xla_out.kl))),
+                               "kept_agreement": float(jnp.mean(out.kept == xla_out.kept))}
+    log(f"contrastive with XLA attention: {b / xla_secs:.1f} traj/s; cuDNN is {xla_secs / secs:.2f}x faster")
   return result
 
 
@@ -474,12 +493,13 @@ def section_distill(ctx: Context) -> dict[str, Any]:
                             "real_tokens": real_tokens, "supervised_steps": supervised, "lora": "r8 q,v",
                             "variants": {}}
   reserve = TORCH_RESERVE_S if "torch" in ctx.args.sections else 0.0
-  for i, (remat, scan) in enumerate(s.distill_variants):
-    name = ("remat" if remat else "no_remat") + ("_scan" if scan else "_unrolled")
+  for i, (remat, scan, attention) in enumerate(s.distill_variants):
+    name = ("remat" if remat else "no_remat") + ("_scan" if scan else "_unrolled") + (
+        "" if attention == "auto" else f"_{attention}")
     if i and elapsed() + DISTILL_VARIANT_S + reserve > ctx.args.budget_seconds:
       result["variants"][name] = {"status": "skipped", "note": "time budget kept for later sections"}
       continue
-    model.remat, model.scan_layers = remat, scan  # static: read when the step is traced
+    model.remat, model.scan_layers, model.attention = remat, scan, attention  # static: read when traced
     graphdef, params, frozen = split_trainable(model, lora)
     train_state = init_train_state(params, config, seed=0)
     step = make_distill_step(graphdef, config)
@@ -495,13 +515,19 @@ def section_distill(ctx: Context) -> dict[str, Any]:
       return m
 
     secs = statistics.median(timed_calls(one_update, ctx.repeats))
-    row = {"step_s": secs, "updates_per_s": 1.0 / secs, "compile_s": compile_s, "first_call_s": first_call,
+    row = {"attention_kernel": "cudnn" if model.fused_attention() else "xla",
+           "first_loss": float(metrics["loss"]), "step_s": secs, "updates_per_s": 1.0 / secs, "compile_s": compile_s, "first_call_s": first_call,
            "compiled_temp_bytes": temp, "loss_finite": bool(np.isfinite(float(metrics["loss"]))),
            **mfu(flops, secs, ctx), "memory_after": device_memory()}
     result["variants"][name] = row
     log(f"distill {name}: {row['updates_per_s']:.2f} updates/s ({secs * 1e3:.0f} ms), "
         f"MFU {row['mfu_vs_nominal'] * 100:.1f}% of nominal, compile {compile_s:.1f} s")
     holder.clear()  # the next variant builds its own state; free this one first
+  rows = [v for v in result["variants"].values() if "first_loss" in v]
+  xla = [v for v in rows if v["attention_kernel"] == "xla"]
+  for v in rows:  # every variant's first update starts from the same state and batch
+    if xla and v["attention_kernel"] == "cudnn":
+      v["first_loss_rel_diff_vs_xla"] = abs(v["first_loss"] - xla[0]["first_loss"]) / abs(xla[0]["first_loss"])
   return result
 
 
@@ -676,11 +702,17 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
     check = k["no_full_logits"]
     rows += [(f"contrastive ({k['batch']} x {k['prompt_len'] + k['completion_len']} tok)",
               f"{_fmt(k['trajectories_per_s'])} traj/s, MFU {_fmt(k['mfu_vs_measured'], 100, '%')} measured / "
-              f"{_fmt(k['mfu_vs_nominal'], 100, '%')} nominal, compile {_fmt(k['compile_s'], unit=' s')}"),
+              f"{_fmt(k['mfu_vs_nominal'], 100, '%')} nominal, compile {_fmt(k['compile_s'], unit=' s')}, "
+              f"{k.get('attention_kernel', '?')} attention"),
              ("no [B,T,V] f32 buffer", f"largest f32 {check['largest_f32_buffer']} "
               f"({'ok' if check['largest_f32_below_bsv'] else 'FOUND'}), temp "
               f"{_fmt(check['compiled_temp_bytes'], 1e-9, ' GB', 2)} < {_fmt(check['bsv_f32_bytes'], 1e-9, ' GB', 2)}: "
               f"{check['temp_below_bsv_f32']}")]
+    if "xla_attention" in k:
+      x = k["xla_attention"]
+      rows.append(("contrastive, XLA attention", f"{_fmt(x['trajectories_per_s'])} traj/s, MFU "
+                   f"{_fmt(x['mfu_vs_nominal'], 100, '%')} nominal: cuDNN {_fmt(x['cudnn_speedup'], unit='x', digits=2)}"
+                   f"; KL max diff {x['kl_max_abs_diff']:.2g}, kept agree {100 * x['kept_agreement']:.1f}%"))
   for b, r in ok("lockstep").get("batches", {}).items():
     rows.append((f"lockstep batch {b}", f"{_fmt(r.get('trajectories_per_s'))} traj/s, "
                  f"{_fmt(r.get('step_s'), 1e3, ' ms/step', 2)}, "
@@ -689,7 +721,9 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
   for name, v in ok("distill").get("variants", {}).items():
     rows.append((f"distill {name}", f"{_fmt(v.get('updates_per_s'), digits=2)} updates/s, MFU "
                  f"{_fmt(v.get('mfu_vs_measured'), 100, '%')} measured / {_fmt(v.get('mfu_vs_nominal'), 100, '%')} "
-                 f"nominal, compile {_fmt(v.get('compile_s'), unit=' s')}" if "step_s" in v else v.get("note", "-")))
+                 f"nominal, compile {_fmt(v.get('compile_s'), unit=' s')}, {v.get('attention_kernel')} attention"
+                 + (f" (first loss {_fmt(v['first_loss_rel_diff_vs_xla'], 100, '%', 2)} from XLA's)"
+                    if "first_loss_rel_diff_vs_xla" in v else "") if "step_s" in v else v.get("note", "-")))
   t = ok("torch")
   if t:
     rows.append(("torch original sampling", f"{_fmt(t['seconds_per_problem'], digits=2)} s/problem"))

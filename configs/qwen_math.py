@@ -74,7 +74,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.distill.grad_clip = 1.0
   c.distill.micro_batches = 1
   c.distill.remat = False       # 16 rows of a 1.5B model fit without it; True for 7B on small devices
-  c.distill.scan_layers = True  # compile one layer, not 28 (bench/scan_layers.py: 2x faster); stacks the weights per update
+  c.distill.scan_layers = False  # True compiles one layer, not 28 (2x faster), but on GPUs an update then
+                                 # moves ~1.9x the bytes (stacked residuals and weights: bench/gpu_hlo.py)
   c.distill.checkpoint_every = 100
   c.distill.keep_checkpoints = 3
 

@@ -42,7 +42,7 @@ def run(config, workdir: common.Workdir, writer) -> dict:
   tokenizer = common.load_tokenizer(config.expert)
   layout = common.make_layout(config.mesh.train, "train")
   pretrained = common.load_model(config.expert, config.dtype, layout, remat=d.remat,
-                                 scan_layers=d.get("scan_layers", True), attention=config.get("attention", "auto"))
+                                 scan_layers=d.get("scan_layers", False), attention=config.get("attention", "auto"))
   lora = lora_config(config)
   apply_lora(pretrained.model, lora, rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1))
   graphdef, params, frozen = split_trainable(pretrained.model, lora)

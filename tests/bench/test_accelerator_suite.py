@@ -88,3 +88,26 @@ def test_unknown_section_is_refused_in_one_line(suite):
 def test_hlo_scan_finds_the_largest_float32_shape(suite):
   hlo = "%a = bf16[64,128,151936]{2,1,0} p0\n%b = f32[256,151936]{1,0} dot()\n%c = f32[] constant(0)\n%d = f32[9,9]"
   assert suite.largest_f32_buffer(hlo) == (256 * 151936, "f32[256,151936]")
+
+
+def test_summary_rows_show_the_cudnn_against_xla_attention_figures(suite):
+  """The rows only a GPU run fills: contrastive through XLA's attention and the first-loss check."""
+  check = {"largest_f32_buffer": "f32[1]", "largest_f32_below_bsv": True, "compiled_temp_bytes": 1e9,
+           "bsv_f32_bytes": 2e9, "temp_below_bsv_f32": True}
+  results = {"meta": {"device": "gpu"}, "sections": {
+      "contrastive": {"status": "ok", "batch": 64, "prompt_len": 128, "completion_len": 128,
+                      "trajectories_per_s": 500.0, "mfu_vs_measured": 0.6, "mfu_vs_nominal": 0.48, "compile_s": 20.0,
+                      "no_full_logits": check, "attention_kernel": "cudnn",
+                      "xla_attention": {"trajectories_per_s": 433.0, "mfu_vs_nominal": 0.415, "cudnn_speedup": 1.155,
+                                        "kl_max_abs_diff": 0.012, "kept_agreement": 0.998}},
+      "distill": {"status": "ok", "variants": {
+          "no_remat_unrolled": {"step_s": 0.05, "updates_per_s": 20.0, "mfu_vs_measured": 0.55, "mfu_vs_nominal": 0.44,
+                                "compile_s": 50.0, "attention_kernel": "cudnn", "first_loss_rel_diff_vs_xla": 0.0031},
+          "no_remat_unrolled_xla": {"step_s": 0.061, "updates_per_s": 16.4, "mfu_vs_measured": 0.45,
+                                    "mfu_vs_nominal": 0.357, "compile_s": 53.0, "attention_kernel": "xla"}}}}}
+  rows = dict(suite.summary_rows(results))
+  assert "cudnn attention" in rows["contrastive (64 x 256 tok)"]
+  assert rows["contrastive, XLA attention"] == ("433.0 traj/s, MFU 41.5% nominal: cuDNN 1.16x; KL max diff 0.012, "
+                                                "kept agree 99.8%")
+  assert rows["distill no_remat_unrolled"].endswith("cudnn attention (first loss 0.31% from XLA's)")
+  assert rows["distill no_remat_unrolled_xla"].endswith("compile 53.0 s, xla attention")
