@@ -315,3 +315,25 @@ def test_fused_attention_call_on_a_mesh_equals_one_device(mesh_shape):
   run = jax.jit(lambda *a: attend_fused(*a, layout, implementation="xla"))
   np.testing.assert_allclose(np.asarray(run(q, k, v, valid))[np.asarray(valid)], np.asarray(one)[np.asarray(valid)],
                              atol=1e-5)
+
+
+def test_lm_head_backward_keeps_the_table_in_its_dtype():
+  """float32: the custom backward equals autodiff of the plain einsum; bf16: close to it, in bf16.
+  (That the table stays bf16 shows on a GPU compile, bench/gpu_hlo.py: XLA:CPU upcasts bf16 dots.)"""
+  from lr_jax.models.transformer import lm_head
+
+  def plain(h, w):
+    return jnp.einsum("...d,vd->...v", h, w, preferred_element_type=jnp.float32)
+
+  def loss(head, h, w):
+    return jnp.sum(jax.nn.log_softmax(head(h, w)) * jnp.linspace(-1, 1, w.shape[0]))
+
+  kh, kw = jax.random.split(jax.random.key(3))
+  h, w = jax.random.normal(kh, (5, 32), jnp.float32), jax.random.normal(kw, (1000, 32), jnp.float32) * 0.2
+  for ours, ref in zip(jax.grad(loss, argnums=(1, 2))(lm_head, h, w), jax.grad(loss, argnums=(1, 2))(plain, h, w)):
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), rtol=1e-6, atol=1e-6)
+  hb, wb = h.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+  grad = jax.jit(jax.grad(loss, argnums=(1, 2)), static_argnums=0)
+  for ours, ref in zip(grad(lm_head, hb, wb), grad(plain, hb, wb)):
+    assert ours.dtype == ref.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(ours, np.float32), np.asarray(ref, np.float32), rtol=0.02, atol=2e-3)
