@@ -187,6 +187,23 @@ def test_remat_forward_and_gradient_under_jit_equal_plain(tmp_path):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6)
 
 
+def lse_loss_hidden_and_grads(model, ids, mask):
+  """Under jit: the mean log-sum-exp of the logits over real positions (a loss touching every
+  logit), the final hidden states, and the loss's gradients as a flat state."""
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def loss_and_grad(state):
+    def loss(state):
+      m = nnx.merge(graphdef, state)
+      hidden, _ = m(ids, positions_from_mask(mask), mask)
+      return jnp.mean(jnp.where(mask, jax.nn.logsumexp(m.logits(hidden), axis=-1), 0.0)), hidden
+    return jax.value_and_grad(loss, has_aux=True)(state)
+
+  (value, hidden), grads = loss_and_grad(state)
+  return value, hidden, nnx.to_flat_state(grads)
+
+
 @pytest.mark.parametrize("remat", [False, True])
 def test_scanned_layers_forward_and_gradient_under_jit_equal_unrolled(tmp_path, remat):
   model_dir = make_tiny_hf(tmp_path, "qwen2", vocab_size=VOCAB, tokenizer=False, num_layers=3)
@@ -195,18 +212,7 @@ def test_scanned_layers_forward_and_gradient_under_jit_equal_unrolled(tmp_path, 
 
   def run(scan_layers):
     model = from_pretrained(model_dir, dtype=jnp.float32, remat=remat, scan_layers=scan_layers).model
-    graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def loss_and_grad(state):
-      def loss(state):
-        m = nnx.merge(graphdef, state)
-        hidden, _ = m(ids, positions_from_mask(mask), mask)
-        return jnp.mean(jnp.where(mask, jax.nn.logsumexp(m.logits(hidden), axis=-1), 0.0)), hidden
-      return jax.value_and_grad(loss, has_aux=True)(state)
-
-    (value, hidden), grads = loss_and_grad(state)
-    return value, hidden, nnx.to_flat_state(grads)
+    return lse_loss_hidden_and_grads(model, ids, mask)
 
   (v0, h0, g0), (v1, h1, g1) = run(False), run(True)
   assert abs(float(v0) - float(v1)) <= 1e-6
@@ -280,22 +286,11 @@ def test_fused_attention_path_forward_and_gradient_equal_xla_path(tmp_path, monk
     model = from_pretrained(model_dir, dtype=jnp.float32, remat=remat, scan_layers=scan_layers,
                             attention=attention).model
     assert model.fused_attention() is (attention == "cudnn")
-    graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def loss_and_grad(state):
-      def loss(state):
-        m = nnx.merge(graphdef, state)
-        hidden, _ = m(ids, positions_from_mask(mask), mask)
-        return jnp.mean(jnp.where(mask, jax.nn.logsumexp(m.logits(hidden), axis=-1), 0.0)), hidden
-      return jax.value_and_grad(loss, has_aux=True)(state)
-
-    (value, hidden), grads = loss_and_grad(state)
-    return value, np.asarray(hidden), nnx.to_flat_state(grads)
+    return lse_loss_hidden_and_grads(model, ids, mask)
 
   (v0, h0, g0), (v1, h1, g1) = run("xla"), run("cudnn")
   assert abs(float(v0) - float(v1)) <= 1e-5
-  np.testing.assert_allclose(h1[np.asarray(mask)], h0[np.asarray(mask)], atol=1e-5)
+  np.testing.assert_allclose(np.asarray(h1)[np.asarray(mask)], np.asarray(h0)[np.asarray(mask)], atol=1e-5)
   for (path, a), (_, b) in zip(g0, g1):
     np.testing.assert_allclose(np.asarray(b[...]), np.asarray(a[...]), atol=1e-5, err_msg=str(path))
 
