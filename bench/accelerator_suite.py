@@ -121,7 +121,8 @@ FULL = Shapes(
     expert=qwen2(151936, 1536, 28, 12, 2, 128, 8960, 10000.0),
     amateur=qwen2(151936, 896, 24, 14, 2, 64, 4864, 1000000.0),
     gen_batches=(64, 256), prompt_len=128, new_tokens=128, contrastive_batch=64, chunk_size=256,
-    distill_rows=16, distill_variants=((False, False, "auto"), (False, False, "xla"), (False, True, "auto")), top_k=32, matmul_n=8192,
+    distill_rows=16, distill_variants=((False, False, "auto"), (False, False, "xla"), (False, True, "auto")),
+    top_k=32, matmul_n=8192,
     copy_bytes=1 << 30, repeats=5, torch_problems=8, torch_device="cuda")
 SMOKE = Shapes(
     expert=qwen2(1024, 64, 2, 4, 2, 16, 128, 10000.0),
@@ -375,21 +376,26 @@ def section_contrastive(ctx: Context) -> dict[str, Any]:
       f"temp {temp} B vs [B,T,V] f32 {full_logits_bytes} B, largest f32 {largest_shape}")
   result["attention_kernel"] = "cudnn" if ctx.model("expert").fused_attention() else "xla"
   if result["attention_kernel"] == "cudnn":  # the same step through XLA's attention, for the ratio
-    for name in ("expert", "amateur"):
+    before = {name: ctx.model(name).attention for name in ("expert", "amateur")}
+    for name in before:
       ctx.model(name).attention = "xla"
     try:
       xla_step = make_contrastive_step(nnx.graphdef(ctx.model("expert")), nnx.graphdef(ctx.model("amateur")),
                                        ContrastiveConfig(chunk_size=s.chunk_size, top_k=s.top_k))
       xla_compiled, xla_compile_s = compile_timed(xla_step, es, as_, batch)
-      xla_out = xla_compiled(es, as_, batch)
       xla_secs = statistics.median(timed_calls(lambda: xla_compiled(es, as_, batch), ctx.repeats))
+      # agreement on a padded batch of the same shapes (no recompile): half the prompts left-padded
+      # by half their length, every other completion cut short
+      padded = dict(batch, prompt_mask=batch["prompt_mask"].at[::2, :p // 2].set(False),
+                    completion_mask=batch["completion_mask"].at[1::2, t // 2:].set(False))
+      fused_out, xla_out = compiled(es, as_, padded), xla_compiled(es, as_, padded)
     finally:
-      for name in ("expert", "amateur"):
-        ctx.model(name).attention = "auto"
+      for name, attention in before.items():
+        ctx.model(name).attention = attention
     result["xla_attention"] = {"step_s": xla_secs, "trajectories_per_s": b / xla_secs, "compile_s": xla_compile_s,
                                **mfu(flops, xla_secs, ctx), "cudnn_speedup": xla_secs / secs,
-                               "kl_max_abs_diff": float(jnp.max(jnp.abs(out.kl - xla_out.kl))),
-                               "kept_agreement": float(jnp.mean(out.kept == xla_out.kept))}
+                               "kl_max_abs_diff": float(jnp.max(jnp.abs(fused_out.kl - xla_out.kl))),
+                               "kept_agreement": float(jnp.mean(fused_out.kept == xla_out.kept))}
     log(f"contrastive with XLA attention: {b / xla_secs:.1f} traj/s; cuDNN is {xla_secs / secs:.2f}x faster")
   return result
 
@@ -516,7 +522,8 @@ def section_distill(ctx: Context) -> dict[str, Any]:
 
     secs = statistics.median(timed_calls(one_update, ctx.repeats))
     row = {"attention_kernel": "cudnn" if model.fused_attention() else "xla",
-           "first_loss": float(metrics["loss"]), "step_s": secs, "updates_per_s": 1.0 / secs, "compile_s": compile_s, "first_call_s": first_call,
+           "first_loss": float(metrics["loss"]), "step_s": secs, "updates_per_s": 1.0 / secs,
+           "compile_s": compile_s, "first_call_s": first_call,
            "compiled_temp_bytes": temp, "loss_finite": bool(np.isfinite(float(metrics["loss"]))),
            **mfu(flops, secs, ctx), "memory_after": device_memory()}
     result["variants"][name] = row
@@ -711,7 +718,8 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
     if "xla_attention" in k:
       x = k["xla_attention"]
       rows.append(("contrastive, XLA attention", f"{_fmt(x['trajectories_per_s'])} traj/s, MFU "
-                   f"{_fmt(x['mfu_vs_nominal'], 100, '%')} nominal: cuDNN {_fmt(x['cudnn_speedup'], unit='x', digits=2)}"
+                   f"{_fmt(x['mfu_vs_nominal'], 100, '%')} nominal: "
+                   f"cuDNN {_fmt(x['cudnn_speedup'], unit='x', digits=2)}"
                    f"; KL max diff {x['kl_max_abs_diff']:.2g}, kept agree {100 * x['kept_agreement']:.1f}%"))
   for b, r in ok("lockstep").get("batches", {}).items():
     rows.append((f"lockstep batch {b}", f"{_fmt(r.get('trajectories_per_s'))} traj/s, "

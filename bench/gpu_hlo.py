@@ -20,6 +20,10 @@ Targets and their variants, each printed as a ratio to the first (the baseline) 
   distill                   LoRA r 8 (q, v) update, 16 rows x 256 tokens, no remat:
                             unrolled+xla (baseline), unrolled+cudnn, scan+xla, scan+cudnn
   contrastive               teacher-forced `contrastive_step`, 64 x (128 + 128) tokens: xla, cudnn
+  attention_mesh            the fused attention call alone (forward and backward, 16 x 256 tokens) on
+                            8 GPUs with the train layout, per (data, fsdp, tensor) mesh: (1,8,1),
+                            (2,2,2), (4,1,2) run cuDNN; (1,2,4) has more 'tensor' ways than kv heads
+                            and falls back to XLA's attention (0 cuDNN launches)
 
 Needs JAX's CUDA plugin (no GPU, no driver): `pip install "jax[cuda13]==$(python -c 'import jax;
 print(jax.__version__)')"` in a separate environment (~4.6 GB), then
@@ -70,7 +74,7 @@ GPUS = {
     "h100": {"name": "NVIDIA H100 80GB HBM3", "bandwidth": 3_352_320_000_000, "memory": 84_929_347_584},
     "h200": {"name": "NVIDIA H200", "bandwidth": 4_800_000_000_000, "memory": 150_754_820_096},
 }
-TARGETS = ("decode_b64", "decode_b256", "distill", "contrastive")
+TARGETS = ("decode_b64", "decode_b256", "distill", "contrastive", "attention_mesh")
 _BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4, "s32": 4, "u32": 4,
           "f64": 8, "s64": 8, "u64": 8}
 # Ops that launch nothing: tuple plumbing, views, constants, scheduling markers.
@@ -140,37 +144,57 @@ class Module:
         if m:
           self.value_bytes[m.group(1)] = shape_bytes(m.group(2))
 
-  def sliced_parameters(self, comp: str) -> dict[int, int]:
-    """Parameter index -> bytes read, for the fused computation's parameters used only as the
-    operand of dynamic-slice ops (a stacked array of which the kernel reads one slice)."""
-    params, uses = {}, collections.defaultdict(list)
+  def instructions(self, comp: str) -> list[tuple[str, str, str, list[str], bool]]:
+    """(name, shape, opcode, operand names, is root) of each instruction of `comp`."""
+    out = []
     for line in self.comps.get(comp, []):
       m = _LINE.match(line)
-      if not m:
-        continue
-      name, shape, opcode, rest = m.groups()
+      if m:
+        name, shape, opcode, rest = m.groups()
+        out.append((name, shape, opcode, re.findall(r"%([\w.\-]+)", rest.split(")")[0]),
+                    line.lstrip().startswith("ROOT")))
+    return out
+
+  def sliced_parameters(self, comp: str) -> dict[int, int]:
+    """Parameter index -> bytes read, for the fused computation's parameters used only (through
+    bitcasts) as the operand of dynamic-slice ops: a stacked array of which the kernel reads a slice."""
+    params, uses = {}, collections.defaultdict(list)
+    for name, shape, opcode, operands, _ in self.instructions(comp):
       if opcode == "parameter":
-        params[name] = int(re.match(r"(\d+)", rest).group(1))
-        continue
-      for j, operand in enumerate(re.findall(r"%([\w.\-]+)", rest.split(")")[0])):
-        uses[operand].append((opcode, j, shape_bytes(shape)))
-    return {index: sum(b for _, _, b in uses[name]) for name, index in params.items()
-            if uses[name] and all(op == "dynamic-slice" and j == 0 for op, j, _ in uses[name])}
+        params[name] = int(re.search(r"parameter\((\d+)\)", next(
+            line for line in self.comps[comp] if re.match(rf"^\s*(?:ROOT\s+)?%{re.escape(name)}\s*=", line))).group(1))
+      for j, operand in enumerate(operands):
+        uses[operand].append((name, opcode, j, shape_bytes(shape)))
+
+    def final_uses(value):
+      for user, opcode, j, size in uses[value]:
+        if opcode == "bitcast":
+          yield from final_uses(user)
+        else:
+          yield opcode, j, size
+
+    out = {}
+    for name, index in params.items():
+      found = list(final_uses(name))
+      if found and all(opcode == "dynamic-slice" and j == 0 for opcode, j, _ in found):
+        out[index] = sum(size for _, _, size in found)
+    return out
 
   def launches(self, comp: str | None = None, count: int = 1) -> list[Launch]:
-    """Every launch of `comp` (default the entry), while bodies expanded by their known trip counts
-    (an unknown count: once)."""
+    """Every launch of `comp` (default the entry): a while loop of known trip count n runs its body
+    n times and its condition n + 1 times (an unknown count: each once); a conditional counts every
+    branch (an upper bound); async and copy '-done' ops only wait and launch nothing."""
     out = []
     for line in self.comps[comp or self.entry]:
       m = _LINE.match(line)
-      if not m or m.group(3) in _FREE:
+      if not m or m.group(3) in _FREE or m.group(3).endswith("-done") or m.group(3) == "async-update":
         continue
       name, shape, opcode, rest = m.groups()
       if opcode == "while":
         trips = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
-        for key in ("condition", "body"):
-          out += self.launches(re.search(key + r"=%([\w.\-]+)", line).group(1),
-                               count * (int(trips.group(1)) if trips else 1))
+        n = int(trips.group(1)) if trips else 1
+        for key, times in (("condition", n + 1 if trips else 1), ("body", n)):
+          out += self.launches(re.search(key + r"=%([\w.\-]+)", line).group(1), count * times)
         continue
       if opcode in ("call", "conditional", "async-start"):
         for callee in re.findall(r"(?:to_apply|calls|true_computation|false_computation)=%([\w.\-]+)", line):
@@ -195,16 +219,22 @@ class Module:
   def _launch(self, name, shape, opcode, rest, line, count) -> Launch:
     operands = re.findall(r"%([\w.\-]+)", rest.split(")")[0])
     called = re.search(r"calls=%([\w.\-]+)", line)
+    root = (None, shape, opcode, operands, True)  # an unfused op is its own root
+    if opcode == "fusion" and called:
+      root = next((i for i in self.instructions(called.group(1)) if i[4]), root)
     sliced = self.sliced_parameters(called.group(1)) if opcode == "fusion" and called else {}
     sizes = sorted((sliced.get(i, self.value_bytes.get(a, 0)) for i, a in enumerate(operands)), reverse=True)
     read, write = sum(sizes), shape_bytes(shape)
-    if opcode == "dynamic-update-slice" or "dynamic_update_slice" in name:
-      read = write = sum(sizes[1:])  # in place: the largest operand is the output buffer
-    elif opcode == "dynamic-slice" or "dynamic_slice" in name:
+    if opcode == "custom-call" and shape.startswith("("):  # drop a trailing s8/u8 scratch workspace
+      write = shape_bytes(re.sub(r",\s*[su]8\[[\d,]*\](\{[^}]*\})?\s*\)$", ")", shape))
+    if root[2] == "dynamic-update-slice":  # in place: the largest operand is the output buffer
+      read, write = sum(sizes[1:]), self.value_bytes.get(root[3][1], 0) if len(root[3]) > 1 else 0
+    elif root[2] == "dynamic-slice":
       read = write + sum(sizes[1:])
     kind = re.search(r"kind=(k\w+)", line) if opcode == "fusion" else re.search(r'custom_call_target="([^"]+)"', line)
     backend = re.search(r'"kind":"([^"]+)"', line)
-    own = " ".join((name, kind.group(1) if kind and opcode == "custom-call" else "", backend.group(1) if backend else ""))
+    own = " ".join((name, kind.group(1) if kind and opcode == "custom-call" else "",
+                    backend.group(1) if backend else ""))
     source = re.search(r'op_name="([^"]*)"', line)
     return Launch(name=name, opcode=opcode, kind=kind.group(1) if kind else "",
                   gemm=bool(re.search(r"gemm|cublas|matmul", own, re.I)), cudnn="cudnn" in own.lower(),
@@ -281,8 +311,33 @@ def contrastive_hlo(shapes: suite.Shapes, attention: str, sharding) -> str:
   return step.lower(*(_abstract(x, sharding) for x in (es, as_, batch))).compile().as_text()
 
 
-def variants(target: str, shapes: suite.Shapes, sharding) -> list[tuple[str, Callable[[], str], bool]]:
+def attention_mesh_hlo(shapes: suite.Shapes, mesh_shape: tuple[int, int, int], devices) -> str:
+  """Forward and backward of the fused attention call alone, over 8 GPUs with the train layout: the
+  q, k, v shardings cuDNN's partitioner accepts, or the fallback to XLA's attention."""
+  from lr_jax.models.transformer import attend_fused
+  from lr_jax.sharding import Layout, make_mesh
+  layout = Layout.create(make_mesh(mesh_shape, devices), "train")
+  cfg, b, t = shapes.expert, shapes.distill_rows, 2 * shapes.prompt_len
+
+  def arg(axes, shape, dtype=jnp.bfloat16):
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=layout.sharding(axes, shape))
+
+  q = arg(("batch", "length", "act_heads", None), (b, t, cfg.num_heads, cfg.head_dim))
+  kv = arg(("batch", "length", "act_kv_heads", None), (b, t, cfg.num_kv_heads, cfg.head_dim))
+  valid = arg(("batch", None), (b, t), jnp.bool_)
+
+  def loss(q, k, v, valid):
+    return jnp.sum(attend_fused(q, k, v, valid, layout).astype(jnp.float32))
+
+  return jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(q, kv, kv, valid).compile().as_text()
+
+
+def variants(target: str, shapes: suite.Shapes, devices) -> list[tuple[str, Callable[[], str], bool]]:
   """(variant, compile -> HLO text, per decode step?) for one target; the first is the baseline."""
+  sharding = jax.sharding.SingleDeviceSharding(devices[0])
+  if target == "attention_mesh":
+    return [(",".join(map(str, m)), functools.partial(attention_mesh_hlo, shapes, m, devices), False)
+            for m in ((1, 8, 1), (2, 2, 2), (4, 1, 2), (1, 2, 4))]
   if target.startswith("decode_b"):
     batch = int(target[len("decode_b"):])
     return [("xla", lambda: decode_hlo(shapes, batch, sharding), True)]
@@ -327,17 +382,16 @@ def main(argv=None) -> dict[str, Any]:
   args = p.parse_args(argv)
   from jax.experimental.topologies import get_topology_desc
   try:
-    topology = get_topology_desc("gpu_hlo", "cuda", target_config=target_config(args.gpu), topology="1x1x1")
+    topology = get_topology_desc("gpu_hlo", "cuda", target_config=target_config(args.gpu), topology="1x1x8")
   except Exception as e:  # noqa: BLE001 - the plugin's absence surfaces as several error types
     raise SystemExit(f"bench/gpu_hlo.py: cannot compile for CUDA here ({type(e).__name__}: {str(e)[:200]}); "
                      f"install JAX's CUDA plugin, e.g. pip install 'jax[cuda13]=={jax.__version__}'") from e
-  sharding = jax.sharding.SingleDeviceSharding(topology.devices[0])
   bandwidth = GPUS[args.gpu]["bandwidth"]
   os.makedirs(args.out, exist_ok=True)
   results: dict[str, Any] = {"gpu": GPUS[args.gpu]["name"], "jax": jax.__version__, "targets": {}}
   for target in [t for t in args.targets.split(",") if t]:
     rows = results["targets"][target] = {}
-    for variant, build, per_step in variants(target, suite.FULL, sharding):
+    for variant, build, per_step in variants(target, suite.FULL, topology.devices):
       t0 = time.perf_counter()
       try:
         hlo = build()

@@ -9,8 +9,8 @@ RoPE, attention softmax and logits are float32; everything else runs in the para
 
 Attention runs through XLA (`attend`: explicit float32 scores, any dtype and platform) or, for
 cache-free forwards on NVIDIA GPUs in bf16/fp16, through cuDNN's fused flash attention
-(`attend_fused`: the same masks, float32 softmax inside the kernel, no `[B, H, T, S]` scores in
-memory); `Transformer(attention="auto")` picks per platform when a forward is traced.
+(`attend_fused`: the same masks as a `[B, 1, T, T]` bias, float32 softmax inside the kernel, no
+`[B, H, T, S]` scores in memory); `Transformer(attention="auto")` picks per platform when a forward is traced.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from lr_jax.models.config import ModelConfig
 from lr_jax.sharding import Layout, constrain
 
 _MASKED = -1e30  # finite, so a fully padded query row gives a uniform (ignored) softmax instead of NaN
-ATTENTION = ("auto", "xla", "cudnn")
+ATTENTION_KERNELS = ("auto", "xla", "cudnn")
 
 
 @flax.struct.dataclass
@@ -170,32 +170,38 @@ def attend_fused(q, k, v, k_valid, layout, implementation: str = "cudnn"):
   """Causal self-attention within one cache-free call (T == S) through `jax.nn.dot_product_attention`.
 
   q: `[B, T, H, Dh]`; k, v: `[B, T, K, Dh]` (tokens before heads, as the kernel wants them); k_valid:
-  bool `[B, T]`. Padded keys are masked by a `[B, 1, T, T]` bias, so any padding (left or right) is
-  exact for real queries; a query with no valid key (padding) gets some average, as in `attend`, and
-  is never read. "cudnn" is the fused kernel; "xla" the same call through XLA (tests compare it).
-  cuDNN's partitioner needs q, k and v sharded alike: where the layout cannot split the kv heads as
-  it splits the query heads (fewer kv heads than 'tensor' ways), this falls back to `attend`.
-  Returns `[B, T, H, Dh]`.
+  bool `[B, T]`. Padded keys are masked by a `[B, 1, T, T]` bias (read per head; its gradient is
+  computed and dropped), so any padding (left or right) is exact for real queries; a query with no
+  valid key (padding) gets some average, as in `attend`, and is never read. "cudnn" is the fused
+  kernel; "xla" the same call through XLA (tests compare it). Two cases fall back to `attend`: an
+  odd T (cuDNN refuses a bias with odd lengths in training), and a layout that cannot split the kv
+  heads as it splits the query heads (fewer kv heads than 'tensor' ways; cuDNN's partitioner needs
+  q, k and v sharded alike). Returns `[B, T, H, Dh]`.
   """
   b, t = q.shape[:2]
   heads, kv_heads = ("batch", "length", "act_heads", None), ("batch", "length", "act_kv_heads", None)
+  if t % 2 or (layout is not None and layout.spec(heads, q.shape) != layout.spec(kv_heads, k.shape)):
+    return attend(q, k.swapaxes(1, 2), v.swapaxes(1, 2), jnp.arange(t), k_valid, layout)
   if layout is not None:
-    if layout.spec(heads, q.shape) != layout.spec(kv_heads, k.shape):
-      return attend(q, k.swapaxes(1, 2), v.swapaxes(1, 2), jnp.arange(t), k_valid, layout)
     q, k, v = layout.constrain(q, heads), layout.constrain(k, kv_heads), layout.constrain(v, kv_heads)
   mask = constrain(layout, jnp.broadcast_to(k_valid[:, None, None, :], (b, 1, t, t)), ("batch", None, None, None))
   out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True, implementation=implementation)
   return constrain(layout, out, heads)
 
 
-def fused_attention_available(dtype, head_dim: int) -> bool:
-  """Whether cuDNN's fused attention serves a model of this dtype and head size here: NVIDIA GPUs
-  of compute capability >= 8.0 (Ampere and newer), bf16 or fp16, head_dim a multiple of 8 <= 128."""
+def fused_attention_supported(dtype, head_dim: int) -> bool:
+  """Whether cuDNN's fused attention takes a model of this dtype and head size: bf16 or fp16, and
+  head_dim a multiple of 8 up to 128."""
+  return jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128
+
+
+def on_nvidia_gpu() -> bool:
+  """Whether the default device is an NVIDIA GPU of compute capability >= 8.0 (Ampere and newer)."""
   device = jax.devices()[0]
-  if device.platform != "gpu" or "nvidia" not in getattr(device, "device_kind", "").lower():
+  version = str(getattr(getattr(device, "client", None), "platform_version", "")).lower()
+  if device.platform != "gpu" or ("cuda" not in version and "nvidia" not in device.device_kind.lower()):
     return False
-  major = int(str(getattr(device, "compute_capability", "0")).split(".")[0])
-  return major >= 8 and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128
+  return int(str(getattr(device, "compute_capability", "0")).split(".")[0]) >= 8
 
 
 class Attention(nnx.Module):
@@ -212,6 +218,8 @@ class Attention(nnx.Module):
     """x `[B, T, D]`; k_cache/v_cache `[B, K, S, Dh]` (or None: attend within x); valid bool `[B, S]`;
     fused: cache-free only, attend through cuDNN (`attend_fused`); the keys and values returned are
     then `[B, T, K, Dh]`."""
+    if fused and k_cache is not None:
+      raise ValueError("fused attention is for cache-free forwards; a cached forward uses attend")
     q = apply_rope(self.q_proj(x), positions, inv_freq)
     k = apply_rope(self.k_proj(x), positions, inv_freq)  # [B, T, K, Dh]
     v = self.v_proj(x)
@@ -269,13 +277,13 @@ class Transformer(nnx.Module):
   the layers, which compiles one layer instead of L. Cached forwards (prefill, decode) always unroll
   the layers, so each layer's cache is updated in place. `attention` picks the kernel of cache-free
   forwards: "xla" (`attend`), "cudnn" (`attend_fused`, NVIDIA GPUs, bf16/fp16), or "auto": cudnn
-  where `fused_attention_available`, else xla. Cached forwards always use `attend`.
+  where `fused_attention_supported` and `on_nvidia_gpu`, else xla. Cached forwards always use `attend`.
   """
 
   def __init__(self, cfg: ModelConfig, *, dtype=jnp.bfloat16, layout: Layout | None = None,
                remat: bool = False, scan_layers: bool = False, attention: str = "auto", rngs: nnx.Rngs):
-    if attention not in ATTENTION:
-      raise ValueError(f"Transformer attention={attention!r}: expected one of {', '.join(ATTENTION)}")
+    if attention not in ATTENTION_KERNELS:
+      raise ValueError(f"Transformer attention={attention!r}: expected one of {', '.join(ATTENTION_KERNELS)}")
     self.config = cfg
     self.dtype = dtype
     self.layout = layout
@@ -333,10 +341,16 @@ class Transformer(nnx.Module):
     return hidden, KVCache(k=tuple(new_k), v=tuple(new_v), valid=valid, end=cache.end + tokens.shape[1])
 
   def fused_attention(self) -> bool:
-    """Whether cache-free forwards traced now attend through cuDNN (see `attention`)."""
-    if self.attention == "auto":
-      return fused_attention_available(self.dtype, self.config.head_dim)
-    return self.attention == "cudnn"
+    """Whether cache-free forwards traced now attend through cuDNN (see `attention`); "cudnn" on a
+    model cuDNN cannot take is refused here, with what it needs."""
+    if self.attention not in ATTENTION_KERNELS:
+      raise ValueError(f"Transformer.attention={self.attention!r}: expected one of {', '.join(ATTENTION_KERNELS)}")
+    supported = fused_attention_supported(self.dtype, self.config.head_dim)
+    if self.attention == "cudnn" and not supported:
+      raise ValueError(f"Transformer attention='cudnn': cuDNN's fused attention needs bf16 or fp16 and head_dim a "
+                       f"multiple of 8 up to 128; this model is {jnp.dtype(self.dtype).name} with head_dim "
+                       f"{self.config.head_dim} (use attention='xla' or 'auto')")
+    return self.attention == "cudnn" or (self.attention == "auto" and supported and on_nvidia_gpu())
 
   def _scanned_layers(self, call, x, positions, inv_freq, valid, fused) -> jax.Array:
     """The layers as one `lax.scan` over their stacked states: XLA compiles one layer, not L.

@@ -111,3 +111,24 @@ def test_summary_rows_show_the_cudnn_against_xla_attention_figures(suite):
                                                 "kept agree 99.8%")
   assert rows["distill no_remat_unrolled"].endswith("cudnn attention (first loss 0.31% from XLA's)")
   assert rows["distill no_remat_unrolled_xla"].endswith("compile 53.0 s, xla attention")
+
+
+def test_smoke_run_with_fused_attention_compares_it_with_xla(suite, tmp_path, monkeypatch):
+  """The GPU-only comparison (contrastive step timed and checked against XLA's attention on a padded
+  batch; first-update losses of the cuDNN and XLA distill variants), run here with the fused call
+  going through XLA: the two agree exactly."""
+  import lr_jax.models.transformer as transformer
+  fused = transformer.attend_fused
+  monkeypatch.setattr(transformer, "attend_fused",
+                      lambda q, k, v, valid, layout: fused(q, k, v, valid, layout, implementation="xla"))
+  monkeypatch.setattr(transformer, "fused_attention_supported", lambda dtype, head_dim: True)
+  monkeypatch.setattr(transformer, "on_nvidia_gpu", lambda: True)
+  monkeypatch.setattr(suite, "SMOKE", suite.dataclasses.replace(
+      suite.SMOKE, distill_variants=((True, True, "auto"), (True, True, "xla"))))
+  sec = suite.main(["--smoke", "--out", str(tmp_path), "--sections", "contrastive,distill"])["sections"]
+  con = sec["contrastive"]
+  assert con["attention_kernel"] == "cudnn" and con["xla_attention"]["cudnn_speedup"] > 0
+  assert con["xla_attention"]["kl_max_abs_diff"] < 1e-4 and con["xla_attention"]["kept_agreement"] == 1.0
+  fused_row, xla_row = sec["distill"]["variants"]["remat_scan"], sec["distill"]["variants"]["remat_scan_xla"]
+  assert (fused_row["attention_kernel"], xla_row["attention_kernel"]) == ("cudnn", "xla")
+  assert fused_row["first_loss_rel_diff_vs_xla"] < 1e-5

@@ -10,15 +10,17 @@ import pytest
 
 from tests.helpers import REPO_ROOT
 
-# An entry with a GEMM, an in-place cache update, a cuDNN call and a scan of known trip count 4
-# whose fused body reads one slice of a stacked weight; a decode loop of unknown trip count.
+# An entry with a cuBLAS GEMM (and its scratch workspace), a scan of known trip count 4 whose fused
+# GEMM reads one slice (through a bitcast) of a stacked weight, and a decode loop of unknown trip
+# count with an in-place cache update and a cuDNN call.
 HLO = """HloModule jit_step, entry_computation_layout={()}
 
 %fused_slice (param_0.1: bf16[4,64,64], param_1.2: s32[], param_2.3: bf16[8,64]) -> bf16[8,64] {
   %param_0.1 = bf16[4,64,64]{2,1,0} parameter(0)
   %param_1.2 = s32[] parameter(1)
   %param_2.3 = bf16[8,64]{1,0} parameter(2)
-  %dynamic-slice.1 = bf16[1,64,64]{2,1,0} dynamic-slice(%param_0.1, %param_1.2, %c0, %c0), dynamic_slice_sizes={1,64,64}
+  %stacked = bf16[4,64,64]{2,1,0} bitcast(%param_0.1)
+  %dynamic-slice.1 = bf16[1,64,64]{2,1,0} dynamic-slice(%stacked, %param_1.2, %c0, %c0), dynamic_slice_sizes={1,64,64}
   ROOT %dot.1 = bf16[8,64]{1,0} dot(%param_2.3, %dynamic-slice.1)
 }
 
@@ -35,6 +37,14 @@ HLO = """HloModule jit_step, entry_computation_layout={()}
 %scan_cond (p.1: (s32[], bf16[8,64], bf16[4,64,64])) -> pred[] {
   %p.1 = (s32[], bf16[8,64]{1,0}, bf16[4,64,64]{2,1,0}) parameter(0)
   ROOT %compare_fusion = pred[] fusion(%p.1), kind=kLoop, calls=%fused_compare
+}
+
+%fused_dus (param_0.4: bf16[2,16,128], param_1.5: f32[2,128]) -> bf16[2,16,128] {
+  %param_0.4 = bf16[2,16,128]{2,1,0} parameter(0)
+  %param_1.5 = f32[2,128]{1,0} parameter(1)
+  %convert.1 = bf16[2,128]{1,0} convert(%param_1.5)
+  %update = bf16[2,1,128]{2,1,0} bitcast(%convert.1)
+  ROOT %dus = bf16[2,16,128]{2,1,0} dynamic-update-slice(%param_0.4, %update, %c0, %c0, %c0)
 }
 
 %decode_body (q: (bf16[2,16,128], f32[2,128])) -> (bf16[2,16,128], f32[2,128]) {
@@ -54,7 +64,7 @@ HLO = """HloModule jit_step, entry_computation_layout={()}
 ENTRY %main (a: bf16[8,64], w: bf16[4,64,64]) -> bf16[8,64] {
   %a = bf16[8,64]{1,0} parameter(0)
   %w.1 = bf16[4,64,64]{2,1,0} parameter(1)
-  %custom-call.3 = (bf16[8,64]{1,0}, s8[0]{0}) custom-call(%a, %a), custom_call_target="__cublas$gemm"
+  %custom-call.3 = (bf16[8,64]{1,0}, s8[4194304]{0}) custom-call(%a, %a), custom_call_target="__cublas$gemm"
   %init = (s32[], bf16[8,64]{1,0}, bf16[4,64,64]{2,1,0}) tuple(%zero, %a, %w.1)
   %while.1 = (s32[], bf16[8,64]{1,0}, bf16[4,64,64]{2,1,0}) while(%init), condition=%scan_cond, body=%scan_body, backend_config={"known_trip_count":{"n":"4"}}
   %while.2 = (bf16[2,16,128]{2,1,0}, f32[2,128]{1,0}) while(%init2), condition=%decode_cond, body=%decode_body
@@ -85,19 +95,22 @@ def test_launches_expand_known_trip_counts_and_count_bytes_read(gpu_hlo):
   by_name = {}
   for x in launches:
     by_name.setdefault(x.name, []).append(x)
-  # the entry GEMM once; the scan body and condition 4 times each; the decode loop once
+  # the entry GEMM once, its workspace not counted as a write; the scan body 4 times and its
+  # condition 5; the decode loop once
   assert [x.count for x in by_name["custom-call.3"]] == [1] and by_name["custom-call.3"][0].gemm
+  assert by_name["custom-call.3"][0].write_bytes == 8 * 64 * 2
   scan_gemm = by_name["gemm_fusion_dot.9"][0]
   assert scan_gemm.count == 4 and scan_gemm.gemm and not scan_gemm.cudnn
   # reads one [64, 64] slice of the stacked weight, the s32 index and x; writes its [8, 64] result
   assert scan_gemm.read_bytes == 64 * 64 * 2 + 4 + 8 * 64 * 2 and scan_gemm.write_bytes == 8 * 64 * 2
-  assert by_name["compare_fusion"][0].count == 4 and by_name["loop_add_fusion"][0].count == 4
-  # the in-place cache update reads and writes only its update, not the [2, 16, 128] cache
+  assert by_name["compare_fusion"][0].count == 5 and by_name["loop_add_fusion"][0].count == 4
+  # the in-place cache update (its fused root) reads its f32 input and writes the bf16 update only,
+  # not the [2, 16, 128] cache
   dus = by_name["loop_dynamic_update_slice_fusion.3"][0]
-  assert dus.read_bytes == dus.write_bytes == 2 * 128 * 4
+  assert dus.read_bytes == 2 * 128 * 4 and dus.write_bytes == 2 * 128 * 2
   assert by_name["cudnn_call"][0].cudnn and not by_name["cudnn_call"][0].gemm
   summary = gpu_hlo.summarise(launches, bandwidth=1e9)
-  assert summary["launches"] == 1 + 4 * 3 + 3 and summary["gemm_launches"] == 5 and summary["cudnn_launches"] == 1
+  assert summary["launches"] == 1 + 4 * 2 + 5 + 3 and summary["gemm_launches"] == 5 and summary["cudnn_launches"] == 1
   total = sum((x.read_bytes + x.write_bytes) * x.count for x in launches)
   assert summary["traffic_gb"] == pytest.approx(total / 1e9)
   assert summary["traffic_floor_ms"] == pytest.approx(total / 1e9 * 1e3)

@@ -237,47 +237,68 @@ def test_scanned_layers_leave_cached_forwards_unrolled_and_equal(tmp_path):
   assert np.array_equal(outs[0][0], outs[1][0]) and np.array_equal(outs[0][1], outs[1][1])
 
 
-def test_fused_attention_call_matches_attend_on_real_queries():
+@pytest.fixture
+def attend_calls(monkeypatch):
+  """Counts the traces that went through XLA's `attend` (the fused call's fallback included)."""
+  import lr_jax.models.transformer as transformer
+  calls, attend = [], transformer.attend
+  monkeypatch.setattr(transformer, "attend", lambda *a: calls.append(a[0].shape) or attend(*a))
+  return calls
+
+
+@pytest.mark.parametrize("t", [12, 11])
+def test_fused_attention_call_matches_attend_on_real_queries(attend_calls, t):
   """`attend_fused` (run through XLA here; cuDNN takes the same arguments on a GPU) against `attend`
-  with left and right padding, GQA 6 query heads per kv head: equal wherever the query is real."""
+  with left and right padding, GQA 6 query heads per kv head: equal wherever the query is real. An
+  odd length falls back to `attend` (cuDNN refuses a bias with odd lengths in training)."""
   from lr_jax.models.transformer import attend, attend_fused
-  b, t, h, kv, dh = 3, 12, 12, 2, 16
+  b, h, kv, dh = 3, 12, 2, 16
   q, k, v = (jax.random.normal(key, (b, t, n, dh), jnp.float32)
              for key, n in zip(jax.random.split(jax.random.key(0), 3), (h, kv, kv)))
   valid = np.ones((b, t), bool)
   valid[0, :5] = False  # left padding
   valid[1, 9:] = False  # right padding
   ours = attend_fused(q, k, v, jnp.asarray(valid), None, implementation="xla")
+  assert len(attend_calls) == t % 2
   ref = attend(q, k.swapaxes(1, 2), v.swapaxes(1, 2), jnp.arange(t), jnp.asarray(valid), None)
   assert ours.shape == ref.shape == (b, t, h, dh)
   np.testing.assert_allclose(np.asarray(ours)[valid], np.asarray(ref)[valid], atol=1e-5)
 
 
-def test_attention_auto_picks_xla_off_nvidia_gpus_and_bad_names_are_refused():
+def test_attention_kernel_choice_and_refusals():
   from lr_jax.models.config import ModelConfig
-  from lr_jax.models.transformer import Transformer, fused_attention_available
+  from lr_jax.models.transformer import Transformer, fused_attention_supported, on_nvidia_gpu
   cfg = ModelConfig(model_type="qwen2", vocab_size=64, hidden_size=32, num_layers=1, num_heads=4, num_kv_heads=2,
                     head_dim=8, intermediate_size=64, rms_norm_eps=1e-6, rope_theta=1e4,
                     max_position_embeddings=64, tie_word_embeddings=True, qkv_bias=True, o_bias=False)
+  assert fused_attention_supported(jnp.bfloat16, 128) and fused_attention_supported(jnp.float16, 64)
+  assert not fused_attention_supported(jnp.float32, 128) and not fused_attention_supported(jnp.bfloat16, 256)
+  assert not fused_attention_supported(jnp.bfloat16, 60)
   model = Transformer(cfg, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
-  assert model.attention == "auto"
-  assert fused_attention_available(jnp.bfloat16, 128) is (jax.devices()[0].platform == "gpu" and
-                                                          "nvidia" in jax.devices()[0].device_kind.lower())
+  assert model.attention == "auto" and model.fused_attention() is on_nvidia_gpu()
   if jax.devices()[0].platform == "cpu":
-    assert not model.fused_attention()
-  assert not fused_attention_available(jnp.float32, 128) and not fused_attention_available(jnp.bfloat16, 256)
+    assert not on_nvidia_gpu()
+  model.attention = "xla"
+  assert not model.fused_attention()
+  model.attention = "flash"  # set after construction: refused when a forward asks
+  with pytest.raises(ValueError, match="attention='flash'.*auto, xla, cudnn"):
+    model.fused_attention()
   with pytest.raises(ValueError, match="attention='flash'.*auto, xla, cudnn"):
     Transformer(cfg, attention="flash", rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="'cudnn'.*bf16 or fp16.*float32 with head_dim 8"):
+    Transformer(cfg, dtype=jnp.float32, attention="cudnn", rngs=nnx.Rngs(0)).fused_attention()
 
 
-@pytest.mark.parametrize("remat,scan_layers", [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize("remat,scan_layers", [(False, False), (True, False), (False, True), (True, True)])
 def test_fused_attention_path_forward_and_gradient_equal_xla_path(tmp_path, monkeypatch, remat, scan_layers):
   """The model's fused-attention path (k, v kept tokens-first, the flag static under remat, threaded
-  through the scan) with the fused call run through XLA: same loss, hidden states and gradients."""
+  through the scan) with the fused call run through XLA in float32: same loss, hidden states and
+  gradients as the XLA path."""
   import lr_jax.models.transformer as transformer
   fused = transformer.attend_fused
   monkeypatch.setattr(transformer, "attend_fused",
                       lambda q, k, v, valid, layout: fused(q, k, v, valid, layout, implementation="xla"))
+  monkeypatch.setattr(transformer, "fused_attention_supported", lambda dtype, head_dim: True)
   model_dir = make_tiny_hf(tmp_path, "qwen2", vocab_size=VOCAB, tokenizer=False, num_layers=2)
   ids, mask = left_padded_batch([16, 11], 16, VOCAB, seed=8)
   ids, mask = jnp.asarray(ids), jnp.asarray(mask)
@@ -295,8 +316,8 @@ def test_fused_attention_path_forward_and_gradient_equal_xla_path(tmp_path, monk
     np.testing.assert_allclose(np.asarray(b[...]), np.asarray(a[...]), atol=1e-5, err_msg=str(path))
 
 
-@pytest.mark.parametrize("mesh_shape", [(2, 2, 2), (1, 2, 4)])
-def test_fused_attention_call_on_a_mesh_equals_one_device(mesh_shape):
+@pytest.mark.parametrize("mesh_shape,falls_back", [((2, 2, 2), False), ((1, 2, 4), True)])
+def test_fused_attention_call_on_a_mesh_equals_one_device(attend_calls, mesh_shape, falls_back):
   """On 8 devices q, k, v are constrained alike (2 kv heads over 'tensor' 2), or, with more 'tensor'
   ways than kv heads, the call falls back to `attend`; both equal the single-device result."""
   from lr_jax.models.transformer import attend_fused
@@ -307,14 +328,14 @@ def test_fused_attention_call_on_a_mesh_equals_one_device(mesh_shape):
              for key, n in zip(jax.random.split(jax.random.key(1), 3), (h, kv, kv)))
   valid = jnp.asarray(np.arange(t)[None, :] >= np.asarray([0, 3, 0, 5])[:, None])
   one = attend_fused(q, k, v, valid, None, implementation="xla")
-  run = jax.jit(lambda *a: attend_fused(*a, layout, implementation="xla"))
-  np.testing.assert_allclose(np.asarray(run(q, k, v, valid))[np.asarray(valid)], np.asarray(one)[np.asarray(valid)],
-                             atol=1e-5)
+  sharded = jax.jit(lambda *a: attend_fused(*a, layout, implementation="xla"))(q, k, v, valid)
+  assert len(attend_calls) == int(falls_back)
+  np.testing.assert_allclose(np.asarray(sharded)[np.asarray(valid)], np.asarray(one)[np.asarray(valid)], atol=1e-5)
 
 
 def test_lm_head_backward_keeps_the_table_in_its_dtype():
-  """float32: the custom backward equals autodiff of the plain einsum; bf16: close to it, in bf16.
-  (That the table stays bf16 shows on a GPU compile, bench/gpu_hlo.py: XLA:CPU upcasts bf16 dots.)"""
+  """float32: the custom backward equals autodiff of the plain einsum; bf16: close to it, and the
+  hidden-state gradient multiplies the bf16 table itself where autodiff converts it to float32."""
   from lr_jax.models.transformer import lm_head
 
   def plain(h, w):
@@ -330,5 +351,9 @@ def test_lm_head_backward_keeps_the_table_in_its_dtype():
   hb, wb = h.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
   grad = jax.jit(jax.grad(loss, argnums=(1, 2)), static_argnums=0)
   for ours, ref in zip(grad(lm_head, hb, wb), grad(plain, hb, wb)):
-    assert ours.dtype == ref.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(ours, np.float32), np.asarray(ref, np.float32), rtol=0.02, atol=2e-3)
+
+  def hidden_grad_converts_table(head):  # the program handed to XLA, before any backend's rewrites
+    text = jax.jit(jax.grad(loss, argnums=1), static_argnums=0).lower(head, hb, wb).as_text()
+    return "(tensor<1000x32xbf16>) -> tensor<1000x32xf32>" in text
+  assert hidden_grad_converts_table(plain) and not hidden_grad_converts_table(lm_head)
