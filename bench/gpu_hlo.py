@@ -6,13 +6,16 @@ are left untuned (autotuning needs the card). This script compiles the accelerat
 (Qwen2.5-Math-1.5B expert, Qwen2.5-0.5B amateur, bf16, 151,936-row vocabulary) and reads off the
 optimized HLO, per step:
 
-  - launches: ops that run as kernels (fusions, custom calls, copies, ...); a while body counts
-    once per iteration (its known trip count), the decode loop's body once (one step),
+  - launches: ops that run as kernels (fusions, custom calls, copies, ...); a while loop of known
+    trip count n runs its body n times and its condition n + 1 times; the decode loop (unknown trip
+    count) is reported as one iteration, one generated token,
   - how many of them are GEMMs and cuDNN calls,
-  - HBM traffic: bytes each launch reads (its operands) and writes (its result). In-place
-    dynamic-update-slice writes only the update; a fused operand read through dynamic-slice counts
-    its slice. An upper bound where a kernel re-reads nothing and a lower bound where it does;
-    comparing variants of one step is what it is for,
+  - HBM traffic: bytes each launch reads (its operands) and writes (its result, less a custom
+    call's scratch workspace). An in-place dynamic-update-slice (a fusion whose root is one) writes
+    only the update; a fused operand read only through dynamic-slice (bitcasts followed) counts its
+    slice. Every other operand counts whole and once: too much where a kernel reads part of it (a
+    split-K partial sliced later), too little where it reads it twice. Comparing variants of one
+    step is what the figure is for,
   - the traffic floor: traffic / the target's bandwidth.
 
 Targets and their variants, each printed as a ratio to the first (the baseline) of its group:
