@@ -58,6 +58,7 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import accelerator_suite as suite  # noqa: E402
+from profile_steps import hlo_ops  # noqa: E402
 
 # XLA's GpuTargetConfig (text proto) of each card: what the compiler reads from a live device.
 _DEVICE_INFO = """gpu_device_info {{
@@ -140,6 +141,7 @@ class Module:
 
   def __init__(self, hlo: str):
     self.comps, self.entry = computations(hlo)
+    self.ops = hlo_ops(hlo)  # name -> opcode, kind (with " gemm" for matmuls), JAX source
     self.value_bytes: dict[str, int] = {}
     for lines in self.comps.values():
       for line in lines:
@@ -234,15 +236,11 @@ class Module:
       read, write = sum(sizes[1:]), self.value_bytes.get(root[3][1], 0) if len(root[3]) > 1 else 0
     elif root[2] == "dynamic-slice":
       read = write + sum(sizes[1:])
-    kind = re.search(r"kind=(k\w+)", line) if opcode == "fusion" else re.search(r'custom_call_target="([^"]+)"', line)
-    backend = re.search(r'"kind":"([^"]+)"', line)
-    own = " ".join((name, kind.group(1) if kind and opcode == "custom-call" else "",
-                    backend.group(1) if backend else ""))
-    source = re.search(r'op_name="([^"]*)"', line)
-    return Launch(name=name, opcode=opcode, kind=kind.group(1) if kind else "",
-                  gemm=bool(re.search(r"gemm|cublas|matmul", own, re.I)), cudnn="cudnn" in own.lower(),
-                  read_bytes=read, write_bytes=write, count=count, shape=re.sub(r"\{[^}]*\}", "", shape)[:70],
-                  source="/".join(source.group(1).split("/")[-3:])[:60] if source else "")
+    info = self.ops.get(name, {"kind": "", "source": ""})
+    cudnn = "cudnn" in (name + info["kind"]).lower()  # cuDNN attention and fusions, apart from GEMMs
+    return Launch(name=name, opcode=opcode, kind=info["kind"].removesuffix(" gemm"),
+                  gemm="gemm" in info["kind"] and not cudnn, cudnn=cudnn, read_bytes=read, write_bytes=write,
+                  count=count, shape=re.sub(r"\{[^}]*\}", "", shape)[:70], source=info["source"][:60])
 
 
 def summarise(launches: list[Launch], bandwidth: float, top: int = 8) -> dict[str, Any]:
