@@ -19,8 +19,10 @@ I/O). Sections, in order (each guarded: an error is recorded and the next sectio
   distill      `make_distill_step` with LoRA r 8 on q, v; 16 packed rows of 255 tokens, one kept step
                each (16 steps per update): updates/s and MFU (4 * trunk params * tokens + 4 * D * V
                per supervised step: the frozen base needs input gradients only) and compile time, for
-               the default (no remat, layers scanned), then unrolled layers and remat as the time
-               budget allows.
+               the default (no remat, unrolled layers, cuDNN attention on NVIDIA GPUs), then XLA
+               attention and scanned layers as the time budget allows. Updates are timed as the
+               distill stage runs them (each dispatched while the previous one computes, one sync
+               at the end: `step_s`, MFU) and also one sync per update (`synced_step_s`).
   torch        the original approach in PyTorch + transformers on the same device (a subprocess, so a
                CUDA-library clash cannot take the JAX results down): per problem, batch-1 expert
                `generate(output_scores=True)` then one amateur forward per generated prefix.
@@ -287,50 +289,97 @@ def decode_step_bytes(cfg: ModelConfig, batch: int, slots: int) -> int:
   return cfg.num_params() * 2 + cache
 
 
-def section_generate(ctx: Context) -> dict[str, Any]:
+def time_generation(ctx: Context, graphdef, state, batch: int) -> tuple[dict[str, Any], np.ndarray]:
+  """One batch of forced-length greedy generation: (timings, generated tokens `[B, out_len]`)."""
   s = ctx.shapes
   cfg = s.expert
-  graphdef, state = nnx.split(ctx.model("expert"))
-  ceilings = ctx.section("ceilings")
   out_len = output_slots(s.new_tokens)
   spec = DecodeSpec(sampling=SamplingConfig(), eos_ids=(), pad_id=0, valid_vocab=None,
                     slots=s.prompt_len + out_len, out_len=out_len, return_logprobs=False)
   start = jax.jit(functools.partial(start_decoding, graphdef, spec=spec))
   decode = jax.jit(functools.partial(decode_until, graphdef, spec=spec), donate_argnums=1)
   until = jnp.int32(s.new_tokens)
-  rng = np.random.default_rng(0)
-  result: dict[str, Any] = {"prompt_len": s.prompt_len, "new_tokens": s.new_tokens, "batches": {}}
+  tokens = jnp.asarray(random_ids(np.random.default_rng(batch), (batch, s.prompt_len), cfg.vocab_size))
+  args = (state, tokens, jnp.ones(tokens.shape, bool), jnp.arange(batch, dtype=jnp.int32), jnp.int32(0))
+  start_c, start_compile = compile_timed(start, *args)
+  first = start_c(*args)
+  decode_c, decode_compile = compile_timed(decode, state, first, until)
+  t0 = time.perf_counter()
+  jax.block_until_ready(decode_c(state, first, until))
+  first_call = time.perf_counter() - t0
+  prefill_s, decode_s = [], []
+  for _ in range(ctx.repeats):
+    t0 = time.perf_counter()
+    started = jax.block_until_ready(start_c(*args))
+    t1 = time.perf_counter()
+    done = jax.block_until_ready(decode_c(state, started, until))
+    prefill_s.append(t1 - t0)
+    decode_s.append(time.perf_counter() - t1)
+  full = bool(np.all(np.asarray(done.num_tokens) == s.new_tokens))
+  prefill, dec = statistics.median(prefill_s), statistics.median(decode_s)
+  step = dec / max(s.new_tokens - 1, 1)
+  row = {"tokens_per_s": batch * s.new_tokens / (prefill + dec), "prefill_s": prefill, "decode_s": dec,
+         "step_s": step, "compile_s": start_compile + decode_compile, "decode_first_call_s": first_call,
+         "all_rows_full_length": full, "step_bytes": decode_step_bytes(cfg, batch, spec.slots)}
+  ceilings = ctx.section("ceilings")
+  if ceilings:
+    row["roofline_fraction"] = row["step_bytes"] / ceilings["copy_bytes_per_s"] / step
+  return row, np.asarray(done.tokens)
+
+
+def check_decode_kernel(ctx: Context, batch: int) -> dict[str, Any]:
+  """The Pallas decode-attention kernel against XLA's `attend` on one layer's random bf16 query and
+  cache (3/4 of the slots written): relative L2 error of the output, and median time of each."""
+  from lr_jax.models.transformer import attend
+  from lr_jax.ops.decode_attention import decode_attention
+  cfg, s = ctx.shapes.expert, ctx.shapes
+  slots = s.prompt_len + output_slots(s.new_tokens)
+  end = 3 * slots // 4
+  kq, kk, kv = jax.random.split(jax.random.key(5), 3)
+  q = jax.random.normal(kq, (batch, cfg.num_heads, cfg.head_dim), jnp.bfloat16)
+  k, v = (jax.random.normal(key, (batch, cfg.num_kv_heads, slots, cfg.head_dim), jnp.bfloat16) for key in (kk, kv))
+  valid = jnp.arange(slots)[None, :] < end
+  valid = jnp.broadcast_to(valid, (batch, slots)).at[::2, :7].set(False)  # some left padding
+  ours = jax.jit(decode_attention)
+  ref = jax.jit(lambda q, k, v, valid, end: attend(q[:, None], k, v, end[None] - 1, valid, None)[:, 0])
+  a = (q, k, v, valid, jnp.int32(end))
+  out, want = ours(*a).astype(jnp.float32), ref(*a).astype(jnp.float32)
+  return {"rel_error": float(jnp.linalg.norm(out - want) / jnp.linalg.norm(want)),
+          "pallas_s": statistics.median(timed_calls(lambda: ours(*a), 20)),
+          "xla_s": statistics.median(timed_calls(lambda: ref(*a), 20)), "batch": batch, "slots": slots, "end": end}
+
+
+def section_generate(ctx: Context) -> dict[str, Any]:
+  """Greedy generation at each batch with the model's decode attention ("auto": the Pallas kernel on
+  NVIDIA GPUs) and, where that is the Pallas kernel, with XLA's attention too (speed-up, and the
+  share of rows whose greedy tokens agree)."""
+  s = ctx.shapes
+  model = ctx.model("expert")
+  pallas = model.pallas_decode(max(s.gen_batches), s.prompt_len + output_slots(s.new_tokens))
+  result: dict[str, Any] = {"prompt_len": s.prompt_len, "new_tokens": s.new_tokens,
+                            "decode_attention": "pallas" if pallas else "xla", "batches": {}}
+  if pallas:
+    result["kernel_check"] = check_decode_kernel(ctx, max(s.gen_batches))
   for batch in s.gen_batches:
     if elapsed() > ctx.args.budget_seconds:
       result["batches"][str(batch)] = {"status": "skipped", "note": "time budget spent"}
       continue
-    tokens = jnp.asarray(random_ids(rng, (batch, s.prompt_len), cfg.vocab_size))
-    args = (state, tokens, jnp.ones(tokens.shape, bool), jnp.arange(batch, dtype=jnp.int32), jnp.int32(0))
-    start_c, start_compile = compile_timed(start, *args)
-    first = start_c(*args)
-    decode_c, decode_compile = compile_timed(decode, state, first, until)
-    t0 = time.perf_counter()
-    jax.block_until_ready(decode_c(state, first, until))
-    first_call = time.perf_counter() - t0
-    prefill_s, decode_s = [], []
-    for _ in range(ctx.repeats):
-      t0 = time.perf_counter()
-      started = jax.block_until_ready(start_c(*args))
-      t1 = time.perf_counter()
-      done = jax.block_until_ready(decode_c(state, started, until))
-      prefill_s.append(t1 - t0)
-      decode_s.append(time.perf_counter() - t1)
-    full = bool(np.all(np.asarray(done.num_tokens) == s.new_tokens))
-    prefill, dec = statistics.median(prefill_s), statistics.median(decode_s)
-    step = dec / max(s.new_tokens - 1, 1)
-    row = {"tokens_per_s": batch * s.new_tokens / (prefill + dec), "prefill_s": prefill, "decode_s": dec,
-           "step_s": step, "compile_s": start_compile + decode_compile, "decode_first_call_s": first_call,
-           "all_rows_full_length": full, "step_bytes": decode_step_bytes(cfg, batch, spec.slots)}
-    if ceilings:
-      row["roofline_fraction"] = row["step_bytes"] / ceilings["copy_bytes_per_s"] / step
+    row, tokens = time_generation(ctx, *nnx.split(model), batch)
+    log(f"generate batch {batch} ({result['decode_attention']} decode attention): {row['tokens_per_s']:.0f} new "
+        f"tok/s, {row['step_s'] * 1e3:.2f} ms/step, roofline {row.get('roofline_fraction', float('nan')) * 100:.1f}%, "
+        f"compile {row['compile_s']:.1f} s")
+    if pallas:
+      chosen, model.decode_attention = model.decode_attention, "xla"  # static: read when traced
+      xla, xla_tokens = time_generation(ctx, *nnx.split(model), batch)
+      model.decode_attention = chosen
+      xla["pallas_speedup"] = xla["step_s"] / row["step_s"]
+      xla["rows_agreeing"] = float(np.mean(np.all(tokens == xla_tokens, axis=1)))
+      xla["first_tokens_agreeing"] = float(np.mean(tokens[:, 0] == xla_tokens[:, 0]))
+      row["xla_decode_attention"] = xla
+      log(f"generate batch {batch} (xla decode attention): {xla['step_s'] * 1e3:.2f} ms/step, roofline "
+          f"{xla.get('roofline_fraction', float('nan')) * 100:.1f}%: Pallas {xla['pallas_speedup']:.2f}x; "
+          f"rows agreeing {100 * xla['rows_agreeing']:.0f}%")
     result["batches"][str(batch)] = row
-    log(f"generate batch {batch}: {row['tokens_per_s']:.0f} new tok/s, {step * 1e3:.2f} ms/step, "
-        f"roofline {row.get('roofline_fraction', float('nan')) * 100:.1f}%, compile {row['compile_s']:.1f} s")
   return result
 
 
@@ -520,21 +569,28 @@ def section_distill(ctx: Context) -> dict[str, Any]:
       holder["state"], m = compiled(holder["state"], frozen, batch)
       return m
 
-    secs = statistics.median(timed_calls(one_update, ctx.repeats))
+    synced = statistics.median(timed_calls(one_update, ctx.repeats))
+    # As the distill stage runs: each update dispatched while the previous one computes, one sync at the end.
+    n = 2 * ctx.repeats
+    secs = min(timed_calls(lambda: [one_update() for _ in range(n)][-1], 2)) / n
     row = {"attention_kernel": "cudnn" if model.fused_attention() else "xla",
-           "first_loss": float(metrics["loss"]), "step_s": secs, "updates_per_s": 1.0 / secs,
+           "first_loss": float(metrics["loss"]), "first_grad_norm": float(metrics["grad_norm"]),
+           "step_s": secs, "updates_per_s": 1.0 / secs,
+           "synced_step_s": synced, "synced_mfu_vs_nominal": mfu(flops, synced, ctx)["mfu_vs_nominal"],
            "compile_s": compile_s, "first_call_s": first_call,
            "compiled_temp_bytes": temp, "loss_finite": bool(np.isfinite(float(metrics["loss"]))),
            **mfu(flops, secs, ctx), "memory_after": device_memory()}
     result["variants"][name] = row
-    log(f"distill {name}: {row['updates_per_s']:.2f} updates/s ({secs * 1e3:.0f} ms), "
-        f"MFU {row['mfu_vs_nominal'] * 100:.1f}% of nominal, compile {compile_s:.1f} s")
+    log(f"distill {name}: {row['updates_per_s']:.2f} updates/s ({secs * 1e3:.1f} ms pipelined, "
+        f"{synced * 1e3:.1f} ms each synced), MFU {row['mfu_vs_nominal'] * 100:.1f}% of nominal "
+        f"({row['synced_mfu_vs_nominal'] * 100:.1f}% synced), compile {compile_s:.1f} s")
     holder.clear()  # the next variant builds its own state; free this one first
   rows = [v for v in result["variants"].values() if "first_loss" in v]
   xla = [v for v in rows if v["attention_kernel"] == "xla"]
   for v in rows:  # every variant's first update starts from the same state and batch
     if xla and v["attention_kernel"] == "cudnn":
-      v["first_loss_rel_diff_vs_xla"] = abs(v["first_loss"] - xla[0]["first_loss"]) / abs(xla[0]["first_loss"])
+      for key in ("first_loss", "first_grad_norm"):
+        v[f"{key}_rel_diff_vs_xla"] = abs(v[key] - xla[0][key]) / abs(xla[0][key])
   return result
 
 
@@ -700,10 +756,22 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
   c = ok("ceilings")
   rows += [("matmul peak (measured)", _fmt(c.get("matmul_flops_per_s"), 1e-12, " TFLOP/s")),
            ("copy bandwidth (measured)", _fmt(c.get("copy_bytes_per_s"), 1e-9, " GB/s"))]
-  for b, g in ok("generate").get("batches", {}).items():
-    rows.append((f"generate batch {b}", f"{_fmt(g.get('tokens_per_s'), digits=0)} tok/s, roofline "
-                 f"{_fmt(g.get('roofline_fraction'), 100, '%')}, compile {_fmt(g.get('compile_s'), unit=' s')}"
+  gen = ok("generate")
+  for b, g in gen.get("batches", {}).items():
+    rows.append((f"generate batch {b}", f"{_fmt(g.get('tokens_per_s'), digits=0)} tok/s, "
+                 f"{_fmt(g.get('step_s'), 1e3, ' ms/step', 2)}, roofline {_fmt(g.get('roofline_fraction'), 100, '%')}, "
+                 f"compile {_fmt(g.get('compile_s'), unit=' s')}, {gen.get('decode_attention')} decode attention"
                  if "tokens_per_s" in g else g.get("note", "-")))
+    x = g.get("xla_decode_attention")
+    if x:
+      rows.append((f"generate batch {b}, XLA attention", f"{_fmt(x['step_s'], 1e3, ' ms/step', 2)}, roofline "
+                   f"{_fmt(x.get('roofline_fraction'), 100, '%')}: Pallas {_fmt(x['pallas_speedup'], unit='x', digits=2)}"
+                   f"; rows agreeing {_fmt(x['rows_agreeing'], 100, '%')}, first tokens "
+                   f"{_fmt(x['first_tokens_agreeing'], 100, '%')}"))
+  if "kernel_check" in gen:
+    kc = gen["kernel_check"]
+    rows.append(("decode attention kernel vs XLA", f"rel. error {kc['rel_error']:.2g} (bf16), "
+                 f"{_fmt(kc['pallas_s'], 1e6, ' us', 0)} vs {_fmt(kc['xla_s'], 1e6, ' us', 0)} per layer call"))
   k = ok("contrastive")
   if k:
     check = k["no_full_logits"]
@@ -729,8 +797,9 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
   for name, v in ok("distill").get("variants", {}).items():
     rows.append((f"distill {name}", f"{_fmt(v.get('updates_per_s'), digits=2)} updates/s, MFU "
                  f"{_fmt(v.get('mfu_vs_measured'), 100, '%')} measured / {_fmt(v.get('mfu_vs_nominal'), 100, '%')} "
-                 f"nominal, compile {_fmt(v.get('compile_s'), unit=' s')}, {v.get('attention_kernel')} attention"
-                 + (f" (first loss {_fmt(v['first_loss_rel_diff_vs_xla'], 100, '%', 2)} from XLA's)"
+                 f"nominal ({_fmt(v.get('synced_mfu_vs_nominal'), 100, '%')} synced per update), compile {_fmt(v.get('compile_s'), unit=' s')}, {v.get('attention_kernel')} attention"
+                 + (f" (first loss {_fmt(v['first_loss_rel_diff_vs_xla'], 100, '%', 2)}, gradient norm "
+                    f"{_fmt(v['first_grad_norm_rel_diff_vs_xla'], 100, '%', 2)} from XLA's)"
                     if "first_loss_rel_diff_vs_xla" in v else "") if "step_s" in v else v.get("note", "-")))
   t = ok("torch")
   if t:

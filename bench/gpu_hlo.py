@@ -272,12 +272,12 @@ def _abstract(tree, sharding):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
-def decode_hlo(shapes: suite.Shapes, batch: int, sharding) -> str:
+def decode_hlo(shapes: suite.Shapes, batch: int, decode_attention: str, sharding) -> str:
   from lr_jax.generation.engine import DecodeSpec, decode_until, output_slots, start_decoding
   from lr_jax.generation.sampling import SamplingConfig
   from lr_jax.models.transformer import Transformer
-  graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(shapes.expert, dtype=jnp.bfloat16,
-                                                                 rngs=nnx.Rngs(0))))
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(
+      shapes.expert, dtype=jnp.bfloat16, decode_attention=decode_attention, rngs=nnx.Rngs(0))))
   state = _abstract(state, sharding)
   out_len = output_slots(shapes.new_tokens)
   spec = DecodeSpec(sampling=SamplingConfig(), eos_ids=(), pad_id=0, valid_vocab=None,
@@ -341,7 +341,7 @@ def variants(target: str, shapes: suite.Shapes, devices) -> list[tuple[str, Call
             for m in ((1, 8, 1), (2, 2, 2), (4, 1, 2), (1, 2, 4))]
   if target.startswith("decode_b"):
     batch = int(target[len("decode_b"):])
-    return [("xla", lambda: decode_hlo(shapes, batch, sharding), True)]
+    return [(kernel, functools.partial(decode_hlo, shapes, batch, kernel, sharding), True) for kernel in ("xla", "pallas")]
   if target == "distill":
     return [(f"{'scan' if scan else 'unrolled'}+{attn}",
              functools.partial(distill_hlo, shapes, scan, attn, sharding), False)

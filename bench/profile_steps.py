@@ -7,14 +7,17 @@ optimized HLO, which gives:
 
   - wall time per step (untraced, and traced), and the device's busy time per step (the union of
     op intervals) against the traced wall time; the gap is time the device waited on launches or
-    the host while traced (profiling adds per-launch cost and turns XLA's CUDA graphs off),
+    the host while traced (profiling adds per-launch cost). XLA:GPU runs loop bodies and long
+    launch sequences as CUDA graphs (command buffers), whose kernels the trace attributes to one
+    `command_buffer_N` op: --no-command-buffers turns them off, for time per HLO op,
   - kernels (GPU) or thunks (CPU) launched per step,
   - time per category (matmul, fusion kinds, copies, collectives, ...) and the top ops, each with
     its HLO opcode and fusion kind, so a slow `fusion.123` can be read in OUT/<target>/hlo.txt.gz,
   - XLA's own cost model of the executable (flops, bytes accessed; a while body counted once).
 
 Targets (a "step" is one decoded token; the distill target's step is one update):
-  decode_b{64,256}   `generation.engine.decode_until`, 128 new tokens after a 128-token prompt
+  decode_b{64,256}   `generation.engine.decode_until`, 128 new tokens after a 128-token prompt, with
+                     the one-token attention kernel of --decode-attention (a suffix names it unless "auto")
   lockstep_b{N}      `lockstep.lockstep_decode` at the sampling stage's default batch (prefill included)
   distill            `make_distill_step`, 16 rows x 255 tokens, LoRA r 8 on q, v (the default: no remat,
                      unrolled layers, attention "auto", i.e. cuDNN on NVIDIA GPUs)
@@ -156,8 +159,8 @@ def busy_time(events: list[dict[str, Any]]) -> float:
 def summarise(events: list[dict[str, Any]], where: str, ops: dict[str, dict[str, str]], steps: int,
               wall_s: float, traced_wall_s: float) -> dict[str, Any]:
   """Per-step figures and the top ops of `steps` steps: `wall_s` untraced, `traced_wall_s` the
-  traced run the events come from (tracing adds per-launch cost, and XLA:GPU runs no CUDA graphs
-  while profiling, so device-busy time is compared with the traced wall time).
+  traced run the events come from (tracing adds per-launch cost, so device-busy time is compared
+  with the traced wall time).
 
   Control ops (while, conditional, call) are left out: where they appear as events (XLA:CPU) their
   span holds the ops of their bodies, which are counted themselves. A launch is one kernel (GPU)
@@ -227,9 +230,10 @@ def profile(name: str, compiled, call: Callable[[], Any], steps: int, out: str, 
 
 # ---------------------------------------------------------------------------------------- targets
 
-def target_decode(shapes: suite.Shapes, batch: int):
+def target_decode(shapes: suite.Shapes, batch: int, decode_attention: str):
   cfg = shapes.expert
-  graphdef, state = nnx.split(Transformer(cfg, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(Transformer(cfg, dtype=jnp.bfloat16, decode_attention=decode_attention,
+                                          rngs=nnx.Rngs(0)))
   out_len = output_slots(shapes.new_tokens)
   spec = DecodeSpec(sampling=SamplingConfig(), eos_ids=(), pad_id=0, valid_vocab=None,
                     slots=shapes.prompt_len + out_len, out_len=out_len, return_logprobs=False)
@@ -302,6 +306,10 @@ def main(argv=None) -> dict[str, Any]:
   p.add_argument("--smoke", action="store_true", help="tiny shapes on CPU")
   p.add_argument("--targets", default="decode,lockstep,distill", help=f"comma-separated subset of {','.join(TARGETS)}")
   p.add_argument("--calls", type=int, default=2, help="traced calls per target")
+  p.add_argument("--no-command-buffers", action="store_true",
+                 help="XLA:GPU without CUDA graphs, so the trace times each HLO op (set before the backend starts)")
+  p.add_argument("--decode-attention", default="auto", choices=("auto", "xla", "pallas"),
+                 help="the decode target's one-token attention kernel (Transformer.decode_attention)")
   p.add_argument("--keep-traces", action="store_true", help="keep OUT/<target>/trace (perfetto + xplane)")
   args = p.parse_args(argv)
   shapes = suite.SMOKE if args.smoke else suite.FULL
@@ -310,12 +318,16 @@ def main(argv=None) -> dict[str, Any]:
   if unknown or not wanted:
     raise SystemExit(f"--targets: {','.join(sorted(unknown)) or '(empty)'} not among {','.join(TARGETS)}")
   os.makedirs(args.out, exist_ok=True)
+  if args.no_command_buffers:
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_gpu_enable_command_buffer="
   dev = jax.devices()[0]
   results: dict[str, Any] = {"device": f"{dev.device_kind} ({dev.platform})", "jax": jax.__version__,
-                             "smoke": args.smoke, "targets": {}}
+                             "smoke": args.smoke, "command_buffers": not args.no_command_buffers, "targets": {}}
   builders: list[tuple[str, Callable[[], tuple]]] = []
   if "decode" in wanted:
-    builders += [(f"decode_b{b}", functools.partial(target_decode, shapes, b)) for b in shapes.gen_batches]
+    suffix = "" if args.decode_attention == "auto" else f"_{args.decode_attention}"
+    builders += [(f"decode_b{b}{suffix}", functools.partial(target_decode, shapes, b, args.decode_attention))
+                 for b in shapes.gen_batches]
   if "lockstep" in wanted:
     from lr_jax import lockstep
     b, chunk = lockstep.default_sampling_batch(shapes.expert, shapes.amateur, shapes.expert.vocab_size,

@@ -7,10 +7,12 @@ Weights are stored einsum-ready (`[D, H, Dh]` for q, `[H, Dh, D]` for o, `[D, F]
 tagged with logical axis names; `lr_jax.sharding` maps the names onto the mesh. RMSNorm statistics,
 RoPE, attention softmax and logits are float32; everything else runs in the parameter dtype.
 
-Attention runs through XLA (`attend`: explicit float32 scores, any dtype and platform) or, for
-cache-free forwards on NVIDIA GPUs in bf16/fp16, through cuDNN's fused flash attention
+Attention runs through XLA (`attend`: explicit float32 scores, any dtype and platform) or, on
+NVIDIA GPUs in bf16/fp16, through fused kernels: cuDNN's flash attention for cache-free forwards
 (`attend_fused`: the same masks as a `[B, 1, T, T]` bias, float32 softmax inside the kernel, no
-`[B, H, T, S]` scores in memory); `Transformer(attention="auto")` picks per platform when a forward is traced.
+`[B, H, T, S]` scores in memory) and a Pallas kernel for one-token decode steps
+(`lr_jax.ops.decode_attention`: one kernel per layer, reads only the slots written so far).
+`Transformer(attention="auto", decode_attention="auto")` picks per platform when a forward is traced.
 """
 from __future__ import annotations
 
@@ -23,10 +25,12 @@ import numpy as np
 from flax import nnx
 
 from lr_jax.models.config import ModelConfig
+from lr_jax.ops import decode_attention as decode_attention_ops
 from lr_jax.sharding import Layout, constrain
 
 _MASKED = -1e30  # finite, so a fully padded query row gives a uniform (ignored) softmax instead of NaN
-ATTENTION_KERNELS = ("auto", "xla", "cudnn")
+ATTENTION_KERNELS = ("auto", "xla", "cudnn")  # cache-free forwards
+DECODE_KERNELS = ("auto", "xla", "pallas")  # one-token steps over a KV cache
 
 
 @flax.struct.dataclass
@@ -214,16 +218,17 @@ class Attention(nnx.Module):
     self.v_proj = Proj((d,), (kv, dh), ("embed",), ("kv_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
     self.o_proj = Proj((h, dh), (d,), ("heads", "head_dim"), ("embed",), bias=cfg.o_bias, dtype=dtype, rngs=rngs)
 
-  def __call__(self, x, positions, inv_freq, k_cache, v_cache, valid, start, fused: bool = False):
+  def __call__(self, x, positions, inv_freq, k_cache, v_cache, valid, start, kernel: str = "xla"):
     """x `[B, T, D]`; k_cache/v_cache `[B, K, S, Dh]` (or None: attend within x); valid bool `[B, S]`;
-    fused: cache-free only, attend through cuDNN (`attend_fused`); the keys and values returned are
-    then `[B, T, K, Dh]`."""
-    if fused and k_cache is not None:
-      raise ValueError("fused attention is for cache-free forwards; a cached forward uses attend")
+    kernel: "xla" (`attend`), "cudnn" (cache-free only, `attend_fused`; the keys and values returned
+    are then `[B, T, K, Dh]`) or "pallas" (one token over a cache, `decode_attention`)."""
+    if kernel == "cudnn" and k_cache is not None or kernel == "pallas" and (k_cache is None or x.shape[1] != 1):
+      raise ValueError(f"attention kernel {kernel!r} does not take this call (cuDNN: cache-free forwards; "
+                       f"Pallas: one token over a cache)")
     q = apply_rope(self.q_proj(x), positions, inv_freq)
     k = apply_rope(self.k_proj(x), positions, inv_freq)  # [B, T, K, Dh]
     v = self.v_proj(x)
-    if fused:
+    if kernel == "cudnn":
       return self.o_proj(attend_fused(q, k, v, valid, self.layout)), k, v
     k, v = k.swapaxes(1, 2), v.swapaxes(1, 2)  # [B, K, T, Dh]: the cache's layout
     t = x.shape[1]
@@ -233,7 +238,11 @@ class Attention(nnx.Module):
       k_all = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), start, axis=2)
       v_all = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), start, axis=2)
       slots = start + jnp.arange(t)
-    out = attend(q, k_all, v_all, slots, valid, self.layout)
+    if kernel == "pallas":
+      out = decode_attention_ops.decode_attention(q[:, 0], k_all, v_all, valid, start + 1, self.layout)[:, None]
+      out = constrain(self.layout, out, ("batch", "length", "act_heads", None))
+    else:
+      out = attend(q, k_all, v_all, slots, valid, self.layout)
     return self.o_proj(out), k_all, v_all
 
 
@@ -260,8 +269,8 @@ class DecoderLayer(nnx.Module):
     self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
     self.mlp = MLP(cfg, dtype, layout, rngs)
 
-  def __call__(self, x, positions, inv_freq, k_cache, v_cache, valid, start, fused=False):
-    h, k, v = self.attn(self.input_norm(x), positions, inv_freq, k_cache, v_cache, valid, start, fused)
+  def __call__(self, x, positions, inv_freq, k_cache, v_cache, valid, start, kernel="xla"):
+    h, k, v = self.attn(self.input_norm(x), positions, inv_freq, k_cache, v_cache, valid, start, kernel)
     x = x + h
     return x + self.mlp(self.post_attn_norm(x)), k, v
 
@@ -277,19 +286,27 @@ class Transformer(nnx.Module):
   the layers, which compiles one layer instead of L. Cached forwards (prefill, decode) always unroll
   the layers, so each layer's cache is updated in place. `attention` picks the kernel of cache-free
   forwards: "xla" (`attend`), "cudnn" (`attend_fused`, NVIDIA GPUs, bf16/fp16), or "auto": cudnn
-  where `fused_attention_supported` and `on_nvidia_gpu`, else xla. Cached forwards always use `attend`.
+  where `fused_attention_supported` and `on_nvidia_gpu`, else xla. `decode_attention` picks the
+  kernel of one-token steps over a cache: "xla", "pallas" (`lr_jax.ops.decode_attention`; compiled
+  on NVIDIA GPUs, interpreted elsewhere), or "auto": pallas where `decode_attention.supported` and
+  `on_nvidia_gpu`, else xla. Prefill (several tokens over a cache) uses `attend`.
   """
 
   def __init__(self, cfg: ModelConfig, *, dtype=jnp.bfloat16, layout: Layout | None = None,
-               remat: bool = False, scan_layers: bool = False, attention: str = "auto", rngs: nnx.Rngs):
+               remat: bool = False, scan_layers: bool = False, attention: str = "auto",
+               decode_attention: str = "auto", rngs: nnx.Rngs):
     if attention not in ATTENTION_KERNELS:
       raise ValueError(f"Transformer attention={attention!r}: expected one of {', '.join(ATTENTION_KERNELS)}")
+    if decode_attention not in DECODE_KERNELS:
+      raise ValueError(f"Transformer decode_attention={decode_attention!r}: expected one of "
+                       f"{', '.join(DECODE_KERNELS)}")
     self.config = cfg
     self.dtype = dtype
     self.layout = layout
     self.remat = remat
     self.scan_layers = scan_layers
     self.attention = attention
+    self.decode_attention = decode_attention
     emb = jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.hidden_size), jnp.float32) * 0.02
     self.embed = nnx.Param(emb.astype(dtype), logical_axes=("vocab", "embed"))
     self.layers = nnx.List([DecoderLayer(cfg, dtype, layout, rngs) for _ in range(cfg.num_layers)])
@@ -324,14 +341,17 @@ class Transformer(nnx.Module):
       valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, mask, cache.end, axis=1)
       start = cache.end
     call = nnx.remat(DecoderLayer.__call__, static_argnums=(8,)) if self.remat else DecoderLayer.__call__
-    fused = cache is None and self.fused_attention()
+    if cache is None:
+      kernel = "cudnn" if self.fused_attention() else "xla"
+    else:
+      kernel = "pallas" if tokens.shape[1] == 1 and self.pallas_decode(tokens.shape[0], cache.valid.shape[1]) else "xla"
     if cache is None and self.scan_layers:
-      return self.final_norm(self._scanned_layers(call, x, positions, inv_freq, valid, fused)), None
+      return self.final_norm(self._scanned_layers(call, x, positions, inv_freq, valid, kernel)), None
     new_k, new_v = [], []
     for i, layer in enumerate(self.layers):
       kc = None if cache is None else cache.k[i]
       vc = None if cache is None else cache.v[i]
-      x, k, v = call(layer, x, positions, inv_freq, kc, vc, valid, start, fused)
+      x, k, v = call(layer, x, positions, inv_freq, kc, vc, valid, start, kernel)
       x = constrain(self.layout, x, ("batch", "length", "act_embed"))
       new_k.append(k)
       new_v.append(v)
@@ -352,7 +372,25 @@ class Transformer(nnx.Module):
                        f"{self.config.head_dim} (use attention='xla' or 'auto')")
     return self.attention == "cudnn" or (self.attention == "auto" and supported and on_nvidia_gpu())
 
-  def _scanned_layers(self, call, x, positions, inv_freq, valid, fused) -> jax.Array:
+  def pallas_decode(self, batch: int, slots: int) -> bool:
+    """Whether one-token steps over a cache of `slots` traced now attend through the Pallas kernel
+    (see `decode_attention`); "pallas" on a cache the kernel cannot take is refused here. Under a
+    mesh that shards the slots, or splits the query heads unlike the kv heads, they use XLA."""
+    if self.decode_attention not in DECODE_KERNELS:
+      raise ValueError(f"Transformer.decode_attention={self.decode_attention!r}: expected one of "
+                       f"{', '.join(DECODE_KERNELS)}")
+    cfg = self.config
+    ok = decode_attention_ops.supported(self.dtype, cfg.head_dim, slots)
+    if self.decode_attention == "pallas" and not ok:
+      raise ValueError(f"Transformer decode_attention='pallas': the kernel needs bf16 or fp16, a power-of-two "
+                       f"head_dim of 16..256 and a cache length divisible by 16; this model is "
+                       f"{jnp.dtype(self.dtype).name} with head_dim {cfg.head_dim}, cache {slots} slots "
+                       f"(use decode_attention='xla' or 'auto')")
+    wanted = self.decode_attention == "pallas" or (self.decode_attention == "auto" and ok and on_nvidia_gpu())
+    return wanted and decode_attention_ops.shardable(self.layout, (batch, cfg.num_heads, cfg.head_dim),
+                                                     (batch, cfg.num_kv_heads, slots, cfg.head_dim))
+
+  def _scanned_layers(self, call, x, positions, inv_freq, valid, kernel) -> jax.Array:
     """The layers as one `lax.scan` over their stacked states: XLA compiles one layer, not L.
 
     Stacking holds a second copy of the layer weights for the call (sharded like the originals),
@@ -368,7 +406,7 @@ class Transformer(nnx.Module):
 
     def body(x, state):
       layer = nnx.merge(graphdef, state)
-      x, _, _ = call(layer, x, positions, inv_freq, None, None, valid, None, fused)
+      x, _, _ = call(layer, x, positions, inv_freq, None, None, valid, None, kernel)
       x = constrain(self.layout, x, ("batch", "length", "act_embed"))
       return x, nnx.state(layer, nnx.RngState) if dropout else None
 

@@ -102,14 +102,15 @@ def test_summary_rows_show_the_cudnn_against_xla_attention_figures(suite):
                                         "kl_max_abs_diff": 0.012, "kept_agreement": 0.998}},
       "distill": {"status": "ok", "variants": {
           "no_remat_unrolled": {"step_s": 0.05, "updates_per_s": 20.0, "mfu_vs_measured": 0.55, "mfu_vs_nominal": 0.44,
-                                "compile_s": 50.0, "attention_kernel": "cudnn", "first_loss_rel_diff_vs_xla": 0.0031},
+                                "compile_s": 50.0, "attention_kernel": "cudnn", "first_loss_rel_diff_vs_xla": 0.0031,
+                                "first_grad_norm_rel_diff_vs_xla": 0.012},
           "no_remat_unrolled_xla": {"step_s": 0.061, "updates_per_s": 16.4, "mfu_vs_measured": 0.45,
                                     "mfu_vs_nominal": 0.357, "compile_s": 53.0, "attention_kernel": "xla"}}}}}
   rows = dict(suite.summary_rows(results))
   assert "cudnn attention" in rows["contrastive (64 x 256 tok)"]
   assert rows["contrastive, XLA attention"] == ("433.0 traj/s, MFU 41.5% nominal: cuDNN 1.16x; KL max diff 0.012, "
                                                 "kept agree 99.8%")
-  assert rows["distill no_remat_unrolled"].endswith("cudnn attention (first loss 0.31% from XLA's)")
+  assert rows["distill no_remat_unrolled"].endswith("cudnn attention (first loss 0.31%, gradient norm 1.20% from XLA's)")
   assert rows["distill no_remat_unrolled_xla"].endswith("compile 53.0 s, xla attention")
 
 
@@ -131,4 +132,24 @@ def test_smoke_run_with_fused_attention_compares_it_with_xla(suite, tmp_path, mo
   assert con["xla_attention"]["kl_max_abs_diff"] < 1e-4 and con["xla_attention"]["kept_agreement"] == 1.0
   fused_row, xla_row = sec["distill"]["variants"]["remat_scan"], sec["distill"]["variants"]["remat_scan_xla"]
   assert (fused_row["attention_kernel"], xla_row["attention_kernel"]) == ("cudnn", "xla")
-  assert fused_row["first_loss_rel_diff_vs_xla"] < 1e-5
+  assert fused_row["first_loss_rel_diff_vs_xla"] < 1e-5 and fused_row["first_grad_norm_rel_diff_vs_xla"] < 1e-5
+  assert fused_row["step_s"] > 0 and fused_row["synced_step_s"] > 0
+
+
+def test_smoke_run_with_pallas_decode_compares_it_with_xla(suite, tmp_path, monkeypatch):
+  """The GPU-only generation rows (the Pallas decode kernel, here through Pallas' interpreter, timed
+  and checked against XLA's attention), with a 64-slot cache the kernel takes."""
+  import lr_jax.models.transformer as transformer
+  monkeypatch.setattr(transformer, "on_nvidia_gpu", lambda: True)
+  monkeypatch.setattr(suite, "SMOKE", suite.dataclasses.replace(suite.SMOKE, prompt_len=32))
+  results = suite.main(["--smoke", "--out", str(tmp_path), "--sections", "ceilings,generate"])
+  gen = results["sections"]["generate"]
+  assert gen["decode_attention"] == "pallas" and gen["kernel_check"]["rel_error"] < 1e-2
+  row = gen["batches"]["16"]
+  xla = row["xla_decode_attention"]
+  assert row["all_rows_full_length"] and xla["all_rows_full_length"] and xla["pallas_speedup"] > 0
+  assert xla["first_tokens_agreeing"] >= 0.9
+  rows = dict(suite.summary_rows(results))
+  assert rows["generate batch 16"].endswith("pallas decode attention")
+  assert "rows agreeing" in rows["generate batch 16, XLA attention"]
+  assert rows["decode attention kernel vs XLA"].startswith("rel. error")

@@ -142,6 +142,56 @@ def test_kv_cache_prefill_then_steps_equals_full_forward(qwen2_tiny):
   np.testing.assert_array_equal(np.asarray(cache.valid), np.concatenate([full_mask, np.zeros((2, 3), bool)], 1))
 
 
+def test_pallas_decode_steps_equal_full_forward(qwen2_tiny, monkeypatch):
+  """decode_attention="pallas" (Pallas' interpreter on CPU; float32 allowed here): prefill through
+  XLA, then every one-token step through the kernel, equal to the full forward; 32 slots, 16 unused."""
+  from lr_jax.ops import decode_attention as ops
+  calls, kernel = [], ops.decode_attention
+  monkeypatch.setattr(ops, "supported", lambda dtype, head_dim, slots: ops.slot_block(slots) is not None)
+  monkeypatch.setattr(ops, "decode_attention", lambda *a, **k: calls.append(a[0].shape) or kernel(*a, **k))
+  model = qwen2_tiny
+  prompt, prompt_mask = left_padded_batch([12, 7], 12, VOCAB, seed=2)
+  steps = random_ids(2, 4, VOCAB, seed=3)
+  full = jax_logits(model, np.concatenate([prompt, steps], axis=1),
+                    np.concatenate([prompt_mask, np.ones(steps.shape, bool)], axis=1))
+  monkeypatch.setattr(model, "decode_attention", "pallas")
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def step(state, tokens, positions, mask, cache):
+    m = nnx.merge(graphdef, state)
+    hidden, cache = m(tokens, positions, mask, cache)
+    return m.logits(hidden), cache
+
+  cache = KVCache.zeros(model.config, 2, 32, jnp.float32)
+  mask = jnp.asarray(prompt_mask)
+  positions = positions_from_mask(mask)
+  _, cache = step(state, jnp.asarray(prompt), positions, mask, cache)
+  assert not calls  # prefill: XLA
+  for i in range(steps.shape[1]):
+    logits, cache = step(state, jnp.asarray(steps[:, i:i + 1]), positions[:, -1:] + 1 + i, jnp.ones((2, 1), bool),
+                         cache)
+    assert_close(np.asarray(logits)[:, 0], full[:, 12 + i], 1e-5, f"decode step {i}")
+  assert calls == [(2, 4, 16)] * model.config.num_layers  # traced once, one kernel per layer
+
+
+def test_decode_kernel_choice_and_refusals():
+  from lr_jax.models.config import ModelConfig
+  from lr_jax.models.transformer import Transformer, on_nvidia_gpu
+  cfg = ModelConfig(model_type="qwen2", vocab_size=64, hidden_size=64, num_layers=1, num_heads=4, num_kv_heads=2,
+                    head_dim=16, intermediate_size=64, rms_norm_eps=1e-6, rope_theta=1e4,
+                    max_position_embeddings=64, tie_word_embeddings=True, qkv_bias=True, o_bias=False)
+  model = Transformer(cfg, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+  assert model.decode_attention == "auto" and model.pallas_decode(4, 64) is on_nvidia_gpu()
+  assert not model.pallas_decode(4, 72)  # no slot block: XLA
+  model.decode_attention = "pallas"
+  assert model.pallas_decode(4, 64)
+  with pytest.raises(ValueError, match="'pallas'.*float32 with head_dim 16, cache 64 slots"):
+    Transformer(cfg, dtype=jnp.float32, decode_attention="pallas", rngs=nnx.Rngs(0)).pallas_decode(4, 64)
+  with pytest.raises(ValueError, match="decode_attention='triton'.*auto, xla, pallas"):
+    Transformer(cfg, decode_attention="triton", rngs=nnx.Rngs(0))
+
+
 def test_more_tokens_than_cache_slots_refused(qwen2_tiny):
   cache = KVCache.zeros(qwen2_tiny.config, 1, 4, jnp.float32)
   ids = jnp.zeros((1, 5), jnp.int32)

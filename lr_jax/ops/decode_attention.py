@@ -1,0 +1,136 @@
+"""One-token grouped-query attention over a KV cache as a single Pallas (Triton) kernel per layer.
+
+XLA runs a decode step's attention as five kernels per layer (a batched score GEMM with only G
+query rows per kv head, float32 scores written out, two softmax reductions, a probability GEMM),
+and reads the whole cache. This kernel keeps the scores on chip (online softmax, as in flash
+attention) and reads only the slots written so far: blocks of slots past the one holding slot
+`end - 1` are never loaded, and slots at or past `end` within it are masked out.
+
+Shapes: B batch, K kv heads, G query heads per kv head, S cache slots, Dh head dim.
+
+`decode_attention(q, k, v, valid, end)` equals `lr_jax.models.transformer.attend` for one query
+per row at slot `end - 1` (same masks; a softmax in float32; probabilities rounded to the value
+dtype before the value product, after the float32 normalisation in `attend` and before it here).
+It runs compiled on NVIDIA GPUs and through Pallas' interpreter elsewhere (tests). Under a mesh it
+runs per shard through `shard_map`; the batch and kv-head axes may be sharded, the slots may not.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+from jax.sharding import PartitionSpec
+
+_MASKED = -1e30
+MIN_ROWS = 16  # Triton's smallest matrix-product tile: the G query rows are padded to this
+MAX_BLOCK = 128  # slots per loop iteration
+
+
+def slot_block(slots: int) -> int | None:
+  """Slots per kernel iteration for a cache of `slots`: the largest power of two <= 128 dividing it
+  (at least 16), or None when there is none (the caller falls back to XLA)."""
+  block = MAX_BLOCK
+  while block >= MIN_ROWS and slots % block:
+    block //= 2
+  return block if block >= MIN_ROWS else None
+
+
+def supported(dtype, head_dim: int, slots: int) -> bool:
+  """Whether the kernel takes this cache: bf16/fp16 (Triton runs float32 products as tf32, which
+  greedy parity in float32 cannot afford), a power-of-two head dim of 16..256, and a slot count
+  with a `slot_block`."""
+  return (jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and 16 <= head_dim <= 256
+          and head_dim & (head_dim - 1) == 0 and slot_block(slots) is not None)
+
+
+def _kernel(end_ref, q_ref, k_ref, v_ref, valid_ref, o_ref, *, block: int, scale: float, groups: int):
+  """One (row, kv head): q_ref/o_ref blocks of R >= G rows `[R, Dh]` over the G query heads of the
+  kv head (rows >= G are masked: loaded as zeros, never stored), k_ref/v_ref `[S, Dh]`, valid_ref
+  int32 `[S]`, end_ref int32 `[1]`."""
+  rows, head_dim = q_ref.shape
+  real = (jnp.arange(rows) < groups)[:, None]
+  q = plgpu.load(q_ref, mask=real, other=0)
+  end = end_ref[0]
+
+  def body(i, carry):
+    o, m, l = carry
+    window = pl.ds(pl.multiple_of(i * block, block), block)
+    s = plgpu.dot(q, k_ref[window, :], trans_b=True) * scale  # [R, block] float32
+    slot = i * block + jnp.arange(block)
+    keep = (valid_ref[window] != 0) & (slot < end)
+    s = jnp.where(keep[None, :], s, _MASKED)
+    m_next = jnp.maximum(m, s.max(axis=1))
+    correction = jnp.exp(m - m_next)
+    p = jnp.exp(s - m_next[:, None])
+    l = l * correction + p.sum(axis=1)
+    v = jnp.where(keep[:, None], v_ref[window, :], 0)  # 0 * garbage past `end` would be NaN for inf
+    o = o * correction[:, None] + plgpu.dot(p.astype(v.dtype), v)
+    return o, m_next, l
+
+  init = (jnp.zeros((rows, head_dim), jnp.float32), jnp.full((rows,), _MASKED, jnp.float32),
+          jnp.zeros((rows,), jnp.float32))
+  o, _, l = jax.lax.fori_loop(0, pl.cdiv(end, block), body, init)
+  plgpu.store(o_ref, (o / l[:, None]).astype(o_ref.dtype), mask=real)
+
+
+def _decode_attention_local(q, k, v, valid, end, *, interpret: bool):
+  """`decode_attention` on one device's arrays (see there)."""
+  b, h, dh = q.shape
+  kv, slots = k.shape[1], k.shape[2]
+  g = h // kv
+  rows = max(MIN_ROWS, 1 << (g - 1).bit_length())
+  block = slot_block(slots)
+  kernel = functools.partial(_kernel, block=block, scale=1.0 / math.sqrt(dh), groups=g)
+  head = pl.BlockSpec((None, None, rows, dh), lambda i, j: (i, j, 0, 0))
+  cache = pl.BlockSpec((None, None, slots, dh), lambda i, j: (i, j, 0, 0))
+  out = pl.pallas_call(
+      kernel,
+      grid=(b, kv),
+      in_specs=[pl.BlockSpec((1,), lambda i, j: (0,)), head, cache, cache,
+                pl.BlockSpec((None, slots), lambda i, j: (i, 0))],
+      out_specs=head,
+      out_shape=jax.ShapeDtypeStruct((b, kv, g, dh), q.dtype),
+      compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=2),
+      interpret=interpret,
+      name="lr_jax_decode_attention",
+  )(jnp.reshape(end, (1,)).astype(jnp.int32), q.reshape(b, kv, g, dh), k, v, valid.astype(jnp.int32))
+  return out.reshape(b, h, dh)
+
+
+def decode_attention(q, k, v, valid, end, layout=None, *, interpret: bool | None = None):
+  """Attention of one new query per row over the cache.
+
+  q: `[B, H, Dh]`, the query of the token at slot `end - 1`; k, v: `[B, K, S, Dh]` with that
+  token's key and value already written; valid: bool `[B, S]`; end: int32 scalar, slots >= end are
+  ignored (blocks wholly past it are not loaded). layout: an `lr_jax.sharding.Layout` or None.
+  interpret: run Pallas' interpreter; None (default): compiled when lowered for CUDA, interpreted
+  for any other platform. Returns `[B, H, Dh]` in q's dtype.
+  """
+  if interpret is None:
+    def local(*args):
+      return jax.lax.platform_dependent(
+          *args, cuda=functools.partial(_decode_attention_local, interpret=False),
+          default=functools.partial(_decode_attention_local, interpret=True))
+  else:
+    local = functools.partial(_decode_attention_local, interpret=interpret)
+  if layout is None or layout.mesh.size == 1:
+    return local(q, k, v, valid, end)
+  heads = layout.spec(("batch", "act_heads", None), q.shape)
+  cache = layout.spec(("batch", "act_kv_heads", "cache_length", None), k.shape)
+  rows = layout.spec(("batch", None), valid.shape)
+  return jax.shard_map(local, mesh=layout.mesh, in_specs=(heads, cache, cache, rows, PartitionSpec()),
+                       out_specs=heads, check_vma=False)(q, k, v, valid, end)
+
+
+def shardable(layout, q_shape, k_shape) -> bool:
+  """Whether `decode_attention` can run under `layout`: slots unsharded, and query heads split the
+  same number of ways as the kv heads (each shard then holds whole groups)."""
+  if layout is None or layout.mesh.size == 1:
+    return True
+  cache = layout.spec(("batch", "act_kv_heads", "cache_length", None), k_shape)
+  heads = layout.spec(("batch", "act_heads", None), q_shape)
+  return cache[2] is None and heads[1] == cache[1]
