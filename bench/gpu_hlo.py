@@ -19,7 +19,7 @@ optimized HLO, per step:
   - the traffic floor: traffic / the target's bandwidth.
 
 Targets and their variants, each printed as a ratio to the first (the baseline) of its group:
-  decode_b64, decode_b256   `decode_until` (one step of the while loop)
+  decode_b64, decode_b256   `decode_until` (one step of the while loop), XLA's attention vs the Pallas kernel
   distill                   LoRA r 8 (q, v) update, 16 rows x 256 tokens, no remat:
                             unrolled+xla (baseline), unrolled+cudnn, scan+xla, scan+cudnn
   contrastive               teacher-forced `contrastive_step`, 64 x (128 + 128) tokens: xla, cudnn

@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
-# One GPU call: the accelerator suite with default XLA flags, then generation again with the decode
-# loop captured as a CUDA graph (XLA command buffers with WHILE/CONDITIONAL), for comparison.
-#   bash bench/gpu_suite.sh OUT_DIR [SUITE_BUDGET_S]      (from the repo root; ~8 minutes on one H100)
+# One GPU call (~8 minutes on one H200): the accelerator suite, then per-op profiles of a decode step
+# (the default Pallas decode attention, then XLA's) and a distill update with CUDA graphs off, so the
+# trace times each HLO op. Everything lands in OUT_DIR/r.tgz after each stage (a later timeout keeps
+# what finished), with the suite's and the profile's markdown beside it.
+#   bash bench/gpu_suite.sh OUT_DIR [SUITE_BUDGET_S]      (from the repo root)
+# Run 1 of bench/RESULTS.md used an earlier form of this script (suite, then generation with CUDA
+# graphs for WHILE/CONDITIONAL); run 3 used this one.
 set -uo pipefail
 out=${1:?usage: bench/gpu_suite.sh OUT_DIR [SUITE_BUDGET_S]}
-budget=${2:-300}
+budget=${2:-270}
 py=${PYTHON:-python3}
+work=$(mktemp -d)
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
+pack() { tar czf "$out/r.tgz" -C "$work" . ; }
 { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
   "$py" -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())"
-} 2>&1 | tee "$out/device.txt"
-timeout $((budget + 130)) "$py" bench/accelerator_suite.py --out "$out/suite" --budget-seconds "$budget" 2>&1 \
-  | tee "$out/suite.log"
-XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL" \
-  timeout 140 "$py" bench/accelerator_suite.py --out "$out/cmdbuf" --sections ceilings,generate --budget-seconds 90 2>&1 \
-  | tee "$out/cmdbuf.log"
+} 2>&1 | tee "$work/device.txt"
+timeout $((budget + 60)) "$py" bench/accelerator_suite.py --out "$work/suite" --budget-seconds "$budget" \
+  --sections ceilings,generate,contrastive,lockstep,distill,projection 2>&1 | tee "$work/suite.log"; pack
+XLA_FLAGS=--xla_gpu_enable_command_buffer= timeout 150 "$py" bench/profile_steps.py --out "$work/profile" \
+  --no-command-buffers --targets decode,distill 2>&1 | tee "$work/profile.log"; pack
+XLA_FLAGS=--xla_gpu_enable_command_buffer= timeout 90 "$py" bench/profile_steps.py --out "$work/profile_xla" \
+  --no-command-buffers --targets decode --decode-attention xla 2>&1 | tee "$work/profile_xla.log"; pack
+cp "$work/suite/results.md" "$out/suite.md" 2>/dev/null; cp "$work/profile/summary.md" "$out/profile.md" 2>/dev/null

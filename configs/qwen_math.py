@@ -31,6 +31,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.dtype = "bfloat16"
   c.attention = "auto"          # cache-free forwards (training, teacher-forced scoring): cuDNN flash attention
                                 # on NVIDIA GPUs in bf16, else XLA; "xla" forces XLA everywhere
+  c.decode_attention = "auto"   # one-token decode steps (sampling, eval): a Pallas kernel on NVIDIA GPUs
+                                # in bf16, else XLA; "xla" forces XLA
   c.seed = 0
   c.stages = "sample,distill,eval,export,report"
 

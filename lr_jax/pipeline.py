@@ -9,6 +9,7 @@ import jax
 import ml_collections
 
 from lr_jax import sharding
+from lr_jax.models.transformer import ATTENTION_KERNELS, DECODE_KERNELS
 from lr_jax.stages import common
 
 STAGE_ORDER = ("demo", "sample", "distill", "eval", "export", "report")
@@ -46,6 +47,9 @@ def check_config(config, stages: list[str]) -> None:
   """Raises ConfigError (one line) for anything that would fail later, before loading a model."""
   if config.dtype not in common.DTYPES:
     raise ConfigError(f"config.dtype: {config.dtype!r} is not one of {', '.join(common.DTYPES)}")
+  for field, kernels in (("attention", ATTENTION_KERNELS), ("decode_attention", DECODE_KERNELS)):
+    if config.get(field, "auto") not in kernels:
+      raise ConfigError(f"config.{field}: {config.get(field)!r} is not one of {', '.join(kernels)}")
   needs_models = any(s in stages for s in ("sample", "distill", "eval", "export"))
   if needs_models and "demo" not in stages:
     for role in ("expert", "amateur"):

@@ -59,6 +59,8 @@ def test_valid_config_passes_the_checks(tmp_path):
 @pytest.mark.parametrize("fields, message", [
     ({"stages": "sample,train"}, "config.stages: unknown stage 'train'"),
     ({"dtype": "int8"}, "config.dtype: 'int8' is not one of"),
+    ({"attention": "flash"}, "config.attention: 'flash' is not one of auto, xla, cudnn"),
+    ({"decode_attention": "triton"}, "config.decode_attention: 'triton' is not one of auto, xla, pallas"),
     ({"expert": "/no/such/model"}, "config.expert: /no/such/model is not a checkpoint folder"),
     ({"data.path": "/no/such.jsonl"}, "config.data.path: /no/such.jsonl does not exist"),
     ({"sample.batch_size": 12}, "batch size 12 of stage sample is not divisible by the 8 data-parallel ways"),

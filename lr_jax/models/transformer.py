@@ -11,7 +11,7 @@ Attention runs through XLA (`attend`: explicit float32 scores, any dtype and pla
 NVIDIA GPUs in bf16/fp16, through fused kernels: cuDNN's flash attention for cache-free forwards
 (`attend_fused`: the same masks as a `[B, 1, T, T]` bias, float32 softmax inside the kernel, no
 `[B, H, T, S]` scores in memory) and a Pallas kernel for one-token decode steps
-(`lr_jax.ops.decode_attention`: one kernel per layer, reads only the slots written so far).
+(`lr_jax.ops.decode_attention`: one kernel per layer, loads only the blocks of slots written so far).
 `Transformer(attention="auto", decode_attention="auto")` picks per platform when a forward is traced.
 """
 from __future__ import annotations

@@ -96,7 +96,8 @@ def run(config, workdir: common.Workdir, writer) -> dict:
     if layout is None:
       layout = common.make_layout(config.mesh.eval, "sample")
     source = config.amateur if name == "amateur" else config.expert
-    pretrained = common.load_model(source, config.dtype, layout)
+    pretrained = common.load_model(source, config.dtype, layout, attention=config.get("attention", "auto"),
+                                   decode_attention=config.get("decode_attention", "auto"))
     if name == "tuned":
       load_peft_adapter(pretrained.model, adapter)
     tokenizer = common.load_tokenizer(source)

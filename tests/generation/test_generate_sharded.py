@@ -29,8 +29,8 @@ def checkpoint(tmp_path_factory):
   return make_tiny_hf(tmp_path_factory.mktemp("sharded"), "qwen2", vocab_size=VOCAB, tokenizer=False)
 
 
-def run(checkpoint: str, layout: Layout | None):
-  model = from_pretrained(checkpoint, dtype=jnp.float32, layout=layout).model
+def run(checkpoint: str, layout: Layout | None, decode_attention: str = "auto"):
+  model = from_pretrained(checkpoint, dtype=jnp.float32, layout=layout, decode_attention=decode_attention).model
   rng = np.random.default_rng(0)
   prompts = [rng.integers(0, VOCAB, n).tolist() for n in LENGTHS]
   return generate(model, prompts, max_new_tokens=10, sampling=SAMPLED, seed=5, return_logprobs=True, layout=layout)
@@ -43,5 +43,21 @@ def test_sharded_generation_matches_one_device(checkpoint, mesh_shape):
   sharded = run(checkpoint, layout)
   assert sharded.tokens == single.tokens
   assert sharded.finish_reasons == single.finish_reasons
+  for a, b in zip(sharded.logprobs, single.logprobs):
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_sharded_generation_with_the_pallas_decode_kernel_matches_one_device(checkpoint, monkeypatch):
+  """decode_attention="pallas" (Pallas' interpreter; float32 allowed here) under a mesh: the kernel
+  runs per shard in a shard_map and gives XLA's single-device generation."""
+  from lr_jax.ops import decode_attention as ops
+  calls, kernel = [], ops.decode_attention
+  monkeypatch.setattr(ops, "supported", lambda dtype, head_dim, slots: ops.slot_block(slots) is not None)
+  monkeypatch.setattr(ops, "decode_attention", lambda *a, **k: calls.append(a[5]) or kernel(*a, **k))
+  single = run(checkpoint, None)
+  layout = Layout.create(make_mesh((2, 2, 2)), "sample")
+  sharded = run(checkpoint, layout, decode_attention="pallas")
+  assert calls and all(c is layout for c in calls)
+  assert sharded.tokens == single.tokens
   for a, b in zip(sharded.logprobs, single.logprobs):
     np.testing.assert_allclose(a, b, atol=1e-4)
