@@ -797,7 +797,8 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
   for name, v in ok("distill").get("variants", {}).items():
     rows.append((f"distill {name}", f"{_fmt(v.get('updates_per_s'), digits=2)} updates/s, MFU "
                  f"{_fmt(v.get('mfu_vs_measured'), 100, '%')} measured / {_fmt(v.get('mfu_vs_nominal'), 100, '%')} "
-                 f"nominal ({_fmt(v.get('synced_mfu_vs_nominal'), 100, '%')} synced per update), compile {_fmt(v.get('compile_s'), unit=' s')}, {v.get('attention_kernel')} attention"
+                 f"nominal ({_fmt(v.get('synced_mfu_vs_nominal'), 100, '%')} synced per update), "
+                 f"compile {_fmt(v.get('compile_s'), unit=' s')}, {v.get('attention_kernel')} attention"
                  + (f" (first loss {_fmt(v['first_loss_rel_diff_vs_xla'], 100, '%', 2)}, gradient norm "
                     f"{_fmt(v['first_grad_norm_rel_diff_vs_xla'], 100, '%', 2)} from XLA's)"
                     if "first_loss_rel_diff_vs_xla" in v else "") if "step_s" in v else v.get("note", "-")))

@@ -341,7 +341,8 @@ def variants(target: str, shapes: suite.Shapes, devices) -> list[tuple[str, Call
             for m in ((1, 8, 1), (2, 2, 2), (4, 1, 2), (1, 2, 4))]
   if target.startswith("decode_b"):
     batch = int(target[len("decode_b"):])
-    return [(kernel, functools.partial(decode_hlo, shapes, batch, kernel, sharding), True) for kernel in ("xla", "pallas")]
+    return [(kernel, functools.partial(decode_hlo, shapes, batch, kernel, sharding), True)
+            for kernel in ("xla", "pallas")]
   if target == "distill":
     return [(f"{'scan' if scan else 'unrolled'}+{attn}",
              functools.partial(distill_hlo, shapes, scan, attn, sharding), False)

@@ -110,7 +110,8 @@ def test_summary_rows_show_the_cudnn_against_xla_attention_figures(suite):
   assert "cudnn attention" in rows["contrastive (64 x 256 tok)"]
   assert rows["contrastive, XLA attention"] == ("433.0 traj/s, MFU 41.5% nominal: cuDNN 1.16x; KL max diff 0.012, "
                                                 "kept agree 99.8%")
-  assert rows["distill no_remat_unrolled"].endswith("cudnn attention (first loss 0.31%, gradient norm 1.20% from XLA's)")
+  assert rows["distill no_remat_unrolled"].endswith(
+      "cudnn attention (first loss 0.31%, gradient norm 1.20% from XLA's)")
   assert rows["distill no_remat_unrolled_xla"].endswith("compile 53.0 s, xla attention")
 
 
