@@ -112,7 +112,15 @@ def test_left_padding_gives_unpadded_results_at_real_positions(qwen2_tiny):
     assert_close(padded[row, -n:], unpadded[row, :n], 1e-5, f"row {row} ({24 - n} pad)")
 
 
-def test_kv_cache_prefill_then_steps_equals_full_forward(qwen2_tiny):
+@pytest.mark.parametrize("kernel,slots", [("xla", 19), ("pallas", 32)])
+def test_kv_cache_prefill_then_steps_equals_full_forward(qwen2_tiny, monkeypatch, kernel, slots):
+  """Prefill, then one-token steps, equal the full forward; slots past the 16 used stay masked. With
+  decode_attention="pallas" (Pallas' interpreter on CPU; float32 allowed here) prefill runs through
+  XLA and every step through the kernel, one call per layer."""
+  from lr_jax.ops import decode_attention as ops
+  calls, pallas = [], ops.decode_attention
+  monkeypatch.setattr(ops, "supported", lambda dtype, head_dim, slots: ops.slot_block(slots) is not None)
+  monkeypatch.setattr(ops, "decode_attention", lambda *a, **k: calls.append(a[0].shape) or pallas(*a, **k))
   model = qwen2_tiny
   prompt, prompt_mask = left_padded_batch([12, 7], 12, VOCAB, seed=2)
   steps = random_ids(2, 4, VOCAB, seed=3)
@@ -120,6 +128,7 @@ def test_kv_cache_prefill_then_steps_equals_full_forward(qwen2_tiny):
   full_mask = np.concatenate([prompt_mask, np.ones(steps.shape, bool)], axis=1)
   full = jax_logits(model, full_ids, full_mask)
 
+  monkeypatch.setattr(model, "decode_attention", kernel)
   graphdef, state = nnx.split(model)
 
   @jax.jit
@@ -128,51 +137,20 @@ def test_kv_cache_prefill_then_steps_equals_full_forward(qwen2_tiny):
     hidden, cache = m(tokens, positions, mask, cache)
     return m.logits(hidden), cache
 
-  # 3 more slots than needed: unwritten slots must stay masked
-  cache = KVCache.zeros(model.config, 2, 12 + 4 + 3, jnp.float32)
+  cache = KVCache.zeros(model.config, 2, slots, jnp.float32)
   mask = jnp.asarray(prompt_mask)
   positions = positions_from_mask(mask)
   logits, cache = step(state, jnp.asarray(prompt), positions, mask, cache)
   assert_close(np.asarray(logits)[prompt_mask], full[:, :12][prompt_mask], 1e-5, "prefill")
+  assert not calls
   last = positions[:, -1:]
   for i in range(steps.shape[1]):
     logits, cache = step(state, jnp.asarray(steps[:, i:i + 1]), last + 1 + i, jnp.ones((2, 1), bool), cache)
     assert_close(np.asarray(logits)[:, 0], full[:, 12 + i], 1e-5, f"decode step {i}")
   assert int(cache.end) == 16
-  np.testing.assert_array_equal(np.asarray(cache.valid), np.concatenate([full_mask, np.zeros((2, 3), bool)], 1))
-
-
-def test_pallas_decode_steps_equal_full_forward(qwen2_tiny, monkeypatch):
-  """decode_attention="pallas" (Pallas' interpreter on CPU; float32 allowed here): prefill through
-  XLA, then every one-token step through the kernel, equal to the full forward; 32 slots, 16 unused."""
-  from lr_jax.ops import decode_attention as ops
-  calls, kernel = [], ops.decode_attention
-  monkeypatch.setattr(ops, "supported", lambda dtype, head_dim, slots: ops.slot_block(slots) is not None)
-  monkeypatch.setattr(ops, "decode_attention", lambda *a, **k: calls.append(a[0].shape) or kernel(*a, **k))
-  model = qwen2_tiny
-  prompt, prompt_mask = left_padded_batch([12, 7], 12, VOCAB, seed=2)
-  steps = random_ids(2, 4, VOCAB, seed=3)
-  full = jax_logits(model, np.concatenate([prompt, steps], axis=1),
-                    np.concatenate([prompt_mask, np.ones(steps.shape, bool)], axis=1))
-  monkeypatch.setattr(model, "decode_attention", "pallas")
-  graphdef, state = nnx.split(model)
-
-  @jax.jit
-  def step(state, tokens, positions, mask, cache):
-    m = nnx.merge(graphdef, state)
-    hidden, cache = m(tokens, positions, mask, cache)
-    return m.logits(hidden), cache
-
-  cache = KVCache.zeros(model.config, 2, 32, jnp.float32)
-  mask = jnp.asarray(prompt_mask)
-  positions = positions_from_mask(mask)
-  _, cache = step(state, jnp.asarray(prompt), positions, mask, cache)
-  assert not calls  # prefill: XLA
-  for i in range(steps.shape[1]):
-    logits, cache = step(state, jnp.asarray(steps[:, i:i + 1]), positions[:, -1:] + 1 + i, jnp.ones((2, 1), bool),
-                         cache)
-    assert_close(np.asarray(logits)[:, 0], full[:, 12 + i], 1e-5, f"decode step {i}")
-  assert calls == [(2, 4, 16)] * model.config.num_layers  # traced once, one kernel per layer
+  np.testing.assert_array_equal(np.asarray(cache.valid),
+                                np.concatenate([full_mask, np.zeros((2, slots - 16), bool)], 1))
+  assert calls == ([(2, 4, 16)] * model.config.num_layers if kernel == "pallas" else [])  # traced once
 
 
 def test_decode_kernel_choice_and_refusals():
