@@ -35,6 +35,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
                                 # in bf16, else XLA; "xla" forces XLA
   c.seed = 0
   c.stages = "sample,distill,eval,export,report"
+  c.compilation_cache_dir = "~/.cache/lr_jax/xla"  # JAX's persistent compilation cache: a rerun, a resumed
+                                # run or another run of the same shapes loads executables instead of
+                                # compiling them; "" turns it off
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.sample = (-1, 1, 1)   # (data, fsdp, tensor): batch over every device, weights replicated

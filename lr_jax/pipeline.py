@@ -89,9 +89,23 @@ def _save_config(config, workdir: common.Workdir) -> None:
     common.write_json(workdir.config, json.loads(config.to_json_best_effort()))
 
 
+def use_compilation_cache(path: str) -> str | None:
+  """Points JAX's persistent compilation cache at `path` (created; "~" expanded), before anything
+  compiles: every executable that took over a second to compile is stored there and loaded, not
+  compiled, by any later process that compiles the same program. "" leaves the cache off."""
+  if not path:
+    return None
+  path = os.path.abspath(os.path.expanduser(path))
+  os.makedirs(path, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  return path
+
+
 def run(config: ml_collections.ConfigDict, workdir_path: str) -> None:
   """Runs the configured stages; a finished run does nothing and says so."""
   sharding.maybe_initialize_distributed()
+  use_compilation_cache(config.get("compilation_cache_dir", ""))
   stages = stages_of(config)
   config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy: the demo stage fills in paths
   workdir = common.Workdir(workdir_path)

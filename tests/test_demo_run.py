@@ -20,8 +20,9 @@ from tests.helpers import REPO_ROOT
 pytest.importorskip("torch")
 
 
-def _cmd(workdir, *extra):
-  return [sys.executable, "-m", "lr_jax.main", "--config=configs/demo.py:ci", f"--workdir={workdir}", *extra]
+def _cmd(workdir, cache, *extra):
+  return [sys.executable, "-m", "lr_jax.main", "--config=configs/demo.py:ci", f"--workdir={workdir}",
+          f"--config.compilation_cache_dir={cache}", *extra]
 
 
 def _env():
@@ -30,18 +31,24 @@ def _env():
   return env
 
 
-def _run(workdir, *extra, timeout=600):
-  r = subprocess.run(_cmd(workdir, *extra), cwd=REPO_ROOT, env=_env(), capture_output=True, text=True,
+def _run(workdir, cache, *extra, timeout=600):
+  r = subprocess.run(_cmd(workdir, cache, *extra), cwd=REPO_ROOT, env=_env(), capture_output=True, text=True,
                      timeout=timeout)
   assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
   return r.stdout + r.stderr
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
+def xla_cache(tmp_path_factory):
+  """The runs' persistent compilation cache: filled by the first run, read by the later ones."""
+  return str(tmp_path_factory.mktemp("xla_cache"))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, xla_cache):
   workdir = tmp_path_factory.mktemp("demo") / "run"
   t0 = time.time()
-  log = _run(workdir)
+  log = _run(workdir, xla_cache)
   return str(workdir), log, time.time() - t0
 
 
@@ -50,7 +57,7 @@ def _read(workdir, *parts):
     return json.load(f) if parts[-1].endswith(".json") else f.read()
 
 
-def test_demo_run_writes_every_artifact(finished_run):
+def test_demo_run_writes_every_artifact(finished_run, xla_cache):
   workdir, _, seconds = finished_run
   for path in ("config.json", "demo/DONE.json", "demo/expert/model.safetensors", "demo/amateur/config.json",
                "samples/meta.json", "samples/stats/stats.json", "samples/stats/kl_hist.png",
@@ -61,6 +68,7 @@ def test_demo_run_writes_every_artifact(finished_run):
                "plots/loss.png", "plots/accuracy.png", "plots/kl_hist.png"):
     assert os.path.isfile(os.path.join(workdir, path)), path
   assert os.listdir(os.path.join(workdir, "tensorboard"))
+  assert os.listdir(xla_cache), "no executable was stored in the persistent compilation cache"
   print(f"demo:ci took {seconds:.0f} s")
 
 
@@ -99,12 +107,14 @@ def test_merged_export_loads_in_transformers_with_the_tuned_logits(finished_run)
   np.testing.assert_allclose(np.asarray(tuned.logits(hidden)), ref, atol=1e-4)
 
 
-def test_rerun_of_a_finished_run_does_nothing(finished_run):
-  log = _run(finished_run[0])
+def test_rerun_of_a_finished_run_does_nothing(finished_run, xla_cache):
+  log = _run(finished_run[0], xla_cache)
   assert "nothing to do" in log
 
 
-def test_run_killed_during_distillation_resumes_to_the_same_result(finished_run, tmp_path):
+def test_run_killed_during_distillation_resumes_to_the_same_result(finished_run, tmp_path, xla_cache):
+  """Killed and restarted with the first run's compilation cache: the resumed process loads the
+  executables the first run compiled, and still ends bitwise equal."""
   from safetensors.numpy import load_file
 
   done = finished_run[0]
@@ -113,7 +123,7 @@ def test_run_killed_during_distillation_resumes_to_the_same_result(finished_run,
   for part in ("demo", "samples"):  # start from the same pair and samples: only distillation reruns
     shutil.copytree(os.path.join(done, part), workdir / part)
   metrics = workdir / "metrics.jsonl"
-  proc = subprocess.Popen(_cmd(workdir, "--config.stages=demo,distill"), cwd=REPO_ROOT, env=_env(),
+  proc = subprocess.Popen(_cmd(workdir, xla_cache, "--config.stages=demo,distill"), cwd=REPO_ROOT, env=_env(),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
   deadline = time.time() + 300
   while time.time() < deadline:
@@ -124,7 +134,7 @@ def test_run_killed_during_distillation_resumes_to_the_same_result(finished_run,
   os.killpg(proc.pid, signal.SIGKILL)
   proc.wait()
   assert not (workdir / "checkpoints" / "DONE.json").exists(), "killed too late: distillation had finished"
-  _run(workdir, "--config.stages=demo,distill")
+  _run(workdir, xla_cache, "--config.stages=demo,distill")
 
   def adapter(root):
     return load_file(os.path.join(root, "checkpoints", "final_adapter", "adapter_model.safetensors"))

@@ -22,7 +22,8 @@ def _args(workdir, expert, amateur, problems):
   return [sys.executable, "-m", "lr_jax.main", "--config=configs/qwen_math.py", f"--workdir={workdir}",
           "--config.stages=sample", f"--config.expert={expert}", f"--config.amateur={amateur}",
           f"--config.data.path={problems}", "--config.data.num_problems=6", "--config.dtype=float32",
-          "--config.sample.max_new_tokens=8", "--config.sample.batch_size=4", "--config.sample.beta=0.0"]
+          "--config.sample.max_new_tokens=8", "--config.sample.batch_size=4", "--config.sample.beta=0.0",
+          f"--config.compilation_cache_dir={workdir}_xla_cache"]
 
 
 def _env(**extra):

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import ml_collections
 import pytest
 
@@ -105,3 +106,16 @@ def test_cli_refuses_unknown_keys_and_wrong_types(tmp_path):
   assert r.returncode != 0 and "nope" in r.stderr
   r = _main("--config=configs/qwen_math.py", f"--workdir={tmp_path}", "--config.sample.beta=high")
   assert r.returncode != 0 and "beta" in r.stderr
+
+
+def test_compilation_cache_is_created_and_set_or_left_off(tmp_path):
+  previous = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+  try:
+    assert pipeline.use_compilation_cache("") is None
+    assert jax.config.jax_compilation_cache_dir == previous[0]
+    path = pipeline.use_compilation_cache(str(tmp_path / "cache" / "xla"))
+    assert path == str(tmp_path / "cache" / "xla") and os.path.isdir(path)
+    assert jax.config.jax_compilation_cache_dir == path
+  finally:
+    jax.config.update("jax_compilation_cache_dir", previous[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", previous[1])
