@@ -8,7 +8,9 @@ I/O). Sections, in order (each guarded: an error is recorded and the next sectio
   ceilings     bf16 matmul FLOP/s and device-copy bytes/s, measured in this run.
   generate     expert greedy decoding, prompt 128, 128 new tokens forced (no EOS ids), batch 64 and 256:
                new tokens/s and the decode step's fraction of the bandwidth roofline, i.e.
-               (weight bytes + KV-cache bytes read per step) / copy bandwidth / step time.
+               (weight bytes + KV-cache bytes read per step) / copy bandwidth / step time. Where the
+               model's decode attention is the Pallas kernel (NVIDIA GPUs), each batch is timed with
+               XLA's attention too, and the kernel is checked against `attend` on one layer's shapes.
   contrastive  `make_contrastive_step` on 64 trajectories of 128 + 128 tokens: trajectories/s, MFU
                (2 * trunk params * tokens for both trunks + 2 * D * V per scored position for both
                heads) over the measured and the nominal peak, and a check that no float32
