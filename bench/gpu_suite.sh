@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU call (~8 minutes on one H200): the accelerator suite, then per-op profiles of a decode step
+# One GPU call (at most 9.5 minutes; 8 on one H200): the accelerator suite, then per-op profiles of a decode step
 # (the default Pallas decode attention, then XLA's) and a distill update with CUDA graphs off, so the
 # trace times each HLO op. Everything lands in OUT_DIR/r.tgz after each stage (a later timeout keeps
 # what finished), with the suite's and the profile's markdown beside it.
@@ -17,10 +17,10 @@ pack() { tar czf "$out/r.tgz" -C "$work" . ; }
 { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
   "$py" -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())"
 } 2>&1 | tee "$work/device.txt"
-timeout $((budget + 60)) "$py" bench/accelerator_suite.py --out "$work/suite" --budget-seconds "$budget" \
+timeout $((budget + 40)) "$py" bench/accelerator_suite.py --out "$work/suite" --budget-seconds "$budget" \
   --sections ceilings,generate,contrastive,lockstep,distill,projection 2>&1 | tee "$work/suite.log"; pack
-XLA_FLAGS=--xla_gpu_enable_command_buffer= timeout 150 "$py" bench/profile_steps.py --out "$work/profile" \
+XLA_FLAGS=--xla_gpu_enable_command_buffer= timeout 140 "$py" bench/profile_steps.py --out "$work/profile" \
   --no-command-buffers --targets decode,distill 2>&1 | tee "$work/profile.log"; pack
-XLA_FLAGS=--xla_gpu_enable_command_buffer= timeout 90 "$py" bench/profile_steps.py --out "$work/profile_xla" \
+XLA_FLAGS=--xla_gpu_enable_command_buffer= timeout 60 "$py" bench/profile_steps.py --out "$work/profile_xla" \
   --no-command-buffers --targets decode --decode-attention xla 2>&1 | tee "$work/profile_xla.log"; pack
 cp "$work/suite/results.md" "$out/suite.md" 2>/dev/null; cp "$work/profile/summary.md" "$out/profile.md" 2>/dev/null
