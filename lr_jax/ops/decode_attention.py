@@ -3,7 +3,7 @@
 XLA runs a decode step's attention as five kernels per layer (a batched score GEMM with only G
 query rows per kv head, float32 scores written out, two softmax reductions, a probability GEMM),
 and reads the whole cache. This kernel keeps the scores on chip (online softmax, as in flash
-attention) and reads only the slots written so far: blocks of slots past the one holding slot
+attention) and loads only the blocks of slots written so far: blocks past the one holding slot
 `end - 1` are never loaded, and slots at or past `end` within it are masked out.
 
 Shapes: B batch, K kv heads, G query heads per kv head, S cache slots, Dh head dim.
@@ -84,6 +84,9 @@ def _decode_attention_local(q, k, v, valid, end, *, interpret: bool):
   g = h // kv
   rows = max(MIN_ROWS, 1 << (g - 1).bit_length())
   block = slot_block(slots)
+  if block is None or dh & (dh - 1) or not 16 <= dh <= 256 or h % kv:
+    raise ValueError(f"decode_attention: needs a slot count divisible by 16, a power-of-two head dim of 16..256 "
+                     f"and query heads a multiple of the kv heads; got {slots} slots, head dim {dh}, {h}/{kv} heads")
   kernel = functools.partial(_kernel, block=block, scale=1.0 / math.sqrt(dh), groups=g)
   head = pl.BlockSpec((None, None, rows, dh), lambda i, j: (i, j, 0, 0))
   cache = pl.BlockSpec((None, None, slots, dh), lambda i, j: (i, j, 0, 0))

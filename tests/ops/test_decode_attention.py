@@ -89,3 +89,9 @@ def test_not_shardable_when_heads_split_unlike_kv_heads():
   layout = Layout.create(make_mesh((1, 2, 4)), "sample")  # 4 'tensor' ways, 2 kv heads
   assert not shardable(layout, (8, 12, 16), (8, 2, 64, 16))
   assert shardable(None, (8, 12, 16), (8, 2, 64, 16))
+
+
+def test_shapes_the_kernel_cannot_take_are_refused():
+  q, k, v = qkv(2, 12, 2, 72, 32, jnp.float32)
+  with pytest.raises(ValueError, match="72 slots, head dim 32, 12/2 heads"):
+    decode_attention(q, k, v, jnp.ones((2, 72), bool), jnp.int32(10), interpret=True)
