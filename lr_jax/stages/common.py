@@ -10,7 +10,6 @@ import jax.numpy as jnp
 
 from lr_jax.generation.stopping import eos_ids_from_checkpoint
 from lr_jax.models.hf_io import Pretrained, from_pretrained, resolve_checkpoint
-from lr_jax.models.transformer import ATTENTION_KERNELS, DECODE_KERNELS
 from lr_jax.sharding import Layout, make_mesh
 
 DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32, "float16": jnp.float16}
@@ -66,11 +65,7 @@ def make_layout(mesh_shape, rules: str) -> Layout:
 def load_model(path_or_id: str, dtype_name: str, layout: Layout | None, remat: bool = False,
                scan_layers: bool = False, attention: str = "auto", decode_attention: str = "auto") -> Pretrained:
   """`from_pretrained` with the config's dtype name; `attention` and `decode_attention` are the
-  config's top-level fields."""
-  if attention not in ATTENTION_KERNELS:
-    raise ValueError(f"config.attention: {attention!r} is not one of {', '.join(ATTENTION_KERNELS)}")
-  if decode_attention not in DECODE_KERNELS:
-    raise ValueError(f"config.decode_attention: {decode_attention!r} is not one of {', '.join(DECODE_KERNELS)}")
+  config's top-level fields (checked with the config, by `pipeline.check_config`)."""
   return from_pretrained(path_or_id, dtype=dtype_of(dtype_name), layout=layout, remat=remat,
                          scan_layers=scan_layers, attention=attention, decode_attention=decode_attention)
 
