@@ -10,7 +10,8 @@ I/O). Sections, in order (each guarded: an error is recorded and the next sectio
                new tokens/s and the decode step's fraction of the bandwidth roofline, i.e.
                (weight bytes + KV-cache bytes read per step) / copy bandwidth / step time. Where the
                model's decode attention is the Pallas kernel (NVIDIA GPUs), each batch is timed with
-               XLA's attention too, and the kernel is checked against `attend` on one layer's shapes.
+               XLA's attention too, and the kernel is checked against `attend` on one layer's shapes
+               and timed at each of a few Triton launch settings (slots per iteration, warps, stages).
   contrastive  `make_contrastive_step` on 64 trajectories of 128 + 128 tokens: trajectories/s, MFU
                (2 * trunk params * tokens for both trunks + 2 * D * V per scored position for both
                heads) over the measured and the nominal peak, and a check that no float32
@@ -330,25 +331,78 @@ def time_generation(ctx: Context, graphdef, state, batch: int) -> tuple[dict[str
 
 
 def check_decode_kernel(ctx: Context, batch: int) -> dict[str, Any]:
-  """The Pallas decode-attention kernel against XLA's `attend` on one layer's random bf16 query and
-  cache (3/4 of the slots written): relative L2 error of the output, and median time of each."""
+  """The Pallas decode-attention kernel against XLA (dynamic-update-slice of the new key and value,
+  then `attend`) on one layer's random bf16 query and cache (3/4 of the slots written): relative L2
+  error of the output and of the written caches, and the time of one call of each, from `calls`
+  calls in one jitted loop that carries the caches (so both update them in place, as decoding does);
+  then `tune_decode_kernel`."""
   from lr_jax.models.transformer import attend
   from lr_jax.ops.decode_attention import decode_attention
   cfg, s = ctx.shapes.expert, ctx.shapes
   slots = s.prompt_len + output_slots(s.new_tokens)
   end = 3 * slots // 4
-  kq, kk, kv = jax.random.split(jax.random.key(5), 3)
-  q = jax.random.normal(kq, (batch, cfg.num_heads, cfg.head_dim), jnp.bfloat16)
-  k, v = (jax.random.normal(key, (batch, cfg.num_kv_heads, slots, cfg.head_dim), jnp.bfloat16) for key in (kk, kv))
+  calls = 2 if ctx.args.smoke else 20
+  keys = jax.random.split(jax.random.key(5), 5)
+  q = jax.random.normal(keys[0], (batch, cfg.num_heads, cfg.head_dim), jnp.bfloat16)
+  k_new, v_new = (jax.random.normal(key, (batch, cfg.num_kv_heads, cfg.head_dim), jnp.bfloat16) for key in keys[1:3])
+  k, v = (jax.random.normal(key, (batch, cfg.num_kv_heads, slots, cfg.head_dim), jnp.bfloat16) for key in keys[3:])
   valid = jnp.arange(slots)[None, :] < end
   valid = jnp.broadcast_to(valid, (batch, slots)).at[::2, :7].set(False)  # some left padding
-  ours = jax.jit(decode_attention)
-  ref = jax.jit(lambda q, k, v, valid, end: attend(q[:, None], k, v, end[None] - 1, valid, None)[:, 0])
-  a = (q, k, v, valid, jnp.int32(end))
-  out, want = ours(*a).astype(jnp.float32), ref(*a).astype(jnp.float32)
-  return {"rel_error": float(jnp.linalg.norm(out - want) / jnp.linalg.norm(want)),
-          "pallas_s": statistics.median(timed_calls(lambda: ours(*a), 20)),
-          "xla_s": statistics.median(timed_calls(lambda: ref(*a), 20)), "batch": batch, "slots": slots, "end": end}
+
+  def xla(q, k_new, v_new, k, v, valid, end):
+    k = jax.lax.dynamic_update_slice_in_dim(k, k_new[:, :, None], end - 1, axis=2)
+    v = jax.lax.dynamic_update_slice_in_dim(v, v_new[:, :, None], end - 1, axis=2)
+    return attend(q[:, None], k, v, end[None] - 1, valid, None)[:, 0], k, v
+
+  def looped(step):
+    def run(q, k_new, v_new, k, v, valid, end):
+      def body(_, carry):
+        out, k, v = step(q, k_new, v_new, carry[1], carry[2], valid, end)
+        return carry[0] + out.astype(jnp.float32), k, v
+      return jax.lax.fori_loop(0, calls, body, (jnp.zeros(q.shape, jnp.float32), k, v))
+    return jax.jit(run)
+
+  a = (q, k_new, v_new, k, v, valid, jnp.int32(end))
+  (out, k_ours, v_ours), (want, k_want, v_want) = jax.jit(decode_attention)(*a), jax.jit(xla)(*a)
+
+  def rel(x, y):
+    x, y = x.astype(jnp.float32), y.astype(jnp.float32)
+    return float(jnp.linalg.norm(x - y) / jnp.linalg.norm(y))
+  def per_call(step) -> float:
+    run = looped(step)
+    jax.block_until_ready(run(*a))  # compiles
+    return statistics.median(timed_calls(lambda: run(*a), 5)) / calls
+
+  result = {"rel_error": rel(out, want), "cache_rel_error": max(rel(k_ours, k_want), rel(v_ours, v_want)),
+            "pallas_s": per_call(decode_attention), "xla_s": per_call(xla), "batch": batch, "slots": slots,
+            "end": end}
+  result["tuning"] = tune_decode_kernel(per_call, slots)
+  best = min((t for t in result["tuning"] if "s" in t), key=lambda t: t["s"], default=None)
+  if best:
+    result["best"] = {**best, "vs_default": result["pallas_s"] / best["s"]}
+  return result
+
+
+def tune_decode_kernel(per_call: Callable[[Callable], float], slots: int) -> list[dict[str, Any]]:
+  """Seconds per call of the decode kernel for each Triton launch setting: slots per iteration x
+  warps at 2 stages, then 1 and 3 stages at the fastest of those (a config that fails to compile
+  is recorded with its error). The defaults are block 128, 4 warps, 2 stages."""
+  from lr_jax.ops.decode_attention import decode_attention
+
+  def run(block, warps, stages):
+    row = {"block": block, "num_warps": warps, "num_stages": stages}
+    try:
+      row["s"] = per_call(functools.partial(decode_attention, block=block, num_warps=warps, num_stages=stages))
+    except Exception as e:  # noqa: BLE001 - a setting Triton cannot take is itself a result
+      row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    return row
+
+  rows = [run(block, warps, 2) for block in (32, 64, 128) if slots % block == 0 for warps in (2, 4, 8)]
+  timed = [r for r in rows if "s" in r]
+  if timed:
+    best = min(timed, key=lambda r: r["s"])
+    rows += [run(best["block"], best["num_warps"], stages) for stages in (1, 3)]
+  return rows
 
 
 def section_generate(ctx: Context) -> dict[str, Any]:
@@ -772,8 +826,14 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
                    f"{_fmt(x['first_tokens_agreeing'], 100, '%')}"))
   if "kernel_check" in gen:
     kc = gen["kernel_check"]
-    rows.append(("decode attention kernel vs XLA", f"rel. error {kc['rel_error']:.2g} (bf16), "
+    rows.append(("decode attention kernel vs XLA", f"rel. error {kc['rel_error']:.2g} (bf16), cache "
+                 f"{kc.get('cache_rel_error', float('nan')):.2g}, "
                  f"{_fmt(kc['pallas_s'], 1e6, ' us', 0)} vs {_fmt(kc['xla_s'], 1e6, ' us', 0)} per layer call"))
+    if "best" in kc:
+      b = kc["best"]
+      rows.append(("decode attention kernel, fastest launch setting", f"block {b['block']}, {b['num_warps']} warps, "
+                   f"{b['num_stages']} stages: {_fmt(b['s'], 1e6, ' us', 0)} "
+                   f"({_fmt(b['vs_default'], unit='x', digits=2)} the default)"))
   k = ok("contrastive")
   if k:
     check = k["no_full_logits"]

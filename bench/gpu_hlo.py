@@ -11,9 +11,9 @@ optimized HLO, per step:
     count) is reported as one iteration, one generated token,
   - how many of them are GEMMs and cuDNN calls,
   - HBM traffic: bytes each launch reads (its operands) and writes (its result, less a custom
-    call's scratch workspace). An in-place dynamic-update-slice (a fusion whose root is one) writes
-    only the update; a fused operand read only through dynamic-slice (bitcasts followed) counts its
-    slice. Every other operand counts whole and once: too much where a kernel reads part of it (a
+    call's scratch workspace and the outputs it updates in place, aliased to operands). An
+    in-place dynamic-update-slice (a fusion whose root is one) writes only the update; a fused
+    operand read only through dynamic-slice (bitcasts followed) counts its slice. Every other operand counts whole and once: too much where a kernel reads part of it (a
     split-K partial sliced later), too little where it reads it twice. Comparing variants of one
     step is what the figure is for,
   - the traffic floor: traffic / the target's bandwidth.
@@ -232,6 +232,10 @@ class Module:
     read, write = sum(sizes), shape_bytes(shape)
     if opcode == "custom-call" and shape.startswith("("):  # drop a trailing s8/u8 scratch workspace
       write = shape_bytes(re.sub(r",\s*[su]8\[[\d,]*\](\{[^}]*\})?\s*\)$", ")", shape))
+      elements = re.findall(r"\b[a-z]+\d*\[[\d,]*\]", shape)
+      for out in re.findall(r"\{(\d+)\}:\s*\(\d+", line.split("output_to_operand_aliasing=")[-1]
+                            if "output_to_operand_aliasing=" in line else ""):
+        write -= shape_bytes(elements[int(out)])  # updated in place: what it writes is not in the HLO
     if root[2] == "dynamic-update-slice":  # in place: the largest operand is the output buffer
       read, write = sum(sizes[1:]), self.value_bytes.get(root[3][1], 0) if len(root[3]) > 1 else 0
     elif root[2] == "dynamic-slice":

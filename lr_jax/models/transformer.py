@@ -231,6 +231,11 @@ class Attention(nnx.Module):
     if kernel == "cudnn":
       return self.o_proj(attend_fused(q, k, v, valid, self.layout)), k, v
     k, v = k.swapaxes(1, 2), v.swapaxes(1, 2)  # [B, K, T, Dh]: the cache's layout
+    if kernel == "pallas":
+      out, k_all, v_all = decode_attention_ops.decode_attention(
+          q[:, 0], k[:, :, 0], v[:, :, 0], k_cache, v_cache, valid, start + 1, self.layout)
+      out = constrain(self.layout, out[:, None], ("batch", "length", "act_heads", None))
+      return self.o_proj(out), k_all, v_all
     t = x.shape[1]
     if k_cache is None:
       k_all, v_all, slots = k, v, jnp.arange(t)
@@ -238,11 +243,7 @@ class Attention(nnx.Module):
       k_all = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), start, axis=2)
       v_all = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), start, axis=2)
       slots = start + jnp.arange(t)
-    if kernel == "pallas":
-      out = decode_attention_ops.decode_attention(q[:, 0], k_all, v_all, valid, start + 1, self.layout)[:, None]
-      out = constrain(self.layout, out, ("batch", "length", "act_heads", None))
-    else:
-      out = attend(q, k_all, v_all, slots, valid, self.layout)
+    out = attend(q, k_all, v_all, slots, valid, self.layout)
     return self.o_proj(out), k_all, v_all
 
 

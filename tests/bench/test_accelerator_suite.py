@@ -145,7 +145,11 @@ def test_smoke_run_with_pallas_decode_compares_it_with_xla(suite, tmp_path, monk
   monkeypatch.setattr(suite, "SMOKE", suite.dataclasses.replace(suite.SMOKE, prompt_len=32))
   results = suite.main(["--smoke", "--out", str(tmp_path), "--sections", "ceilings,generate"])
   gen = results["sections"]["generate"]
-  assert gen["decode_attention"] == "pallas" and gen["kernel_check"]["rel_error"] < 1e-2
+  check = gen["kernel_check"]
+  assert gen["decode_attention"] == "pallas" and check["rel_error"] < 1e-2 and check["cache_rel_error"] == 0
+  # 64 slots: blocks of 32 and 64 at 2, 4, 8 warps, then 1 and 3 stages at the fastest
+  tuned = [(t["block"], t["num_warps"], t["num_stages"]) for t in check["tuning"] if "s" in t]
+  assert len(tuned) == 8 and {b for b, _, _ in tuned} == {32, 64} and check["best"]["vs_default"] > 0
   row = gen["batches"]["16"]
   xla = row["xla_decode_attention"]
   assert row["all_rows_full_length"] and xla["all_rows_full_length"] and xla["pallas_speedup"] > 0
@@ -154,3 +158,4 @@ def test_smoke_run_with_pallas_decode_compares_it_with_xla(suite, tmp_path, monk
   assert rows["generate batch 16"].endswith("pallas decode attention")
   assert "rows agreeing" in rows["generate batch 16, XLA attention"]
   assert rows["decode attention kernel vs XLA"].startswith("rel. error")
+  assert "warps" in rows["decode attention kernel, fastest launch setting"]

@@ -12,7 +12,7 @@ from tests.helpers import REPO_ROOT
 
 # An entry with a cuBLAS GEMM (and its scratch workspace), a scan of known trip count 4 whose fused
 # GEMM reads one slice (through a bitcast) of a stacked weight, and a decode loop of unknown trip
-# count with an in-place cache update and a cuDNN call.
+# count with an in-place cache update, a cuDNN call and a kernel updating the cache in place (aliased).
 HLO = """HloModule jit_step, entry_computation_layout={()}
 
 %fused_slice (param_0.1: bf16[4,64,64], param_1.2: s32[], param_2.3: bf16[8,64]) -> bf16[8,64] {
@@ -53,6 +53,7 @@ HLO = """HloModule jit_step, entry_computation_layout={()}
   %h = f32[2,128]{1,0} get-tuple-element(%q), index=1
   %loop_dynamic_update_slice_fusion.3 = bf16[2,16,128]{2,1,0} fusion(%cache, %h), kind=kLoop, calls=%fused_dus
   %cudnn_call = (bf16[2,1,128]{2,1,0}, u8[0]{0}) custom-call(%h, %cache), custom_call_target="__cudnn$fmhaSoftmax"
+  %pallas_call.1 = (bf16[2,1,128]{2,1,0}, bf16[2,16,128]{2,1,0}) custom-call(%h, %loop_dynamic_update_slice_fusion.3), custom_call_target="__gpu$xla.gpu.triton", output_to_operand_aliasing={{1}: (1, {})}
   ROOT %r = (bf16[2,16,128]{2,1,0}, f32[2,128]{1,0}) tuple(%loop_dynamic_update_slice_fusion.3, %h)
 }
 
@@ -109,8 +110,11 @@ def test_launches_expand_known_trip_counts_and_count_bytes_read(gpu_hlo):
   dus = by_name["loop_dynamic_update_slice_fusion.3"][0]
   assert dus.read_bytes == 2 * 128 * 4 and dus.write_bytes == 2 * 128 * 2
   assert by_name["cudnn_call"][0].cudnn and not by_name["cudnn_call"][0].gemm
+  # the aliased kernel reads the cache and h, and writes its first output only
+  pallas = by_name["pallas_call.1"][0]
+  assert pallas.read_bytes == 2 * 16 * 128 * 2 + 2 * 128 * 4 and pallas.write_bytes == 2 * 128 * 2
   summary = gpu_hlo.summarise(launches, bandwidth=1e9)
-  assert summary["launches"] == 1 + 4 * 2 + 5 + 3 and summary["gemm_launches"] == 5 and summary["cudnn_launches"] == 1
+  assert summary["launches"] == 1 + 4 * 2 + 5 + 4 and summary["gemm_launches"] == 5 and summary["cudnn_launches"] == 1
   total = sum((x.read_bytes + x.write_bytes) * x.count for x in launches)
   assert summary["traffic_gb"] == pytest.approx(total / 1e9)
   assert summary["traffic_floor_ms"] == pytest.approx(total / 1e9 * 1e3)
@@ -119,7 +123,7 @@ def test_launches_expand_known_trip_counts_and_count_bytes_read(gpu_hlo):
 
 def test_loop_body_is_one_step_of_the_unknown_trip_count_loop(gpu_hlo):
   names = [x.name for x in gpu_hlo.Module(HLO).loop_body()]
-  assert sorted(names) == ["cudnn_call", "done", "loop_dynamic_update_slice_fusion.3"]
+  assert sorted(names) == ["cudnn_call", "done", "loop_dynamic_update_slice_fusion.3", "pallas_call.1"]
   with pytest.raises(ValueError, match="no while loop of unknown trip count"):
     gpu_hlo.Module(HLO.replace("%while.2 = ", "%not_a_loop = ").replace(
         "body=%decode_body", "body=%decode_body, backend_config={\"known_trip_count\":{\"n\":\"2\"}}")).loop_body()

@@ -53,7 +53,7 @@ def test_sharded_generation_with_the_pallas_decode_kernel_matches_one_device(che
   from lr_jax.ops import decode_attention as ops
   calls, kernel = [], ops.decode_attention
   monkeypatch.setattr(ops, "supported", lambda dtype, head_dim, slots: ops.slot_block(slots) is not None)
-  monkeypatch.setattr(ops, "decode_attention", lambda *a, **k: calls.append(a[5]) or kernel(*a, **k))
+  monkeypatch.setattr(ops, "decode_attention", lambda *a, **k: calls.append(a[7]) or kernel(*a, **k))
   single = run(checkpoint, None)
   layout = Layout.create(make_mesh((2, 2, 2)), "sample")
   sharded = run(checkpoint, layout, decode_attention="pallas")

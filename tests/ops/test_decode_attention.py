@@ -1,4 +1,5 @@
-"""The Pallas decode-attention kernel (run through Pallas' interpreter on CPU) against XLA's `attend`."""
+"""The Pallas decode-attention kernel (run through Pallas' interpreter on CPU) against XLA: the new
+key and value written with `dynamic_update_slice`, then `attend`."""
 from __future__ import annotations
 
 import jax
@@ -11,14 +12,18 @@ from lr_jax.ops.decode_attention import decode_attention, shardable, slot_block,
 from lr_jax.sharding import Layout, make_mesh
 
 
-def qkv(b, h, kv, slots, dh, dtype, seed=0):
-  kq, kk, kvv = jax.random.split(jax.random.key(seed), 3)
-  return (jax.random.normal(kq, (b, h, dh), dtype), jax.random.normal(kk, (b, kv, slots, dh), dtype),
-          jax.random.normal(kvv, (b, kv, slots, dh), dtype))
+def inputs(b, h, kv, slots, dh, dtype, seed=0):
+  """(q `[b, h, dh]`, k_new, v_new `[b, kv, dh]`, k, v `[b, kv, slots, dh]`), standard normal."""
+  keys = jax.random.split(jax.random.key(seed), 5)
+  return (jax.random.normal(keys[0], (b, h, dh), dtype), jax.random.normal(keys[1], (b, kv, dh), dtype),
+          jax.random.normal(keys[2], (b, kv, dh), dtype), jax.random.normal(keys[3], (b, kv, slots, dh), dtype),
+          jax.random.normal(keys[4], (b, kv, slots, dh), dtype))
 
 
-def reference(q, k, v, valid, end):
-  return attend(q[:, None], k, v, jnp.array([end - 1]), valid, None)[:, 0]
+def reference(q, k_new, v_new, k, v, valid, end):
+  k = jax.lax.dynamic_update_slice_in_dim(k, k_new[:, :, None], end - 1, axis=2)
+  v = jax.lax.dynamic_update_slice_in_dim(v, v_new[:, :, None], end - 1, axis=2)
+  return attend(q[:, None], k, v, jnp.array([end - 1]), valid, None)[:, 0], k, v
 
 
 def runs(end, slots, b):
@@ -32,37 +37,82 @@ def runs(end, slots, b):
   return jnp.asarray(valid)
 
 
-@pytest.mark.parametrize("h,kv,slots,end", [(12, 2, 64, 40), (14, 2, 48, 48), (4, 4, 32, 17), (16, 2, 256, 130)])
-def test_matches_attend_in_float32(h, kv, slots, end):
+def assert_matches(ours, want, atol):
+  for a, b in zip(ours, want):
+    assert a.shape == b.shape and a.dtype == b.dtype
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=atol)
+
+
+@pytest.mark.parametrize("h,kv,slots,end", [(12, 2, 64, 40), (14, 2, 48, 48), (4, 4, 32, 17), (16, 2, 256, 130),
+                                            (4, 2, 32, 1)])
+def test_matches_xla_in_float32(h, kv, slots, end):
   """GQA 6 and 7 query heads per kv head (padded to 16 rows), plain multi-head, 1..2 slot blocks,
-  `end` inside a block and at the last slot: equal to `attend` to float32 rounding."""
+  `end` inside a block, at the last slot and at the first: output equal to XLA's to float32
+  rounding, caches equal exactly (only slot `end - 1` changes)."""
   b, dh = 3, 32
-  q, k, v = qkv(b, h, kv, slots, dh, jnp.float32)
-  valid = runs(end, slots, b)
-  ours = decode_attention(q, k, v, valid, jnp.int32(end), interpret=True)
-  assert ours.shape == (b, h, dh) and ours.dtype == jnp.float32
-  np.testing.assert_allclose(np.asarray(ours), np.asarray(reference(q, k, v, valid, end)), atol=2e-6)
+  args = inputs(b, h, kv, slots, dh, jnp.float32)
+  valid = runs(end, slots, b).at[:, end - 1].set(True)
+  ours = decode_attention(*args, valid, jnp.int32(end), interpret=True)
+  want = reference(*args, valid, end)
+  assert ours[0].shape == (b, h, dh)
+  assert_matches(ours[:1], want[:1], atol=2e-6)
+  assert_matches(ours[1:], want[1:], atol=0)
+
+
+@pytest.mark.parametrize("block", [16, 32])
+def test_smaller_slot_blocks_give_the_same_result(block):
+  """`block` (a tuning knob) changes only how many slots one loop iteration takes."""
+  b, h, kv, slots, dh, end = 3, 12, 2, 64, 32, 41
+  args = inputs(b, h, kv, slots, dh, jnp.float32, seed=6)
+  valid = runs(end, slots, b).at[:, end - 1].set(True)
+  ours = decode_attention(*args, valid, jnp.int32(end), interpret=True, block=block, num_warps=2, num_stages=3)
+  want = reference(*args, valid, end)
+  assert_matches(ours[:1], want[:1], atol=2e-6)
+  assert_matches(ours[1:], want[1:], atol=0)
 
 
 def test_slots_at_or_past_end_are_not_read():
-  """Garbage (NaN) in slots >= end, even where `valid` says True, does not reach the output."""
+  """Garbage (NaN) in slots >= end, even where `valid` says True, and in the slot being written
+  does not reach the output."""
   b, h, kv, slots, dh, end = 2, 6, 1, 64, 16, 33
-  q, k, v = qkv(b, h, kv, slots, dh, jnp.float32, seed=1)
-  k, v = k.at[:, :, end:].set(jnp.nan), v.at[:, :, end:].set(jnp.nan)
+  q, k_new, v_new, k, v = inputs(b, h, kv, slots, dh, jnp.float32, seed=1)
+  k, v = k.at[:, :, end - 1:].set(jnp.nan), v.at[:, :, end - 1:].set(jnp.nan)
   valid = jnp.ones((b, slots), bool)
-  ours = decode_attention(q, k, v, valid, jnp.int32(end), interpret=True)
-  ref = reference(q, k[:, :, :end], v[:, :, :end], valid[:, :end], end)
-  np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), atol=2e-6)
+  out, k_out, _ = decode_attention(q, k_new, v_new, k, v, valid, jnp.int32(end), interpret=True)
+  want, k_want, _ = reference(q, k_new, v_new, k[:, :, :end], v[:, :, :end], valid[:, :end], end)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(want), atol=2e-6)
+  np.testing.assert_array_equal(np.asarray(k_out[:, :, :end]), np.asarray(k_want))
+
+
+def test_write_past_the_last_slot_is_clamped_like_xla():
+  """A misuse (end beyond the cache) writes the last slot, as `dynamic_update_slice` clamps, and
+  never outside the cache."""
+  b, h, kv, slots, dh = 2, 4, 2, 32, 16
+  args = inputs(b, h, kv, slots, dh, jnp.float32, seed=4)
+  valid = jnp.ones((b, slots), bool)
+  ours = decode_attention(*args, valid, jnp.int32(slots + 5), interpret=True)
+  assert_matches(ours, reference(*args, valid, slots + 5), atol=2e-6)
 
 
 def test_bf16_within_bf16_rounding():
   b, h, kv, slots, dh, end = 4, 12, 2, 128, 128, 100
-  q, k, v = qkv(b, h, kv, slots, dh, jnp.bfloat16, seed=2)
-  valid = runs(end, slots, b)
-  ours = decode_attention(q, k, v, valid, jnp.int32(end), interpret=True).astype(jnp.float32)
-  ref = reference(q, k, v, valid, end).astype(jnp.float32)
-  err = float(jnp.linalg.norm(ours - ref) / jnp.linalg.norm(ref))
+  args = inputs(b, h, kv, slots, dh, jnp.bfloat16, seed=2)
+  valid = runs(end, slots, b).at[:, end - 1].set(True)
+  ours = decode_attention(*args, valid, jnp.int32(end), interpret=True)
+  want = reference(*args, valid, end)
+  err = float(jnp.linalg.norm(ours[0].astype(jnp.float32) - want[0].astype(jnp.float32))
+              / jnp.linalg.norm(want[0].astype(jnp.float32)))
   assert err < 1e-2, err
+  assert_matches(ours[1:], want[1:], atol=0)
+
+
+def test_donated_cache_buffers_are_reused():
+  """Jitted with the caches donated, the written caches come back in the caches' own buffers."""
+  args = inputs(2, 4, 2, 32, 16, jnp.float32, seed=5)
+  buffers = [a.unsafe_buffer_pointer() for a in args[3:]]
+  fn = jax.jit(lambda *a: decode_attention(*a, interpret=True), donate_argnums=(3, 4))
+  _, k, v = fn(*args, jnp.ones((2, 32), bool), jnp.int32(9))
+  assert [k.unsafe_buffer_pointer(), v.unsafe_buffer_pointer()] == buffers
 
 
 def test_block_choice_and_support():
@@ -77,12 +127,12 @@ def test_sharded_equals_one_device(mesh_shape):
   """Under a mesh the kernel runs per shard (batch over data/fsdp, kv heads over tensor)."""
   layout = Layout.create(make_mesh(mesh_shape), "sample")
   b, h, kv, slots, dh, end = 8, 12, 2, 64, 16, 50
-  q, k, v = qkv(b, h, kv, slots, dh, jnp.float32, seed=3)
-  valid = runs(end, slots, b)
-  assert shardable(layout, q.shape, k.shape)
-  one = decode_attention(q, k, v, valid, jnp.int32(end), interpret=True)
-  sharded = jax.jit(lambda *a: decode_attention(*a, layout, interpret=True))(q, k, v, valid, jnp.int32(end))
-  np.testing.assert_allclose(np.asarray(sharded), np.asarray(one), atol=1e-6)
+  args = inputs(b, h, kv, slots, dh, jnp.float32, seed=3)
+  valid = runs(end, slots, b).at[:, end - 1].set(True)
+  assert shardable(layout, args[0].shape, args[3].shape)
+  one = decode_attention(*args, valid, jnp.int32(end), interpret=True)
+  sharded = jax.jit(lambda *a: decode_attention(*a, layout, interpret=True))(*args, valid, jnp.int32(end))
+  assert_matches(sharded, one, atol=1e-6)
 
 
 def test_not_shardable_when_heads_split_unlike_kv_heads():
@@ -92,6 +142,9 @@ def test_not_shardable_when_heads_split_unlike_kv_heads():
 
 
 def test_shapes_the_kernel_cannot_take_are_refused():
-  q, k, v = qkv(2, 12, 2, 72, 32, jnp.float32)
+  args = inputs(2, 12, 2, 72, 32, jnp.float32)
   with pytest.raises(ValueError, match="72 slots, head dim 32, 12/2 heads"):
-    decode_attention(q, k, v, jnp.ones((2, 72), bool), jnp.int32(10), interpret=True)
+    decode_attention(*args, jnp.ones((2, 72), bool), jnp.int32(10), interpret=True)
+  with pytest.raises(ValueError, match="block=24 must be a power of two >= 16 dividing the 64 cache slots"):
+    decode_attention(*inputs(2, 12, 2, 64, 32, jnp.float32), jnp.ones((2, 64), bool), jnp.int32(10),
+                     interpret=True, block=24)
