@@ -218,11 +218,13 @@ class Attention(nnx.Module):
     self.v_proj = Proj((d,), (kv, dh), ("embed",), ("kv_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
     self.o_proj = Proj((h, dh), (d,), ("heads", "head_dim"), ("embed",), bias=cfg.o_bias, dtype=dtype, rngs=rngs)
 
-  def __call__(self, x, positions, inv_freq, k_cache, v_cache, valid, start, kernel: str = "xla"):
+  def __call__(self, x, positions, inv_freq, k_cache, v_cache, valid, start, kernel="xla"):
     """x `[B, T, D]`; k_cache/v_cache `[B, K, S, Dh]` (or None: attend within x); valid bool `[B, S]`;
     kernel: "xla" (`attend`), "cudnn" (cache-free only, `attend_fused`; the keys and values returned
-    are then `[B, T, K, Dh]`) or "pallas" (one token over a cache, `decode_attention`)."""
-    if kernel == "cudnn" and k_cache is not None or kernel == "pallas" and (k_cache is None or x.shape[1] != 1):
+    are then `[B, T, K, Dh]`) or a `decode_attention.Launch` (one token over a cache: the Pallas
+    kernel with these launch settings)."""
+    pallas = isinstance(kernel, decode_attention_ops.Launch)
+    if kernel == "cudnn" and k_cache is not None or pallas and (k_cache is None or x.shape[1] != 1):
       raise ValueError(f"attention kernel {kernel!r} does not take this call (cuDNN: cache-free forwards; "
                        f"Pallas: one token over a cache)")
     q = apply_rope(self.q_proj(x), positions, inv_freq)
@@ -231,9 +233,10 @@ class Attention(nnx.Module):
     if kernel == "cudnn":
       return self.o_proj(attend_fused(q, k, v, valid, self.layout)), k, v
     k, v = k.swapaxes(1, 2), v.swapaxes(1, 2)  # [B, K, T, Dh]: the cache's layout
-    if kernel == "pallas":
-      out, k_all, v_all = decode_attention_ops.decode_attention(
-          q[:, 0], k[:, :, 0], v[:, :, 0], k_cache, v_cache, valid, start + 1, self.layout)
+    if pallas:
+      q1, k1, v1 = (a.astype(k_cache.dtype) for a in (q[:, 0], k[:, :, 0], v[:, :, 0]))
+      out, k_all, v_all = decode_attention_ops.decode_attention(q1, k1, v1, k_cache, v_cache, valid, start + 1,
+                                                                self.layout, launch=kernel)
       out = constrain(self.layout, out[:, None], ("batch", "length", "act_heads", None))
       return self.o_proj(out), k_all, v_all
     t = x.shape[1]
@@ -290,7 +293,8 @@ class Transformer(nnx.Module):
   where `fused_attention_supported` and `on_nvidia_gpu`, else xla. `decode_attention` picks the
   kernel of one-token steps over a cache: "xla", "pallas" (`lr_jax.ops.decode_attention`; compiled
   on NVIDIA GPUs, interpreted elsewhere), or "auto": pallas where `decode_attention.supported` and
-  `on_nvidia_gpu`, else xla. Prefill (several tokens over a cache) uses `attend`.
+  `on_nvidia_gpu`, else xla; `decode_launch` (`decode_attention.Launch`) holds the Pallas kernel's
+  Triton launch settings. Prefill (several tokens over a cache) uses `attend`.
   """
 
   def __init__(self, cfg: ModelConfig, *, dtype=jnp.bfloat16, layout: Layout | None = None,
@@ -308,6 +312,7 @@ class Transformer(nnx.Module):
     self.scan_layers = scan_layers
     self.attention = attention
     self.decode_attention = decode_attention
+    self.decode_launch = decode_attention_ops.Launch()
     emb = jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.hidden_size), jnp.float32) * 0.02
     self.embed = nnx.Param(emb.astype(dtype), logical_axes=("vocab", "embed"))
     self.layers = nnx.List([DecoderLayer(cfg, dtype, layout, rngs) for _ in range(cfg.num_layers)])
@@ -345,7 +350,8 @@ class Transformer(nnx.Module):
     if cache is None:
       kernel = "cudnn" if self.fused_attention() else "xla"
     else:
-      kernel = "pallas" if tokens.shape[1] == 1 and self.pallas_decode(tokens.shape[0], cache.valid.shape[1]) else "xla"
+      pallas = tokens.shape[1] == 1 and self.pallas_decode(tokens.shape[0], cache.valid.shape[1])
+      kernel = self.decode_launch if pallas else "xla"
     if cache is None and self.scan_layers:
       return self.final_norm(self._scanned_layers(call, x, positions, inv_freq, valid, kernel)), None
     new_k, new_v = [], []

@@ -18,6 +18,7 @@ runs per shard through `shard_map`; the batch and kv-head axes may be sharded, t
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -30,6 +31,16 @@ from jax.sharding import PartitionSpec
 _MASKED = -1e30
 MIN_ROWS = 16  # Triton's smallest matrix-product tile: the G query rows are padded to this
 MAX_BLOCK = 128  # slots per loop iteration
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+  """Triton launch settings of the kernel (performance only; every setting gives the same result up
+  to float32 summation order). block: slots per loop iteration, a power of two >= 16 dividing the
+  cache (None: `slot_block`); num_warps, num_stages: as in Triton."""
+  block: int | None = None
+  num_warps: int = 4
+  num_stages: int = 2
 
 
 def slot_block(slots: int) -> int | None:
@@ -58,7 +69,7 @@ def _kernel(end_ref, qkv_ref, k_ref, v_ref, valid_ref, o_ref, k_out_ref, v_out_r
   rows, head_dim = qkv_ref.shape
   real = (jnp.arange(rows) < groups)[:, None]
   q = plgpu.load(qkv_ref, mask=real, other=0)
-  k_new, v_new = qkv_ref[groups, :].astype(k_ref.dtype), qkv_ref[groups + 1, :].astype(v_ref.dtype)
+  k_new, v_new = qkv_ref[groups, :], qkv_ref[groups + 1, :]
   end = jnp.minimum(end_ref[0], k_ref.shape[0])  # no block past the cache is loaded
   pos = jnp.maximum(end - 1, 0)  # clamped into the cache like XLA's dynamic_update_slice
   k_out_ref[pl.ds(pos, 1), :] = k_new[None, :]  # the cache write: one slot, in place
@@ -87,13 +98,13 @@ def _kernel(end_ref, qkv_ref, k_ref, v_ref, valid_ref, o_ref, k_out_ref, v_out_r
   plgpu.store(o_ref, (o / l[:, None]).astype(o_ref.dtype), mask=real)
 
 
-def _decode_attention_local(q, k_new, v_new, k, v, valid, end, *, interpret: bool, block: int | None,
-                            num_warps: int, num_stages: int):
+def _decode_attention_local(q, k_new, v_new, k, v, valid, end, *, interpret: bool, launch: Launch):
   """`decode_attention` on one device's arrays (see there)."""
   b, h, dh = q.shape
   kv, slots = k.shape[1], k.shape[2]
   g = h // kv
   rows = max(MIN_ROWS, 1 << (g + 1).bit_length())
+  block = launch.block
   if block is None:
     block = slot_block(slots)
   elif block < MIN_ROWS or block & (block - 1) or slots % block:
@@ -102,10 +113,12 @@ def _decode_attention_local(q, k_new, v_new, k, v, valid, end, *, interpret: boo
   if block is None or dh & (dh - 1) or not 16 <= dh <= 256 or h % kv:
     raise ValueError(f"decode_attention: needs a slot count divisible by 16, a power-of-two head dim of 16..256 "
                      f"and query heads a multiple of the kv heads; got {slots} slots, head dim {dh}, {h}/{kv} heads")
+  if len({jnp.dtype(x.dtype) for x in (q, k_new, v_new, k, v)}) > 1:
+    raise ValueError(f"decode_attention: q, k_new, v_new and the caches need one dtype; got "
+                     f"{', '.join(jnp.dtype(x.dtype).name for x in (q, k_new, v_new, k, v))}")
   # One operand per (row, kv head): its G queries, then the new key and value. XLA fuses this
   # concatenation with the projections' epilogues (bias, RoPE) into one kernel.
-  qkv = jnp.concatenate([q.reshape(b, kv, g, dh), k_new.astype(q.dtype)[:, :, None],
-                         v_new.astype(q.dtype)[:, :, None]], axis=2)
+  qkv = jnp.concatenate([q.reshape(b, kv, g, dh), k_new[:, :, None], v_new[:, :, None]], axis=2)
   kernel = functools.partial(_kernel, block=block, scale=1.0 / math.sqrt(dh), groups=g)
   head = pl.BlockSpec((None, None, rows, dh), lambda i, j: (i, j, 0, 0))
   cache = pl.BlockSpec((None, None, slots, dh), lambda i, j: (i, j, 0, 0))
@@ -118,7 +131,7 @@ def _decode_attention_local(q, k_new, v_new, k, v, valid, end, *, interpret: boo
       out_shape=[jax.ShapeDtypeStruct((b, kv, g, dh), q.dtype), jax.ShapeDtypeStruct(k.shape, k.dtype),
                  jax.ShapeDtypeStruct(v.shape, v.dtype)],
       input_output_aliases={2: 1, 3: 2},
-      compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
+      compiler_params=plgpu.CompilerParams(num_warps=launch.num_warps, num_stages=launch.num_stages),
       interpret=interpret,
       name="lr_jax_decode_attention",
   )(jnp.reshape(end, (1,)).astype(jnp.int32), qkv, k, v, valid.astype(jnp.int32))
@@ -126,21 +139,20 @@ def _decode_attention_local(q, k_new, v_new, k, v, valid, end, *, interpret: boo
 
 
 def decode_attention(q, k_new, v_new, k, v, valid, end, layout=None, *, interpret: bool | None = None,
-                     block: int | None = None, num_warps: int = 4, num_stages: int = 2):
+                     launch: Launch = Launch()):
   """Writes one new key and value per row into the cache and attends the row's new query over it.
 
   q: `[B, H, Dh]`, the query of the token at slot `end - 1`; k_new, v_new: `[B, K, Dh]`, its key and
-  value; k, v: `[B, K, S, Dh]`, the cache before them; valid: bool `[B, S]` (slot `end - 1` included);
+  value; k, v: `[B, K, S, Dh]`, the cache before them (all five of one dtype); valid: bool `[B, S]` (slot `end - 1` included);
   end: int32 scalar, slots >= end are ignored (blocks wholly past it are not loaded). layout: an
   `lr_jax.sharding.Layout` or None. interpret: run Pallas' interpreter; None (default): compiled
-  when lowered for CUDA, interpreted for any other platform. block (slots per loop iteration,
-  default `slot_block`), num_warps, num_stages: Triton's launch settings, for tuning on a GPU.
+  when lowered for CUDA, interpreted for any other platform. launch: Triton's launch settings.
 
   Returns (out `[B, H, Dh]` in q's dtype, k, v with slot `end - 1` written (clamped into the cache
   like `lax.dynamic_update_slice`)). The caches are updated in place where XLA can alias them (a
   donated or loop-carried buffer), so a decode step writes one slot instead of copying the cache.
   """
-  kernel = functools.partial(_decode_attention_local, block=block, num_warps=num_warps, num_stages=num_stages)
+  kernel = functools.partial(_decode_attention_local, launch=launch)
   if interpret is None:
     def local(*args):
       return jax.lax.platform_dependent(*args, cuda=functools.partial(kernel, interpret=False),

@@ -139,10 +139,12 @@ def test_smoke_run_with_fused_attention_compares_it_with_xla(suite, tmp_path, mo
 
 def test_smoke_run_with_pallas_decode_compares_it_with_xla(suite, tmp_path, monkeypatch):
   """The GPU-only generation rows (the Pallas decode kernel, here through Pallas' interpreter, timed
-  and checked against XLA's attention), with a 64-slot cache the kernel takes."""
+  and checked against XLA's attention, its launch settings swept and generation timed again with
+  the fastest), with a 64-slot cache the kernel takes."""
   import lr_jax.models.transformer as transformer
   monkeypatch.setattr(transformer, "on_nvidia_gpu", lambda: True)
   monkeypatch.setattr(suite, "SMOKE", suite.dataclasses.replace(suite.SMOKE, prompt_len=32))
+  monkeypatch.setattr(suite, "TUNED_MIN_GAIN", 0.0)  # time generation with the fastest setting whatever it gains
   results = suite.main(["--smoke", "--out", str(tmp_path), "--sections", "ceilings,generate"])
   gen = results["sections"]["generate"]
   check = gen["kernel_check"]
@@ -154,8 +156,12 @@ def test_smoke_run_with_pallas_decode_compares_it_with_xla(suite, tmp_path, monk
   xla = row["xla_decode_attention"]
   assert row["all_rows_full_length"] and xla["all_rows_full_length"] and xla["pallas_speedup"] > 0
   assert xla["first_tokens_agreeing"] >= 0.9
+  fast, best = row["tuned_decode_launch"], check["best"]
+  assert fast["launch"] == {k: best[k] for k in ("block", "num_warps", "num_stages")}
+  assert fast["all_rows_full_length"] and fast["vs_default"] > 0 and 0 <= fast["rows_agreeing"] <= 1
   rows = dict(suite.summary_rows(results))
   assert rows["generate batch 16"].endswith("pallas decode attention")
   assert "rows agreeing" in rows["generate batch 16, XLA attention"]
   assert rows["decode attention kernel vs XLA"].startswith("rel. error")
   assert "warps" in rows["decode attention kernel, fastest launch setting"]
+  assert "the default; rows agreeing" in rows["generate batch 16, tuned kernel"]

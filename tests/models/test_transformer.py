@@ -116,11 +116,11 @@ def test_left_padding_gives_unpadded_results_at_real_positions(qwen2_tiny):
 def test_kv_cache_prefill_then_steps_equals_full_forward(qwen2_tiny, monkeypatch, kernel, slots):
   """Prefill, then one-token steps, equal the full forward; slots past the 16 used stay masked. With
   decode_attention="pallas" (Pallas' interpreter on CPU; float32 allowed here) prefill runs through
-  XLA and every step through the kernel, one call per layer."""
+  XLA and every step through the kernel (with the model's `decode_launch`), one call per layer."""
   from lr_jax.ops import decode_attention as ops
   calls, pallas = [], ops.decode_attention
   monkeypatch.setattr(ops, "supported", lambda dtype, head_dim, slots: ops.slot_block(slots) is not None)
-  monkeypatch.setattr(ops, "decode_attention", lambda *a, **k: calls.append(a[0].shape) or pallas(*a, **k))
+  monkeypatch.setattr(ops, "decode_attention", lambda *a, **k: calls.append((a[0].shape, k["launch"])) or pallas(*a, **k))
   model = qwen2_tiny
   prompt, prompt_mask = left_padded_batch([12, 7], 12, VOCAB, seed=2)
   steps = random_ids(2, 4, VOCAB, seed=3)
@@ -129,6 +129,7 @@ def test_kv_cache_prefill_then_steps_equals_full_forward(qwen2_tiny, monkeypatch
   full = jax_logits(model, full_ids, full_mask)
 
   monkeypatch.setattr(model, "decode_attention", kernel)
+  monkeypatch.setattr(model, "decode_launch", ops.Launch(block=16, num_warps=2))
   graphdef, state = nnx.split(model)
 
   @jax.jit
@@ -150,7 +151,8 @@ def test_kv_cache_prefill_then_steps_equals_full_forward(qwen2_tiny, monkeypatch
   assert int(cache.end) == 16
   np.testing.assert_array_equal(np.asarray(cache.valid),
                                 np.concatenate([full_mask, np.zeros((2, slots - 16), bool)], 1))
-  assert calls == ([(2, 4, 16)] * model.config.num_layers if kernel == "pallas" else [])  # traced once
+  # traced once, with the model's launch settings
+  assert calls == ([((2, 4, 16), ops.Launch(16, 2, 2))] * model.config.num_layers if kernel == "pallas" else [])
 
 
 def test_decode_kernel_choice_and_refusals():

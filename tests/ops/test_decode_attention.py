@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lr_jax.models.transformer import attend
-from lr_jax.ops.decode_attention import decode_attention, shardable, slot_block, supported
+from lr_jax.ops.decode_attention import Launch, decode_attention, shardable, slot_block, supported
 from lr_jax.sharding import Layout, make_mesh
 
 
@@ -61,11 +61,11 @@ def test_matches_xla_in_float32(h, kv, slots, end):
 
 @pytest.mark.parametrize("block", [16, 32])
 def test_smaller_slot_blocks_give_the_same_result(block):
-  """`block` (a tuning knob) changes only how many slots one loop iteration takes."""
+  """`Launch.block` (a tuning knob) changes only how many slots one loop iteration takes."""
   b, h, kv, slots, dh, end = 3, 12, 2, 64, 32, 41
   args = inputs(b, h, kv, slots, dh, jnp.float32, seed=6)
   valid = runs(end, slots, b).at[:, end - 1].set(True)
-  ours = decode_attention(*args, valid, jnp.int32(end), interpret=True, block=block, num_warps=2, num_stages=3)
+  ours = decode_attention(*args, valid, jnp.int32(end), interpret=True, launch=Launch(block, num_warps=2, num_stages=3))
   want = reference(*args, valid, end)
   assert_matches(ours[:1], want[:1], atol=2e-6)
   assert_matches(ours[1:], want[1:], atol=0)
@@ -106,15 +106,6 @@ def test_bf16_within_bf16_rounding():
   assert_matches(ours[1:], want[1:], atol=0)
 
 
-def test_donated_cache_buffers_are_reused():
-  """Jitted with the caches donated, the written caches come back in the caches' own buffers."""
-  args = inputs(2, 4, 2, 32, 16, jnp.float32, seed=5)
-  buffers = [a.unsafe_buffer_pointer() for a in args[3:]]
-  fn = jax.jit(lambda *a: decode_attention(*a, interpret=True), donate_argnums=(3, 4))
-  _, k, v = fn(*args, jnp.ones((2, 32), bool), jnp.int32(9))
-  assert [k.unsafe_buffer_pointer(), v.unsafe_buffer_pointer()] == buffers
-
-
 def test_block_choice_and_support():
   assert slot_block(256) == 128 and slot_block(384) == 128 and slot_block(80) == 16 and slot_block(72) is None
   assert supported(jnp.bfloat16, 128, 256) and supported(jnp.float16, 64, 48)
@@ -147,4 +138,8 @@ def test_shapes_the_kernel_cannot_take_are_refused():
     decode_attention(*args, jnp.ones((2, 72), bool), jnp.int32(10), interpret=True)
   with pytest.raises(ValueError, match="block=24 must be a power of two >= 16 dividing the 64 cache slots"):
     decode_attention(*inputs(2, 12, 2, 64, 32, jnp.float32), jnp.ones((2, 64), bool), jnp.int32(10),
-                     interpret=True, block=24)
+                     interpret=True, launch=Launch(block=24))
+  q, k_new, v_new, k, v = inputs(2, 12, 2, 64, 32, jnp.float32)
+  with pytest.raises(ValueError, match="one dtype; got bfloat16, float32, float32, float32, float32"):
+    decode_attention(q.astype(jnp.bfloat16), k_new, v_new, k, v, jnp.ones((2, 64), bool), jnp.int32(10),
+                     interpret=True)
