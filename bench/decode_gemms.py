@@ -1,0 +1,178 @@
+"""A decode step's projection GEMMs alone: weights as lr_jax holds them or pre-merged, through XLA's
+Triton GEMMs or cuBLAS. Which of these is worth building into the model.
+
+At batch 256 a decode step of the 1.5B expert is GEMM-bound (bench/RESULTS.md): XLA runs the q/k/v
+and gate/up projections as Triton GEMM fusions that concatenate the separate weights on the fly,
+at ~40% of the matmul peak on an H200. This times the projections of one step, all layers (x `[B, D]`
+through q/k/v, o, gate/up with SwiGLU, down, residual adds; no attention, norms or LM head), in
+three variants, each in its own process because XLA reads its flags at start-up:
+
+  separate          one weight per projection, as `lr_jax.models.transformer` holds them (baseline)
+  merged            q/k/v as one `[D, (H + 2K) Dh]` weight and gate/up as one `[D, 2F]`: plain dots,
+                    for which XLA's autotuner weighs cuBLAS against its Triton GEMMs
+  separate_cublas   separate, with XLA's Triton GEMMs off (--xla_gpu_enable_triton_gemm=false): a flag
+                    a launch script could set, no change to the model
+
+A step's time is (time of 2n steps - time of n steps) / n, steps chained in one jitted loop, so
+dispatch cancels. Prints, per variant and batch: ms per step, TFLOP/s, the ratio to the baseline,
+and the output's relative difference from the baseline's (the variants compute the same function).
+
+  python bench/decode_gemms.py                    # the expert's shapes, batches 64 and 256 (a GPU)
+  python bench/decode_gemms.py --smoke            # tiny shapes on CPU (a test runs it)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+VARIANTS = {"separate": "", "merged": "", "separate_cublas": "--xla_gpu_enable_triton_gemm=false"}
+MARKER = "DECODE_GEMMS "
+
+
+def projections(cfg, merged: bool, seed: int = 0) -> list[dict]:
+  """Per layer, bf16 weights ~ N(0, 1/fan_in): wq `[D, H Dh]`, wk, wv `[D, K Dh]` (merged: wqkv
+  `[D, (H + 2K) Dh]`), wo `[H Dh, D]`, wg, wu `[D, F]` (merged: wgu `[D, 2F]`), wd `[F, D]`. The
+  merged weights are the separate ones concatenated, so both variants compute the same function."""
+  import jax
+  import jax.numpy as jnp
+  d, q, kv, f = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.intermediate_size
+  layers = []
+  for i in range(cfg.num_layers):
+    keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), i), 7)
+
+    def w(key, shape):
+      return (jax.random.normal(key, shape, jnp.float32) / shape[0] ** 0.5).astype(jnp.bfloat16)
+
+    wq, wk, wv, wo = w(keys[0], (d, q)), w(keys[1], (d, kv)), w(keys[2], (d, kv)), w(keys[3], (q, d))
+    wg, wu, wd = w(keys[4], (d, f)), w(keys[5], (d, f)), w(keys[6], (f, d))
+    if merged:
+      layers.append({"wqkv": jnp.concatenate([wq, wk, wv], 1), "wo": wo, "wgu": jnp.concatenate([wg, wu], 1),
+                     "wd": wd})
+    else:
+      layers.append({"wq": wq, "wk": wk, "wv": wv, "wo": wo, "wg": wg, "wu": wu, "wd": wd})
+  return layers
+
+
+def step(x, layers, q_width: int):
+  """One decode step's projections: x `[B, D]` -> (x `[B, D]`, the last layer's k and v `[B, K Dh]`)."""
+  import jax
+  import jax.numpy as jnp
+  k = v = None
+  for w in layers:
+    if "wqkv" in w:
+      kv_width = (w["wqkv"].shape[1] - q_width) // 2
+      q, k, v = jnp.split(x @ w["wqkv"], [q_width, q_width + kv_width], axis=1)
+    else:
+      q, k, v = x @ w["wq"], x @ w["wk"], x @ w["wv"]
+    y = x + q @ w["wo"]  # the attention output stands in for q
+    if "wgu" in w:
+      g, u = jnp.split(y @ w["wgu"], 2, axis=1)
+    else:
+      g, u = y @ w["wg"], y @ w["wu"]
+    x = y + (jax.nn.silu(g) * u) @ w["wd"]
+  return x, k, v
+
+
+def step_flops(cfg, batch: int) -> float:
+  d, q, kv, f = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.intermediate_size
+  return 2.0 * batch * cfg.num_layers * (d * (q + 2 * kv) + q * d + 2 * d * f + f * d)
+
+
+def measure(variant: str, smoke: bool, batches: list[int], steps: int) -> dict:
+  """Runs in the variant's own process: per batch, seconds per step and the output's checksum."""
+  import jax
+  import jax.numpy as jnp
+  import accelerator_suite as suite
+  cfg = (suite.SMOKE if smoke else suite.FULL).expert
+  layers = projections(cfg, merged=variant.startswith("merged"))
+  q_width = cfg.num_heads * cfg.head_dim
+  out = {"device": str(jax.devices()[0].device_kind), "batches": {}}
+  for batch in batches:
+    x = jax.random.normal(jax.random.key(batch), (batch, cfg.hidden_size), jnp.bfloat16)
+
+    def looped(n):
+      def run(x, layers):
+        def body(_, carry):
+          return step(carry[0], layers, q_width)
+        kv = cfg.num_kv_heads * cfg.head_dim
+        zeros = jnp.zeros((batch, kv), jnp.bfloat16)
+        return jax.lax.fori_loop(0, n, body, (x, zeros, zeros))
+      run = jax.jit(run)
+      result = jax.block_until_ready(run(x, layers))  # compiles
+      times = []
+      for _ in range(5):
+        t0 = time.perf_counter()
+        jax.block_until_ready(run(x, layers))
+        times.append(time.perf_counter() - t0)
+      return statistics.median(times), result
+
+    t1, _ = looped(steps)
+    t2, (y, k, v) = looped(2 * steps)
+    seconds = max(t2 - t1, 0.0) / steps
+    one = jax.jit(lambda x, layers: step(x, layers, q_width))(x, layers)[0].astype(jnp.float32)
+    out["batches"][str(batch)] = {"step_s": seconds, "flops": step_flops(cfg, batch),
+                                  "output": [float(v) for v in one.ravel()[:4096]]}
+  return out
+
+
+def run_variant(variant: str, smoke: bool, batches: list[int], steps: int) -> dict:
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = " ".join(f for f in (env.get("XLA_FLAGS", ""), VARIANTS[variant]) if f)
+  cmd = [sys.executable, os.path.abspath(__file__), "--variant", variant, "--batches", ",".join(map(str, batches)),
+         "--steps", str(steps)] + (["--smoke"] if smoke else [])
+  proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+  line = next((ln for ln in proc.stdout.splitlines() if ln.startswith(MARKER)), None)
+  if proc.returncode or line is None:
+    return {"error": f"exit {proc.returncode}: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}"}
+  return json.loads(line[len(MARKER):])
+
+
+def main(argv=None) -> dict:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--smoke", action="store_true", help="tiny shapes on CPU")
+  p.add_argument("--batches", default="64,256")
+  p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--out", default="", help="write the results as JSON here")
+  p.add_argument("--variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)  # the child process
+  args = p.parse_args(argv)
+  batches = [int(b) for b in args.batches.split(",") if b]
+  if args.variant:
+    print(MARKER + json.dumps(measure(args.variant, args.smoke, batches, args.steps)), flush=True)
+    return {}
+  import numpy as np
+  results = {name: run_variant(name, args.smoke, batches, args.steps) for name in VARIANTS}
+  base = results["separate"]
+  for name, r in results.items():
+    if "error" in r:
+      print(f"{name}: {r['error']}")
+      continue
+    for b, row in r["batches"].items():
+      ref = base.get("batches", {}).get(b)
+      row["tflops"] = row["flops"] / row["step_s"] / 1e12 if row["step_s"] else None
+      if ref:
+        row["vs_baseline"] = ref["step_s"] / row["step_s"] if row["step_s"] else None
+        a, w = np.asarray(row["output"]), np.asarray(ref["output"])
+        row["rel_diff_vs_baseline"] = float(np.linalg.norm(a - w) / np.linalg.norm(w))
+      print(f"{name:16s} batch {b:>4s}: {row['step_s'] * 1e3:8.3f} ms/step, "
+            f"{(row['tflops'] or float('nan')):7.1f} TFLOP/s, {row.get('vs_baseline') or float('nan'):.2f}x separate, "
+            f"output rel. diff {row.get('rel_diff_vs_baseline', float('nan')):.1e} ({r['device']})", flush=True)
+  for r in results.values():
+    for row in r.get("batches", {}).values():
+      row.pop("output")
+  if args.out:
+    import accelerator_suite as suite
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    suite.write_atomic(args.out, json.dumps(results, indent=2))
+  return results
+
+
+if __name__ == "__main__":
+  main()
