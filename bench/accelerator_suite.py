@@ -411,8 +411,8 @@ def tune_decode_kernel(per_call: Callable[[Callable], float], slots: int) -> lis
 def section_generate(ctx: Context) -> dict[str, Any]:
   """Greedy generation at each batch with the model's decode attention ("auto": the Pallas kernel on
   NVIDIA GPUs) and, where that is the Pallas kernel, with XLA's attention too (speed-up, and the
-  share of rows whose greedy tokens agree), and with the kernel's fastest launch setting from the
-  kernel check where it beats the default by `TUNED_MIN_GAIN`."""
+  share of rows whose greedy tokens agree), and at the largest batch with the kernel's fastest
+  launch setting from the kernel check, where it beats the default by `TUNED_MIN_GAIN`."""
   s = ctx.shapes
   model = ctx.model("expert")
   pallas = model.pallas_decode(max(s.gen_batches), s.prompt_len + output_slots(s.new_tokens))
@@ -444,7 +444,7 @@ def section_generate(ctx: Context) -> dict[str, Any]:
       log(f"generate batch {batch} (xla decode attention): {xla['step_s'] * 1e3:.2f} ms/step, roofline "
           f"{xla.get('roofline_fraction', float('nan')) * 100:.1f}%: Pallas {xla['pallas_speedup']:.2f}x; "
           f"rows agreeing {100 * xla['rows_agreeing']:.0f}%")
-    if tuned is not None:
+    if tuned is not None and batch == max(s.gen_batches):  # the batch the kernel was tuned at
       default, model.decode_launch = model.decode_launch, tuned  # static: read when traced
       fast, fast_tokens = time_generation(ctx, *nnx.split(model), batch)
       model.decode_launch = default
