@@ -13,8 +13,9 @@ Shapes: B batch, K kv heads, G query heads per kv head, S cache slots, Dh head d
 slot `end - 1` of the cache (in place: XLA's separate dynamic-update-slice kernels go) and equals
 `lr_jax.models.transformer.attend` for one query per row at slot `end - 1` over the written cache
 (same masks; a softmax in float32; probabilities rounded to the value dtype before the value
-product, after the float32 normalisation in `attend` and before it here). It runs compiled on NVIDIA GPUs and through Pallas' interpreter elsewhere (tests). Under a mesh it
-runs per shard through `shard_map`; the batch and kv-head axes may be sharded, the slots may not.
+product, after the float32 normalisation in `attend` and before it here). It runs compiled on
+NVIDIA GPUs and through Pallas' interpreter elsewhere (tests). Under a mesh it runs per shard
+through `shard_map`; the batch and kv-head axes may be sharded, the slots may not.
 """
 from __future__ import annotations
 
@@ -143,9 +144,9 @@ def decode_attention(q, k_new, v_new, k, v, valid, end, layout=None, *, interpre
   """Writes one new key and value per row into the cache and attends the row's new query over it.
 
   q: `[B, H, Dh]`, the query of the token at slot `end - 1`; k_new, v_new: `[B, K, Dh]`, its key and
-  value; k, v: `[B, K, S, Dh]`, the cache before them (all five of one dtype); valid: bool `[B, S]` (slot `end - 1` included);
-  end: int32 scalar, slots >= end are ignored (blocks wholly past it are not loaded). layout: an
-  `lr_jax.sharding.Layout` or None. interpret: run Pallas' interpreter; None (default): compiled
+  value; k, v: `[B, K, S, Dh]`, the cache before them (all five of one dtype); valid: bool `[B, S]`
+  (slot `end - 1` included); end: int32 scalar, slots >= end are ignored (blocks wholly past it are
+  not loaded). layout: an `lr_jax.sharding.Layout` or None. interpret: run Pallas' interpreter; None (default): compiled
   when lowered for CUDA, interpreted for any other platform. launch: Triton's launch settings.
 
   Returns (out `[B, H, Dh]` in q's dtype, k, v with slot `end - 1` written (clamped into the cache

@@ -12,7 +12,8 @@ from tests.helpers import REPO_ROOT
 
 def test_smoke_run_times_every_variant_and_they_agree(tmp_path, capsys):
   sys.path.insert(0, os.path.join(REPO_ROOT, "bench"))
-  spec = importlib.util.spec_from_file_location("bench_decode_gemms", os.path.join(REPO_ROOT, "bench", "decode_gemms.py"))
+  path = os.path.join(REPO_ROOT, "bench", "decode_gemms.py")
+  spec = importlib.util.spec_from_file_location("bench_decode_gemms", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   out = module.main(["--smoke", "--batches", "4", "--steps", "2", "--out", str(tmp_path / "r.json")])

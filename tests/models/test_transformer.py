@@ -120,7 +120,8 @@ def test_kv_cache_prefill_then_steps_equals_full_forward(qwen2_tiny, monkeypatch
   from lr_jax.ops import decode_attention as ops
   calls, pallas = [], ops.decode_attention
   monkeypatch.setattr(ops, "supported", lambda dtype, head_dim, slots: ops.slot_block(slots) is not None)
-  monkeypatch.setattr(ops, "decode_attention", lambda *a, **k: calls.append((a[0].shape, k["launch"])) or pallas(*a, **k))
+  monkeypatch.setattr(ops, "decode_attention",
+                      lambda *a, **k: calls.append((a[0].shape, k["launch"])) or pallas(*a, **k))
   model = qwen2_tiny
   prompt, prompt_mask = left_padded_batch([12, 7], 12, VOCAB, seed=2)
   steps = random_ids(2, 4, VOCAB, seed=3)
