@@ -5,13 +5,18 @@ At batch 256 a decode step of the 1.5B expert is GEMM-bound (bench/RESULTS.md): 
 and gate/up projections as Triton GEMM fusions that concatenate the separate weights on the fly,
 at ~40% of the matmul peak on an H200. This times the projections of one step, all layers (x `[B, D]`
 through q/k/v, o, gate/up with SwiGLU, down, residual adds; no attention, norms or LM head), in
-three variants, each in its own process because XLA reads its flags at start-up:
+four variants, each in its own process because XLA reads its flags at start-up:
 
   separate          one weight per projection, as `lr_jax.models.transformer` holds them (baseline)
   merged            q/k/v as one `[D, (H + 2K) Dh]` weight and gate/up as one `[D, 2F]`: plain dots,
                     for which XLA's autotuner weighs cuBLAS against its Triton GEMMs
   separate_cublas   separate, with XLA's Triton GEMMs off (--xla_gpu_enable_triton_gemm=false): a flag
                     a launch script could set, no change to the model
+  separate_exhaustive  separate, with XLA's autotuner trying every Triton tiling
+                    (--xla_gpu_exhaustive_tiling_search=true): also a flag, paid in compile time
+
+The variants run in this order, each within --variant-timeout seconds; results are printed and
+written as each finishes, so a time-boxed run keeps what finished.
 
 A step's time is (time of 2n steps - time of n steps) / n, steps chained in one jitted loop, so
 dispatch cancels. Prints, per variant and batch: ms per step, TFLOP/s, the ratio to the baseline,
@@ -33,7 +38,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-VARIANTS = {"separate": "", "merged": "", "separate_cublas": "--xla_gpu_enable_triton_gemm=false"}
+VARIANTS = {"separate": "", "merged": "", "separate_cublas": "--xla_gpu_enable_triton_gemm=false",
+            "separate_exhaustive": "--xla_gpu_exhaustive_tiling_search=true"}
 MARKER = "DECODE_GEMMS "
 
 
@@ -123,16 +129,39 @@ def measure(variant: str, smoke: bool, batches: list[int], steps: int) -> dict:
   return out
 
 
-def run_variant(variant: str, smoke: bool, batches: list[int], steps: int) -> dict:
+def run_variant(variant: str, smoke: bool, batches: list[int], steps: int, timeout: float) -> dict:
+  """`measure` in a process of its own with the variant's XLA flags; {"error": ...} if it fails."""
   env = dict(os.environ)
   env["XLA_FLAGS"] = " ".join(f for f in (env.get("XLA_FLAGS", ""), VARIANTS[variant]) if f)
   cmd = [sys.executable, os.path.abspath(__file__), "--variant", variant, "--batches", ",".join(map(str, batches)),
          "--steps", str(steps)] + (["--smoke"] if smoke else [])
-  proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+  try:
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+  except subprocess.TimeoutExpired:
+    return {"error": f"timed out after {timeout:.0f} s"}
   line = next((ln for ln in proc.stdout.splitlines() if ln.startswith(MARKER)), None)
   if proc.returncode or line is None:
     return {"error": f"exit {proc.returncode}: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}"}
   return json.loads(line[len(MARKER):])
+
+
+def compare(r: dict, base: dict) -> None:
+  """Adds to each batch row of `r` its TFLOP/s, its speed-up over `base` and its output's relative
+  difference from `base`'s."""
+  import numpy as np
+  for b, row in r.get("batches", {}).items():
+    ref = base.get("batches", {}).get(b)
+    row["tflops"] = row["flops"] / row["step_s"] / 1e12 if row["step_s"] else None
+    if ref:
+      row["vs_baseline"] = ref["step_s"] / row["step_s"] if row["step_s"] else None
+      a, w = np.asarray(row["output"]), np.asarray(ref["output"])
+      row["rel_diff_vs_baseline"] = float(np.linalg.norm(a - w) / np.linalg.norm(w))
+
+
+def without_outputs(results: dict) -> dict:
+  """`results` less the output samples `measure` returns for `compare`."""
+  return {name: {**r, "batches": {b: {k: v for k, v in row.items() if k != "output"}
+                                  for b, row in r.get("batches", {}).items()}} for name, r in results.items()}
 
 
 def main(argv=None) -> dict:
@@ -140,38 +169,29 @@ def main(argv=None) -> dict:
   p.add_argument("--smoke", action="store_true", help="tiny shapes on CPU")
   p.add_argument("--batches", default="64,256")
   p.add_argument("--steps", type=int, default=10)
-  p.add_argument("--out", default="", help="write the results as JSON here")
+  p.add_argument("--variant-timeout", type=float, default=45.0, help="seconds each variant's process may take")
+  p.add_argument("--out", default="", help="write the results as JSON here (rewritten after each variant)")
   p.add_argument("--variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)  # the child process
   args = p.parse_args(argv)
   batches = [int(b) for b in args.batches.split(",") if b]
   if args.variant:
     print(MARKER + json.dumps(measure(args.variant, args.smoke, batches, args.steps)), flush=True)
     return {}
-  import numpy as np
-  results = {name: run_variant(name, args.smoke, batches, args.steps) for name in VARIANTS}
-  base = results["separate"]
-  for name, r in results.items():
+  import accelerator_suite as suite
+  results: dict = {}
+  for name in VARIANTS:
+    r = results[name] = run_variant(name, args.smoke, batches, args.steps, args.variant_timeout)
+    compare(r, results["separate"])
     if "error" in r:
-      print(f"{name}: {r['error']}")
-      continue
-    for b, row in r["batches"].items():
-      ref = base.get("batches", {}).get(b)
-      row["tflops"] = row["flops"] / row["step_s"] / 1e12 if row["step_s"] else None
-      if ref:
-        row["vs_baseline"] = ref["step_s"] / row["step_s"] if row["step_s"] else None
-        a, w = np.asarray(row["output"]), np.asarray(ref["output"])
-        row["rel_diff_vs_baseline"] = float(np.linalg.norm(a - w) / np.linalg.norm(w))
-      print(f"{name:16s} batch {b:>4s}: {row['step_s'] * 1e3:8.3f} ms/step, "
+      print(f"{name}: {r['error']}", flush=True)
+    for b, row in r.get("batches", {}).items():
+      print(f"{name:20s} batch {b:>4s}: {row['step_s'] * 1e3:8.3f} ms/step, "
             f"{(row['tflops'] or float('nan')):7.1f} TFLOP/s, {row.get('vs_baseline') or float('nan'):.2f}x separate, "
             f"output rel. diff {row.get('rel_diff_vs_baseline', float('nan')):.1e} ({r['device']})", flush=True)
-  for r in results.values():
-    for row in r.get("batches", {}).values():
-      row.pop("output")
-  if args.out:
-    import accelerator_suite as suite
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    suite.write_atomic(args.out, json.dumps(results, indent=2))
-  return results
+    if args.out:
+      os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+      suite.write_atomic(args.out, json.dumps(without_outputs(results), indent=2))
+  return without_outputs(results)
 
 
 if __name__ == "__main__":
