@@ -33,7 +33,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -104,25 +103,16 @@ def measure(variant: str, smoke: bool, batches: list[int], steps: int) -> dict:
   for batch in batches:
     x = jax.random.normal(jax.random.key(batch), (batch, cfg.hidden_size), jnp.bfloat16)
 
-    def looped(n):
+    def looped(n) -> float:
+      """Median seconds of n chained steps in one jitted loop."""
       def run(x, layers):
-        def body(_, carry):
-          return step(carry[0], layers, q_width)
-        kv = cfg.num_kv_heads * cfg.head_dim
-        zeros = jnp.zeros((batch, kv), jnp.bfloat16)
-        return jax.lax.fori_loop(0, n, body, (x, zeros, zeros))
+        zeros = jnp.zeros((batch, cfg.num_kv_heads * cfg.head_dim), jnp.bfloat16)
+        return jax.lax.fori_loop(0, n, lambda _, carry: step(carry[0], layers, q_width), (x, zeros, zeros))
       run = jax.jit(run)
-      result = jax.block_until_ready(run(x, layers))  # compiles
-      times = []
-      for _ in range(5):
-        t0 = time.perf_counter()
-        jax.block_until_ready(run(x, layers))
-        times.append(time.perf_counter() - t0)
-      return statistics.median(times), result
+      jax.block_until_ready(run(x, layers))  # compiles
+      return statistics.median(suite.timed_calls(lambda: run(x, layers), 5))
 
-    t1, _ = looped(steps)
-    t2, (y, k, v) = looped(2 * steps)
-    seconds = max(t2 - t1, 0.0) / steps
+    seconds = max(looped(2 * steps) - looped(steps), 0.0) / steps
     one = jax.jit(lambda x, layers: step(x, layers, q_width))(x, layers)[0].astype(jnp.float32)
     out["batches"][str(batch)] = {"step_s": seconds, "flops": step_flops(cfg, batch),
                                   "output": [float(v) for v in one.ravel()[:4096]]}
