@@ -13,9 +13,10 @@ optimized HLO, per step:
   - HBM traffic: bytes each launch reads (its operands) and writes (its result, less a custom
     call's scratch workspace and the outputs it updates in place, aliased to operands). An
     in-place dynamic-update-slice (a fusion whose root is one) writes only the update; a fused
-    operand read only through dynamic-slice (bitcasts followed) counts its slice. Every other operand counts whole and once: too much where a kernel reads part of it (a
-    split-K partial sliced later), too little where it reads it twice. Comparing variants of one
-    step is what the figure is for,
+    operand read only through dynamic-slice (bitcasts followed) counts its slice. Every other
+    operand counts whole and once: too much where a kernel reads part of it (a split-K partial
+    sliced later), too little where it reads it twice. Comparing variants of one step is what the
+    figure is for,
   - the traffic floor: traffic / the target's bandwidth.
 
 Targets and their variants, each printed as a ratio to the first (the baseline) of its group:
