@@ -56,7 +56,7 @@ import accelerator_suite as suite  # noqa: E402
 from lr_jax.contrastive import ContrastiveConfig  # noqa: E402
 from lr_jax.generation.engine import DecodeSpec, decode_until, output_slots, start_decoding  # noqa: E402
 from lr_jax.generation.sampling import SamplingConfig  # noqa: E402
-from lr_jax.models.transformer import Transformer  # noqa: E402
+from lr_jax.models.transformer import DECODE_KERNELS, Transformer  # noqa: E402
 
 TOP_OPS = 25
 TARGETS = ("decode", "lockstep", "distill", "distill_dropout0")
@@ -308,7 +308,7 @@ def main(argv=None) -> dict[str, Any]:
   p.add_argument("--calls", type=int, default=2, help="traced calls per target")
   p.add_argument("--no-command-buffers", action="store_true",
                  help="XLA:GPU without CUDA graphs, so the trace times each HLO op (set before the backend starts)")
-  p.add_argument("--decode-attention", default="auto", choices=("auto", "xla", "pallas"),
+  p.add_argument("--decode-attention", default="auto", choices=DECODE_KERNELS,
                  help="the decode target's one-token attention kernel (Transformer.decode_attention)")
   p.add_argument("--keep-traces", action="store_true", help="keep OUT/<target>/trace (perfetto + xplane)")
   args = p.parse_args(argv)
