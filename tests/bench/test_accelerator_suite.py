@@ -165,3 +165,24 @@ def test_smoke_run_with_pallas_decode_compares_it_with_xla(suite, tmp_path, monk
   assert rows["decode attention kernel vs XLA"].startswith("rel. error")
   assert "warps" in rows["decode attention kernel, fastest launch setting"]
   assert "the default; rows agreeing" in rows["generate batch 16, tuned kernel"]
+
+
+def test_failing_decode_kernel_falls_back_to_xla_generation(suite, tmp_path, monkeypatch):
+  """A Pallas kernel that fails on the device's jax is recorded, and generation is still timed,
+  with XLA's decode attention."""
+  import lr_jax.models.transformer as transformer
+  monkeypatch.setattr(transformer, "on_nvidia_gpu", lambda: True)
+  monkeypatch.setattr(suite, "SMOKE", suite.dataclasses.replace(suite.SMOKE, prompt_len=32))
+
+  def broken(ctx, batch):
+    raise RuntimeError("Triton lowering failed")
+
+  monkeypatch.setattr(suite, "check_decode_kernel", broken)
+  results = suite.main(["--smoke", "--out", str(tmp_path), "--sections", "generate"])
+  gen = results["sections"]["generate"]
+  assert gen["status"] == "ok" and gen["decode_attention"].startswith("xla")
+  assert "Triton lowering failed" in gen["kernel_check"]["error"]
+  row = gen["batches"]["16"]
+  assert row["all_rows_full_length"] and "xla_decode_attention" not in row
+  rows = dict(suite.summary_rows(results))
+  assert rows["decode attention kernel"].startswith("failed: RuntimeError: Triton lowering failed")
