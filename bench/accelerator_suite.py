@@ -389,7 +389,7 @@ def check_decode_kernel(ctx: Context, batch: int) -> dict[str, Any]:
 def tune_decode_kernel(per_call: Callable[[Callable], float], slots: int) -> list[dict[str, Any]]:
   """Seconds per call of the decode kernel for each Triton launch setting (`decode_attention.Launch`):
   slots per iteration x warps at 2 stages, then 1 and 3 stages at the fastest of those (a setting
-  that fails to compile is recorded with its error). The default is block 128, 4 warps, 2 stages."""
+  that fails to compile is recorded with its error). The default is `Launch()`."""
   from lr_jax.ops.decode_attention import Launch, decode_attention
 
   def run(block, warps, stages):

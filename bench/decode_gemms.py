@@ -4,8 +4,8 @@ Triton GEMMs or cuBLAS. Which of these is worth building into the model.
 At batch 256 a decode step of the 1.5B expert is GEMM-bound (bench/RESULTS.md): XLA runs the q/k/v
 and gate/up projections as Triton GEMM fusions that concatenate the separate weights on the fly,
 at ~40% of the matmul peak on an H200. This times the projections of one step, all layers (x `[B, D]`
-through q/k/v, o, gate/up with SwiGLU, down, residual adds; no attention, norms or LM head), in
-four variants, each in its own process because XLA reads its flags at start-up:
+through q/k/v, o, gate/up with SwiGLU, down, residual adds and unscaled RMS norms; no attention or
+LM head), in four variants, each in its own process because XLA reads its flags at start-up:
 
   separate          one weight per projection, as `lr_jax.models.transformer` holds them (baseline)
   merged            q/k/v as one `[D, (H + 2K) Dh]` weight and gate/up as one `[D, 2F]`: plain dots,
@@ -66,22 +66,33 @@ def projections(cfg, merged: bool, seed: int = 0) -> list[dict]:
   return layers
 
 
+def rms_normalise(x):
+  """x / RMS(x) per row, in float32, back to x's dtype: the model's norms without their scales,
+  which keep the activations of 28 random layers finite (SwiGLU squares them otherwise)."""
+  import jax
+  import jax.numpy as jnp
+  xf = x.astype(jnp.float32)
+  return (xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + 1e-6)).astype(x.dtype)
+
+
 def step(x, layers, q_width: int):
   """One decode step's projections: x `[B, D]` -> (x `[B, D]`, the last layer's k and v `[B, K Dh]`)."""
   import jax
   import jax.numpy as jnp
   k = v = None
   for w in layers:
+    h = rms_normalise(x)
     if "wqkv" in w:
       kv_width = (w["wqkv"].shape[1] - q_width) // 2
-      q, k, v = jnp.split(x @ w["wqkv"], [q_width, q_width + kv_width], axis=1)
+      q, k, v = jnp.split(h @ w["wqkv"], [q_width, q_width + kv_width], axis=1)
     else:
-      q, k, v = x @ w["wq"], x @ w["wk"], x @ w["wv"]
+      q, k, v = h @ w["wq"], h @ w["wk"], h @ w["wv"]
     y = x + q @ w["wo"]  # the attention output stands in for q
+    h = rms_normalise(y)
     if "wgu" in w:
-      g, u = jnp.split(y @ w["wgu"], 2, axis=1)
+      g, u = jnp.split(h @ w["wgu"], 2, axis=1)
     else:
-      g, u = y @ w["wg"], y @ w["wu"]
+      g, u = h @ w["wg"], h @ w["wu"]
     x = y + (jax.nn.silu(g) * u) @ w["wd"]
   return x, k, v
 

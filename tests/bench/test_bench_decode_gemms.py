@@ -43,3 +43,20 @@ def test_a_failing_or_slow_variant_is_recorded_and_the_rest_still_run(bench, tmp
   assert "vs_baseline" not in out["merged"]["batches"]["4"]  # no baseline to compare with
   assert json.loads((tmp_path / "r.json").read_text()) == out
   assert "separate: exit" in capsys.readouterr().out
+
+
+def test_activations_stay_finite_through_the_full_depth(bench):
+  """28 random layers (the expert's depth) at small widths: the norms keep the output finite, so
+  the variants' outputs can be compared (without them SwiGLU overflows bf16 on the GPU run)."""
+  import dataclasses
+
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import accelerator_suite as suite
+  cfg = dataclasses.replace(suite.SMOKE.expert, num_layers=28)
+  x = jax.random.normal(jax.random.key(0), (4, cfg.hidden_size), jnp.bfloat16)
+  q_width = cfg.num_heads * cfg.head_dim
+  outs = [np.asarray(bench.step(x, bench.projections(cfg, merged), q_width)[0], np.float32) for merged in (False, True)]
+  assert np.all(np.isfinite(outs[0])) and np.abs(outs[0]).max() > 0
+  assert np.linalg.norm(outs[1] - outs[0]) / np.linalg.norm(outs[0]) < 1e-2

@@ -153,7 +153,7 @@ def test_kv_cache_prefill_then_steps_equals_full_forward(qwen2_tiny, monkeypatch
   np.testing.assert_array_equal(np.asarray(cache.valid),
                                 np.concatenate([full_mask, np.zeros((2, slots - 16), bool)], 1))
   # traced once, with the model's launch settings
-  assert calls == ([((2, 4, 16), ops.Launch(16, 2, 2))] * model.config.num_layers if kernel == "pallas" else [])
+  assert calls == ([((2, 4, 16), ops.Launch(16, 2, 3))] * model.config.num_layers if kernel == "pallas" else [])
 
 
 def test_decode_kernel_choice_and_refusals():

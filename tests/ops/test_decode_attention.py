@@ -59,13 +59,13 @@ def test_matches_xla_in_float32(h, kv, slots, end):
   assert_matches(ours[1:], want[1:], atol=0)
 
 
-@pytest.mark.parametrize("block", [16, 32])
-def test_smaller_slot_blocks_give_the_same_result(block):
+@pytest.mark.parametrize("block", [16, 64])
+def test_other_slot_blocks_give_the_same_result(block):
   """`Launch.block` (a tuning knob) changes only how many slots one loop iteration takes."""
   b, h, kv, slots, dh, end = 3, 12, 2, 64, 32, 41
   args = inputs(b, h, kv, slots, dh, jnp.float32, seed=6)
   valid = runs(end, slots, b).at[:, end - 1].set(True)
-  ours = decode_attention(*args, valid, jnp.int32(end), interpret=True, launch=Launch(block, num_warps=2, num_stages=3))
+  ours = decode_attention(*args, valid, jnp.int32(end), interpret=True, launch=Launch(block, num_warps=4, num_stages=2))
   want = reference(*args, valid, end)
   assert_matches(ours[:1], want[:1], atol=2e-6)
   assert_matches(ours[1:], want[1:], atol=0)
@@ -107,7 +107,7 @@ def test_bf16_within_bf16_rounding():
 
 
 def test_block_choice_and_support():
-  assert slot_block(256) == 128 and slot_block(384) == 128 and slot_block(80) == 16 and slot_block(72) is None
+  assert slot_block(256) == 32 and slot_block(384) == 32 and slot_block(80) == 16 and slot_block(72) is None
   assert supported(jnp.bfloat16, 128, 256) and supported(jnp.float16, 64, 48)
   assert not supported(jnp.float32, 128, 256)  # Triton would run the products in tf32
   assert not supported(jnp.bfloat16, 96, 256) and not supported(jnp.bfloat16, 128, 72)
