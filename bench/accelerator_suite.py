@@ -412,7 +412,8 @@ def section_generate(ctx: Context) -> dict[str, Any]:
   """Greedy generation at each batch with the model's decode attention ("auto": the Pallas kernel on
   NVIDIA GPUs) and, where that is the Pallas kernel, with XLA's attention too (speed-up, and the
   share of rows whose greedy tokens agree), and at the largest batch with the kernel's fastest
-  launch setting from the kernel check, where it beats the default by `TUNED_MIN_GAIN`."""
+  launch setting from the kernel check, where it beats the default by `TUNED_MIN_GAIN`, and with
+  the projections unfused (`Transformer.fuse_decode_projections` off: 5 GEMMs a layer, not 2)."""
   s = ctx.shapes
   model = ctx.model("expert")
   pallas = model.pallas_decode(max(s.gen_batches), s.prompt_len + output_slots(s.new_tokens))
@@ -459,6 +460,17 @@ def section_generate(ctx: Context) -> dict[str, Any]:
       row["tuned_decode_launch"] = fast
       log(f"generate batch {batch} (Pallas, {tuned}): {fast['step_s'] * 1e3:.2f} ms/step, roofline "
           f"{fast.get('roofline_fraction', float('nan')) * 100:.1f}%: {fast['vs_default']:.2f}x the default launch")
+    if batch == max(s.gen_batches) and model.fuse_decode_projections:
+      model.fuse_decode_projections = False  # static: read when traced
+      sep, sep_tokens = time_generation(ctx, *nnx.split(model), batch)
+      model.fuse_decode_projections = True
+      sep["fused_speedup"] = sep["step_s"] / row["step_s"]
+      sep["rows_agreeing"] = float(np.mean(np.all(tokens == sep_tokens, axis=1)))
+      sep["first_tokens_agreeing"] = float(np.mean(tokens[:, 0] == sep_tokens[:, 0]))
+      row["separate_projections"] = sep
+      log(f"generate batch {batch} (separate projections): {sep['step_s'] * 1e3:.2f} ms/step, roofline "
+          f"{sep.get('roofline_fraction', float('nan')) * 100:.1f}%: fused {sep['fused_speedup']:.2f}x; "
+          f"rows agreeing {100 * sep['rows_agreeing']:.0f}%")
     result["batches"][str(batch)] = row
   return result
 
@@ -848,6 +860,12 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
                    f"{_fmt(x.get('roofline_fraction'), 100, '%')}: Pallas {_fmt(x['pallas_speedup'], unit='x', digits=2)}"
                    f"; rows agreeing {_fmt(x['rows_agreeing'], 100, '%')}, first tokens "
                    f"{_fmt(x['first_tokens_agreeing'], 100, '%')}"))
+    sep = g.get("separate_projections")
+    if sep:
+      rows.append((f"generate batch {b}, separate projections", f"{_fmt(sep['step_s'], 1e3, ' ms/step', 2)}, "
+                   f"roofline {_fmt(sep.get('roofline_fraction'), 100, '%')}: fused "
+                   f"{_fmt(sep['fused_speedup'], unit='x', digits=2)}; rows agreeing "
+                   f"{_fmt(sep['rows_agreeing'], 100, '%')}, first tokens {_fmt(sep['first_tokens_agreeing'], 100, '%')}"))
     t = g.get("tuned_decode_launch")
     if t:
       launch = t["launch"]

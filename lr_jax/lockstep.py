@@ -34,7 +34,7 @@ from flax import nnx
 from lr_jax.contrastive import ContrastiveConfig, ContrastiveOut
 from lr_jax.contrastive_math import contrastive_targets
 from lr_jax.generate import GenerationOutput, _fetch, _first_local_row, padded_prompts
-from lr_jax.generation.engine import decode_step, next_token_logits, output_slots, prefill
+from lr_jax.generation.engine import decode_step, fused_for_decoding, next_token_logits, output_slots, prefill
 from lr_jax.models.config import ModelConfig
 from lr_jax.models.transformer import KVCache
 from lr_jax.sharding import Layout, constrain, host_local_to_global
@@ -116,8 +116,9 @@ def lockstep_decode(expert_graphdef: nnx.GraphDef, amateur_graphdef: nnx.GraphDe
   Returns:
     the final `LockstepState`; steps at or past a row's `num_tokens` are zero / pad_id.
   """
-  expert, amateur = (expert_graphdef, expert_state), (amateur_graphdef, amateur_state)
-  layout = nnx.merge(expert_graphdef, expert_state).layout
+  expert = fused_for_decoding(expert_graphdef, expert_state)
+  amateur = fused_for_decoding(amateur_graphdef, amateur_state)
+  layout = nnx.merge(*expert).layout
   b = tokens.shape[0]
   expert_hidden, expert_cache = prefill(*expert, tokens, mask, spec.slots)
   amateur_hidden, amateur_cache = prefill(*amateur, tokens, mask, spec.slots)

@@ -148,9 +148,21 @@ class Proj(nnx.Module):
     y = jax.lax.dot_general(x, kernel, (((tuple(range(x.ndim - n, x.ndim))), tuple(range(n))), ((), ())))
     if self.bias is not None:
       y = y + self.bias[...]
-    if self.lora is not None:
-      y = y + self.lora(x).astype(y.dtype)
-    return y
+    return self.add_lora(x, y)
+
+  def add_lora(self, x: jax.Array, y: jax.Array) -> jax.Array:
+    """y (this projection of x, computed here or within a fused GEMM) plus the LoRA delta, if any."""
+    return y if self.lora is None else y + self.lora(x).astype(y.dtype)
+
+
+class Fused(nnx.Variable):
+  """Projection kernels concatenated for one GEMM (`Transformer.fuse_projections`): derived from
+  the Params inside a jitted decode loop, never trained or saved."""
+
+
+def _dot(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """x `[..., D]` times kernel `[D, *out]` -> `[..., *out]`."""
+  return jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
 
 
 def attend(q, k, v, q_slots, k_valid, layout):
@@ -217,6 +229,35 @@ class Attention(nnx.Module):
     self.k_proj = Proj((d,), (kv, dh), ("embed",), ("kv_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
     self.v_proj = Proj((d,), (kv, dh), ("embed",), ("kv_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
     self.o_proj = Proj((h, dh), (d,), ("heads", "head_dim"), ("embed",), bias=cfg.o_bias, dtype=dtype, rngs=rngs)
+    self.qkv = self.qkv_bias = None  # Fused, set by `fuse`
+
+  def fuse(self) -> None:
+    """Sets `qkv`: the q, k and v kernels as one `[D, K, G + 2, Dh]` (per kv head, its G query heads,
+    then its key and value, so a split along the kv heads keeps each group whole) and `qkv_bias`
+    `[K, G + 2, Dh]` likewise."""
+    kv = self.k_proj.kernel.shape[-2]
+
+    def grouped(wq, wk, wv):  # [..., H, Dh], [..., K, Dh] x 2 -> [..., K, G + 2, Dh]
+      return jnp.concatenate([wq.reshape(*wq.shape[:-2], kv, -1, wq.shape[-1]), wk[..., None, :], wv[..., None, :]],
+                             axis=-2)
+
+    w = grouped(self.q_proj.kernel[...], self.k_proj.kernel[...], self.v_proj.kernel[...])
+    # The attributes start as None, static; nnx.data makes the kernels part of the state.
+    self.qkv = nnx.data(Fused(constrain(self.layout, w, ("embed", "kv_heads", None, "head_dim"))))
+    if self.q_proj.bias is not None:
+      self.qkv_bias = nnx.data(Fused(grouped(self.q_proj.bias[...], self.k_proj.bias[...], self.v_proj.bias[...])))
+
+  def project(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """q `[B, T, H, Dh]`, k and v `[B, T, K, Dh]` of x `[B, T, D]`, LoRA deltas included: one GEMM
+    over `qkv` once `fuse` has set it, else one per projection."""
+    if self.qkv is None:
+      return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+    y = _dot(x, self.qkv[...])  # [B, T, K, G + 2, Dh]
+    if self.qkv_bias is not None:
+      y = y + self.qkv_bias[...]
+    b, t, kv, g2, dh = y.shape
+    q = y[..., :g2 - 2, :].reshape(b, t, kv * (g2 - 2), dh)
+    return self.q_proj.add_lora(x, q), self.k_proj.add_lora(x, y[..., g2 - 2, :]), self.v_proj.add_lora(x, y[..., g2 - 1, :])
 
   def __call__(self, x, positions, inv_freq, k_cache, v_cache, valid, start, kernel="xla"):
     """x `[B, T, D]`; k_cache/v_cache `[B, K, S, Dh]` (or None: attend within x); valid bool `[B, S]`;
@@ -227,9 +268,9 @@ class Attention(nnx.Module):
     if kernel == "cudnn" and k_cache is not None or pallas and (k_cache is None or x.shape[1] != 1):
       raise ValueError(f"attention kernel {kernel!r} does not take this call (cuDNN: cache-free forwards; "
                        f"Pallas: one token over a cache)")
-    q = apply_rope(self.q_proj(x), positions, inv_freq)
-    k = apply_rope(self.k_proj(x), positions, inv_freq)  # [B, T, K, Dh]
-    v = self.v_proj(x)
+    q, k, v = self.project(x)
+    q = apply_rope(q, positions, inv_freq)
+    k = apply_rope(k, positions, inv_freq)  # [B, T, K, Dh]
     if kernel == "cudnn":
       return self.o_proj(attend_fused(q, k, v, valid, self.layout)), k, v
     k, v = k.swapaxes(1, 2), v.swapaxes(1, 2)  # [B, K, T, Dh]: the cache's layout
@@ -259,9 +300,20 @@ class MLP(nnx.Module):
     self.gate_proj = Proj((d,), (f,), ("embed",), ("mlp",), bias=False, dtype=dtype, rngs=rngs)
     self.up_proj = Proj((d,), (f,), ("embed",), ("mlp",), bias=False, dtype=dtype, rngs=rngs)
     self.down_proj = Proj((f,), (d,), ("mlp",), ("embed",), bias=False, dtype=dtype, rngs=rngs)
+    self.gate_up = None  # Fused, set by `fuse`
+
+  def fuse(self) -> None:
+    """Sets `gate_up`: the gate and up kernels as one `[D, 2, F]`, for one GEMM."""
+    w = jnp.stack([self.gate_proj.kernel[...], self.up_proj.kernel[...]], axis=1)
+    self.gate_up = nnx.data(Fused(constrain(self.layout, w, ("embed", None, "mlp"))))
 
   def __call__(self, x):
-    h = jax.nn.silu(self.gate_proj(x)) * self.up_proj(x)
+    if self.gate_up is None:
+      g, u = self.gate_proj(x), self.up_proj(x)
+    else:
+      y = _dot(x, self.gate_up[...])  # [B, T, 2, F]
+      g, u = self.gate_proj.add_lora(x, y[..., 0, :]), self.up_proj.add_lora(x, y[..., 1, :])
+    h = jax.nn.silu(g) * u
     return self.down_proj(constrain(self.layout, h, ("batch", "length", "act_mlp")))
 
 
@@ -295,6 +347,9 @@ class Transformer(nnx.Module):
   on NVIDIA GPUs, interpreted elsewhere), or "auto": pallas where `decode_attention.supported` and
   `on_nvidia_gpu`, else xla; `decode_launch` (`decode_attention.Launch`) holds the Pallas kernel's
   Triton launch settings. Prefill (several tokens over a cache) uses `attend`.
+  `fuse_decode_projections` (default True) tells decode loops to run each layer's q/k/v and
+  gate/up projections as one GEMM each over kernels concatenated once before the loop
+  (`fuse_projections`, `lr_jax.generation.engine.fused_for_decoding`).
   """
 
   def __init__(self, cfg: ModelConfig, *, dtype=jnp.bfloat16, layout: Layout | None = None,
@@ -313,6 +368,7 @@ class Transformer(nnx.Module):
     self.attention = attention
     self.decode_attention = decode_attention
     self.decode_launch = decode_attention_ops.Launch()
+    self.fuse_decode_projections = True
     emb = jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.hidden_size), jnp.float32) * 0.02
     self.embed = nnx.Param(emb.astype(dtype), logical_axes=("vocab", "embed"))
     self.layers = nnx.List([DecoderLayer(cfg, dtype, layout, rngs) for _ in range(cfg.num_layers)])
@@ -396,6 +452,15 @@ class Transformer(nnx.Module):
     wanted = self.decode_attention == "pallas" or (self.decode_attention == "auto" and ok and on_nvidia_gpu())
     return wanted and decode_attention_ops.shardable(self.layout, (batch, cfg.num_heads, cfg.head_dim),
                                                      (batch, cfg.num_kv_heads, slots, cfg.head_dim))
+
+  def fuse_projections(self) -> None:
+    """Gives every layer fused projection kernels (`Attention.fuse`, `MLP.fuse`), which its forwards
+    then use: 2 GEMMs where there were 5. A copy of those weights, so meant for a model merged inside
+    a jitted decode loop, where they are built once per call (the fused kernels follow the Params
+    they were built from only until these change)."""
+    for layer in self.layers:
+      layer.attn.fuse()
+      layer.mlp.fuse()
 
   def _scanned_layers(self, call, x, positions, inv_freq, valid, kernel) -> jax.Array:
     """The layers as one `lax.scan` over their stacked states: XLA compiles one layer, not L.

@@ -43,6 +43,8 @@ def test_smoke_run_fills_every_section_and_prints_the_table_last(suite, tmp_path
   assert sec["ceilings"]["matmul_flops_per_s"] > 0 and sec["ceilings"]["copy_bytes_per_s"] > 0
   gen = sec["generate"]["batches"]["16"]
   assert gen["all_rows_full_length"] and gen["tokens_per_s"] > 0 and gen["roofline_fraction"] > 0
+  sep = gen["separate_projections"]  # the largest batch again, projections unfused
+  assert sep["all_rows_full_length"] and sep["fused_speedup"] > 0 and sep["first_tokens_agreeing"] >= 0.9
   con = sec["contrastive"]
   assert con["no_full_logits"]["largest_f32_below_bsv"] and 0 < con["mfu_vs_nominal"] < con["mfu_vs_measured"]
   lock = sec["lockstep"]
@@ -56,6 +58,7 @@ def test_smoke_run_fills_every_section_and_prints_the_table_last(suite, tmp_path
   assert proj["paths"]["lockstep"]["batch"] == lock["default_batch"]
   assert proj["total_s"] == pytest.approx(proj["sampling_s"] + proj["training_s"] + proj["compile_s"])
   tail = printed[printed.index("=== accelerator suite summary ==="):]
+  assert "generate batch 16, separate projections" in tail and "fused" in tail
   assert "generate batch 16" in tail and "lockstep batch 16" in tail and "paper workload projected (lockstep)" in tail
   assert not re.search(r"^\[\s*[0-9.]+s\]", tail, re.M), "a progress line came after the table"
   with open(os.path.join(tmp_path, "results.md")) as f:

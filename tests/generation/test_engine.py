@@ -1,6 +1,8 @@
 """The cached building blocks (`prefill`, `decode_step`, `next_token_logits`) against full forwards."""
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -88,3 +90,44 @@ def test_greedy_generate_equals_argmax_of_repeated_full_forwards(model, full_log
       expected_lp.append(row[seq[-1]] - np.log(np.sum(np.exp(row - row.max()))) - row.max())
     assert ids == seq[len(prompt):]
     np.testing.assert_allclose(logprobs, expected_lp, atol=1e-4)
+
+
+def test_fused_projections_decode_as_the_separate_ones(tmp_path):
+  """`fused_for_decoding`: one GEMM over concatenated q/k/v (biases included) and one over gate/up
+  give the separate projections' decode steps, LoRA deltas included; off, the model is unchanged."""
+  from lr_jax.generation.engine import fused_for_decoding
+  from lr_jax.models.lora import TARGETS, LoRAConfig, LoRAParam, apply_lora
+  from lr_jax.models.transformer import Fused
+  path = make_tiny_hf(tmp_path, "qwen2", vocab_size=VOCAB, tokenizer=False)  # 4 query heads, 2 kv heads
+  model = from_pretrained(path, dtype=jnp.float32).model
+  apply_lora(model, LoRAConfig(targets=tuple(TARGETS), rank=2), rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(3)  # nonzero B: every delta counts
+  nnx.update(model, nnx.map_state(lambda p, v: v.replace(jnp.asarray(rng.normal(size=v.shape) * 0.1, v.dtype))
+                                  if p[-1] == "b" else v, nnx.state(model, LoRAParam)))
+  graphdef, state = nnx.split(model)
+  ids = rng.integers(0, VOCAB, (2, 9)).astype(np.int32)
+  mask = np.ones(ids.shape, bool)
+  mask[0, :3] = False
+
+  @functools.partial(jax.jit, static_argnums=1)
+  def steps(state, fuse):
+    g, s = fused_for_decoding(graphdef, state) if fuse else (graphdef, state)
+    hidden, cache = prefill(g, s, ids[:, :6], mask[:, :6], 16)
+    out = [hidden]
+    for j in range(6, 9):
+      hidden, cache = decode_step(g, s, cache, ids[:, j], jnp.asarray(mask[:, :j + 1].sum(-1) - 1, jnp.int32))
+      out.append(hidden)
+    return jnp.stack(out, 1), cache.k[0]
+
+  (h_sep, k_sep), (h_fused, k_fused) = steps(state, False), steps(state, True)
+  np.testing.assert_allclose(np.asarray(h_fused), np.asarray(h_sep), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(k_fused), np.asarray(k_sep), atol=1e-5)
+
+  fused = nnx.merge(*fused_for_decoding(graphdef, state))
+  assert fused.layers[0].attn.qkv.shape == (model.config.hidden_size, 2, 4, model.config.head_dim)
+  assert fused.layers[0].attn.qkv_bias.shape == (2, 4, model.config.head_dim)
+  assert fused.layers[0].mlp.gate_up.shape == (model.config.hidden_size, 2, model.config.intermediate_size)
+  assert len(jax.tree.leaves(nnx.state(fused, Fused))) == 3 * model.config.num_layers
+  assert not jax.tree.leaves(nnx.state(model, Fused))  # the caller's model never holds them
+  model.fuse_decode_projections = False
+  assert fused_for_decoding(*nnx.split(model))[0] == nnx.split(model)[0]
