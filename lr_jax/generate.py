@@ -27,14 +27,14 @@ from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from lr_jax.generation.chat import format_chat
-from lr_jax.generation.engine import (MIN_PROMPT_BUCKET, DecodeSpec, bucket_size, decode_jit,
-                                      decode_step, next_token_logits, output_slots, prefill, start_jit)
+from lr_jax.generation.engine import (MIN_PROMPT_BUCKET, DecodeSpec, bucket_size, decode_jit, decode_step,
+                                      fused_for_decoding, next_token_logits, output_slots, prefill, start_jit)
 from lr_jax.generation.sampling import SamplingConfig
 from lr_jax.generation.stopping import eos_ids_from_checkpoint, stop_length
 from lr_jax.sharding import Layout, host_local_to_global
 
 __all__ = ["GenerationOutput", "SamplingConfig", "generate", "generate_batched", "eos_ids_from_checkpoint",
-           "format_chat", "prefill", "decode_step", "next_token_logits"]
+           "format_chat", "prefill", "decode_step", "next_token_logits", "fused_for_decoding"]
 
 STOP_CHECK_EVERY = 32  # decode steps between host-side stop-string checks
 

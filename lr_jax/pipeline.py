@@ -50,6 +50,9 @@ def check_config(config, stages: list[str]) -> None:
   for field, kernels in (("attention", ATTENTION_KERNELS), ("decode_attention", DECODE_KERNELS)):
     if config.get(field, "auto") not in kernels:
       raise ConfigError(f"config.{field}: {config.get(field)!r} is not one of {', '.join(kernels)}")
+  if not isinstance(config.get("fuse_decode_projections", True), bool):
+    raise ConfigError(f"config.fuse_decode_projections: expected True or False, got "
+                      f"{config.get('fuse_decode_projections')!r}")
   needs_models = any(s in stages for s in ("sample", "distill", "eval", "export"))
   if needs_models and "demo" not in stages:
     for role in ("expert", "amateur"):

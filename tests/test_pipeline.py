@@ -74,6 +74,16 @@ def test_config_errors_are_reported_in_one_line(tmp_path, fields, message):
   assert message in str(e.value) and "\n" not in str(e.value)
 
 
+def test_a_non_boolean_fuse_decode_projections_is_refused(tmp_path):
+  """A config of the user's own may hold any type there (ConfigDict keeps qwen_math's bool)."""
+  c = _config(tmp_path)
+  del c["fuse_decode_projections"]
+  pipeline.check_config(c, pipeline.stages_of(c))  # absent: the default (True)
+  c.fuse_decode_projections = "yes"
+  with pytest.raises(pipeline.ConfigError, match="config.fuse_decode_projections: expected True or False, got 'yes'"):
+    pipeline.check_config(c, pipeline.stages_of(c))
+
+
 def test_amateur_larger_than_expert_is_refused(tmp_path):
   c = _config(tmp_path)
   c.expert, c.amateur = c.amateur, c.expert

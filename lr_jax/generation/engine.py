@@ -4,7 +4,8 @@ Shapes: B rows (the padded batch), T prompt bucket (left-padded), S cache slots,
 D hidden, V vocabulary (embedding rows).
 
 `prefill`, `decode_step` and `next_token_logits` are pure, unjitted building blocks: a caller can
-compose them inside its own jitted loop (e.g. stepping an expert and an amateur in lockstep).
+compose them inside its own jitted loop (e.g. stepping an expert and an amateur in lockstep), with
+the `(graphdef, state)` that `fused_for_decoding` returns inside the same jit, before the loop.
 `start_decoding` and `decode_until` are the generation loop itself; `generate` jits them through
 `start_jit` / `decode_jit`, with the model's graphdef and the `DecodeSpec` static.
 """

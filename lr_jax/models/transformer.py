@@ -349,12 +349,13 @@ class Transformer(nnx.Module):
   Triton launch settings. Prefill (several tokens over a cache) uses `attend`.
   `fuse_decode_projections` (default True) tells decode loops to run each layer's q/k/v and
   gate/up projections as one GEMM each over kernels concatenated once before the loop
-  (`fuse_projections`, `lr_jax.generation.engine.fused_for_decoding`).
+  (`fuse_projections`, `lr_jax.generation.engine.fused_for_decoding`); the copy costs memory while
+  the loop runs (1.7 GB for Qwen2.5-Math-1.5B), so memory-bound setups can turn it off.
   """
 
   def __init__(self, cfg: ModelConfig, *, dtype=jnp.bfloat16, layout: Layout | None = None,
                remat: bool = False, scan_layers: bool = False, attention: str = "auto",
-               decode_attention: str = "auto", rngs: nnx.Rngs):
+               decode_attention: str = "auto", fuse_decode_projections: bool = True, rngs: nnx.Rngs):
     if attention not in ATTENTION_KERNELS:
       raise ValueError(f"Transformer attention={attention!r}: expected one of {', '.join(ATTENTION_KERNELS)}")
     if decode_attention not in DECODE_KERNELS:
@@ -368,7 +369,7 @@ class Transformer(nnx.Module):
     self.attention = attention
     self.decode_attention = decode_attention
     self.decode_launch = decode_attention_ops.Launch()
-    self.fuse_decode_projections = True
+    self.fuse_decode_projections = fuse_decode_projections
     emb = jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.hidden_size), jnp.float32) * 0.02
     self.embed = nnx.Param(emb.astype(dtype), logical_axes=("vocab", "embed"))
     self.layers = nnx.List([DecoderLayer(cfg, dtype, layout, rngs) for _ in range(cfg.num_layers)])

@@ -63,11 +63,14 @@ def make_layout(mesh_shape, rules: str) -> Layout:
 
 
 def load_model(path_or_id: str, dtype_name: str, layout: Layout | None, remat: bool = False,
-               scan_layers: bool = False, attention: str = "auto", decode_attention: str = "auto") -> Pretrained:
-  """`from_pretrained` with the config's dtype name; `attention` and `decode_attention` are the
-  config's top-level fields (checked with the config, by `pipeline.check_config`)."""
+               scan_layers: bool = False, attention: str = "auto", decode_attention: str = "auto",
+               fuse_decode_projections: bool = True) -> Pretrained:
+  """`from_pretrained` with the config's dtype name; `attention`, `decode_attention` and
+  `fuse_decode_projections` are the config's top-level fields (checked with the config, by
+  `pipeline.check_config`)."""
   return from_pretrained(path_or_id, dtype=dtype_of(dtype_name), layout=layout, remat=remat,
-                         scan_layers=scan_layers, attention=attention, decode_attention=decode_attention)
+                         scan_layers=scan_layers, attention=attention, decode_attention=decode_attention,
+                         fuse_decode_projections=fuse_decode_projections)
 
 
 def load_tokenizer(path_or_id: str):

@@ -97,7 +97,8 @@ def run(config, workdir: common.Workdir, writer) -> dict:
       layout = common.make_layout(config.mesh.eval, "sample")
     source = config.amateur if name == "amateur" else config.expert
     pretrained = common.load_model(source, config.dtype, layout, attention=config.get("attention", "auto"),
-                                   decode_attention=config.get("decode_attention", "auto"))
+                                   decode_attention=config.get("decode_attention", "auto"),
+                                   fuse_decode_projections=config.get("fuse_decode_projections", True))
     if name == "tuned":
       load_peft_adapter(pretrained.model, adapter)
     tokenizer = common.load_tokenizer(source)

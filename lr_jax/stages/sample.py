@@ -162,7 +162,8 @@ def run(config, workdir: common.Workdir, writer) -> dict:
     common.log("sample: %d problems (%d already stored), %d batches of %d, %s scoring", len(problems), len(done),
                n_batches, global_batch, scoring)
     scan = config.sample.get("scan_layers", True)  # teacher-forced scoring only; decoding unrolls
-    kernels = dict(attention=config.get("attention", "auto"), decode_attention=config.get("decode_attention", "auto"))
+    kernels = dict(attention=config.get("attention", "auto"), decode_attention=config.get("decode_attention", "auto"),
+                   fuse_decode_projections=config.get("fuse_decode_projections", True))
     expert = common.load_model(config.expert, config.dtype, layout, scan_layers=scan, **kernels)
     amateur = common.load_model(config.amateur, config.dtype, layout, scan_layers=scan, **kernels)
     ccfg = dataclasses.replace(ccfg, valid_vocab=valid_vocab, chunk_size=chunk)

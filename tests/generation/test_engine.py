@@ -131,3 +131,6 @@ def test_fused_projections_decode_as_the_separate_ones(tmp_path):
   assert not jax.tree.leaves(nnx.state(model, Fused))  # the caller's model never holds them
   model.fuse_decode_projections = False
   assert fused_for_decoding(*nnx.split(model))[0] == nnx.split(model)[0]
+  off = from_pretrained(path, dtype=jnp.float32, fuse_decode_projections=False).model
+  assert not off.fuse_decode_projections
+  assert not jax.tree.leaves(nnx.state(nnx.merge(*fused_for_decoding(*nnx.split(off))), Fused))
