@@ -8,7 +8,7 @@
 #   bash bench/gpu_suite.sh OUT_DIR [SUITE_BUDGET_S]      (from the repo root)
 # Run 1 of bench/RESULTS.md used an earlier form of this script (suite, then generation with CUDA
 # graphs for WHILE/CONDITIONAL); run 3 one that profiled XLA's decode attention where
-# decode_gemms.py now runs.
+# decode_gemms.py now runs; run 4's first call ran it as it is (431 s on the H200).
 set -uo pipefail
 out=${1:?usage: bench/gpu_suite.sh OUT_DIR [SUITE_BUDGET_S]}
 budget=${2:-340}  # leaves the suite room for the XLA distill variant (cuDNN's backward checked against it)

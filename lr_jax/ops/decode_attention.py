@@ -42,7 +42,8 @@ class Launch:
 
   The defaults are the fastest of 11 settings timed on an H200 (bench/RESULTS.md, run 4: batch 256,
   Qwen2.5-Math-1.5B's 12/2 heads of 128, 256 slots): 32 slots, 2 warps, 3 stages took 14 us a call
-  against 36 us for the former 128 slots, 4 warps, 2 stages, and 3.51 against 3.77 ms a decode step."""
+  against 36 us for the former 128 slots, 4 warps, 2 stages, and 3.51 against 3.77 ms a decode step
+  (a second sweep also put 32 slots and 2 warps first; 2 or 3 stages were within its noise)."""
   block: int | None = None
   num_warps: int = 2
   num_stages: int = 3
