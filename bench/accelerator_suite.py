@@ -347,7 +347,7 @@ def check_decode_kernel(ctx: Context, batch: int) -> dict[str, Any]:
   cfg, s = ctx.shapes.expert, ctx.shapes
   slots = s.prompt_len + output_slots(s.new_tokens)
   end = 3 * slots // 4
-  calls = 2 if ctx.args.smoke else 20
+  calls = 4 if ctx.args.smoke else 20  # smoke: enough calls that the two loop lengths time apart on a loaded CPU
   keys = jax.random.split(jax.random.key(5), 5)
   q = jax.random.normal(keys[0], (batch, cfg.num_heads, cfg.head_dim), jnp.bfloat16)
   k_new, v_new = (jax.random.normal(key, (batch, cfg.num_kv_heads, cfg.head_dim), jnp.bfloat16) for key in keys[1:3])
@@ -426,6 +426,7 @@ def section_generate(ctx: Context) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001  a kernel that fails here must not cost the XLA timings
       result["kernel_check"] = check = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
       log(f"decode kernel check failed ({type(e).__name__}): generation runs with XLA's decode attention")
+      # for the later sections too (lockstep records the attention it ran with)
       model.decode_attention, pallas, result["decode_attention"] = "xla", False, "xla (Pallas kernel failed)"
     best = check.get("best")
     if best and best["vs_default"] >= TUNED_MIN_GAIN:
@@ -441,8 +442,10 @@ def section_generate(ctx: Context) -> dict[str, Any]:
         f"compile {row['compile_s']:.1f} s")
     if pallas:
       chosen, model.decode_attention = model.decode_attention, "xla"  # static: read when traced
-      xla, xla_tokens = time_generation(ctx, *nnx.split(model), batch)
-      model.decode_attention = chosen
+      try:
+        xla, xla_tokens = time_generation(ctx, *nnx.split(model), batch)
+      finally:
+        model.decode_attention = chosen
       xla["pallas_speedup"] = xla["step_s"] / row["step_s"]
       xla["rows_agreeing"] = float(np.mean(np.all(tokens == xla_tokens, axis=1)))
       xla["first_tokens_agreeing"] = float(np.mean(tokens[:, 0] == xla_tokens[:, 0]))
@@ -452,8 +455,10 @@ def section_generate(ctx: Context) -> dict[str, Any]:
           f"rows agreeing {100 * xla['rows_agreeing']:.0f}%")
     if tuned is not None and batch == max(s.gen_batches):  # the batch the kernel was tuned at
       default, model.decode_launch = model.decode_launch, tuned  # static: read when traced
-      fast, fast_tokens = time_generation(ctx, *nnx.split(model), batch)
-      model.decode_launch = default
+      try:
+        fast, fast_tokens = time_generation(ctx, *nnx.split(model), batch)
+      finally:
+        model.decode_launch = default
       fast["launch"] = dataclasses.asdict(tuned)
       fast["vs_default"] = row["step_s"] / fast["step_s"]
       fast["rows_agreeing"] = float(np.mean(np.all(tokens == fast_tokens, axis=1)))
@@ -462,8 +467,10 @@ def section_generate(ctx: Context) -> dict[str, Any]:
           f"{fast.get('roofline_fraction', float('nan')) * 100:.1f}%: {fast['vs_default']:.2f}x the default launch")
     if batch == max(s.gen_batches) and model.fuse_decode_projections:
       model.fuse_decode_projections = False  # static: read when traced
-      sep, sep_tokens = time_generation(ctx, *nnx.split(model), batch)
-      model.fuse_decode_projections = True
+      try:
+        sep, sep_tokens = time_generation(ctx, *nnx.split(model), batch)
+      finally:
+        model.fuse_decode_projections = True
       sep["fused_speedup"] = sep["step_s"] / row["step_s"]
       sep["rows_agreeing"] = float(np.mean(np.all(tokens == sep_tokens, axis=1)))
       sep["first_tokens_agreeing"] = float(np.mean(tokens[:, 0] == sep_tokens[:, 0]))
@@ -554,7 +561,8 @@ def section_lockstep(ctx: Context) -> dict[str, Any]:
   default_batch, default_chunk = lockstep.default_sampling_batch(
       s.expert, s.amateur, v, s.prompt_len + out_len, lockstep.device_memory_bytes())
   result: dict[str, Any] = {"prompt_len": s.prompt_len, "new_tokens": s.new_tokens,
-                            "default_batch": default_batch, "default_chunk": default_chunk, "batches": {}}
+                            "default_batch": default_batch, "default_chunk": default_chunk,
+                            "decode_attention": ctx.model("expert").decode_attention, "batches": {}}
   gen_batches = (ctx.section("generate") or {}).get("batches", {})
   con = ctx.section("contrastive")
   for b, chunk in sorted({(s.contrastive_batch, s.chunk_size), (default_batch, default_chunk)}):

@@ -1,5 +1,7 @@
 """A decode step's projection GEMMs alone: weights as lr_jax holds them or pre-merged, through XLA's
-Triton GEMMs or cuBLAS. Which of these is worth building into the model.
+Triton GEMMs or cuBLAS. Run 4 (bench/RESULTS.md) measured merged 1.24x at batch 256, and decode
+loops now merge them (`lr_jax.generation.engine.fused_for_decoding`, with q/k/v grouped per kv
+head; the order of the columns does not change the GEMM).
 
 At batch 256 a decode step of the 1.5B expert is GEMM-bound (bench/RESULTS.md): XLA runs the q/k/v
 and gate/up projections as Triton GEMM fusions that concatenate the separate weights on the fly,

@@ -221,12 +221,13 @@ def _pow2_floor(x: float) -> int:
 
 def default_sampling_batch(expert_cfg: ModelConfig, amateur_cfg: ModelConfig, vocab: int, max_len: int,
                            device_memory_bytes: int, *, param_bytes: int = 2,
-                           scanned_layers: bool = False) -> tuple[int, int]:
+                           scanned_layers: bool = False, fused_projections: bool = True) -> tuple[int, int]:
   """Rows per device and scoring chunk for sampling, from the models' shapes and the device memory.
 
   Memory model (bytes on one device; weights replicated, as under the 'sample' rules), with
   usable = USABLE_MEMORY_FRACTION * device_memory_bytes - weights of both models (plus a second copy
-  of their layer weights with `scanned_layers`, which teacher-forced scoring stacks for its scan):
+  of their layer weights with `scanned_layers`, which teacher-forced scoring stacks for its scan, and
+  of their q/k/v and gate/up kernels with `fused_projections`, which decode loops concatenate):
     chunk rows: LOGIT_COPIES float32 `[V]` rows each, within CHUNK_MEMORY_SHARE of usable;
     batch rows: both KV caches over `max_len` slots, one forward's activations over `max_len`
       tokens (3 MLP-wide and 4 hidden-wide vectors per token, float32 attention scores per head),
@@ -241,6 +242,7 @@ def default_sampling_batch(expert_cfg: ModelConfig, amateur_cfg: ModelConfig, vo
     device_memory_bytes: memory of one device (see `device_memory_bytes`).
     param_bytes: bytes per weight and activation element (2 for bfloat16, 4 for float32).
     scanned_layers: the forwards run with `Transformer.scan_layers` (cache-free scoring only).
+    fused_projections: the models' `fuse_decode_projections` (`engine.fused_for_decoding`).
   Returns:
     (batch, chunk): batch rows per device (multiply by the data-parallel ways for a global batch)
     and `ContrastiveConfig.chunk_size`.
@@ -250,6 +252,9 @@ def default_sampling_batch(expert_cfg: ModelConfig, amateur_cfg: ModelConfig, vo
   weights = sum(c.num_params() for c in cfgs) * param_bytes
   if scanned_layers:
     weights += sum(c.num_params(include_head=False) - c.vocab_size * c.hidden_size for c in cfgs) * param_bytes
+  if fused_projections:
+    weights += sum(c.num_layers * c.hidden_size * ((c.num_heads + 2 * c.num_kv_heads) * c.head_dim
+                                                   + 2 * c.intermediate_size) for c in cfgs) * param_bytes
   usable = USABLE_MEMORY_FRACTION * device_memory_bytes - weights
   chunk_row = LOGIT_COPIES * heads_vocab * 4
   kv_row = sum(2 * c.num_layers * c.num_kv_heads * c.head_dim * max_len * param_bytes for c in cfgs)
@@ -260,8 +265,9 @@ def default_sampling_batch(expert_cfg: ModelConfig, amateur_cfg: ModelConfig, vo
   batch = min(_pow2_floor((usable - chunk * chunk_row) / row), MAX_BATCH)
   if batch < 1:
     raise ValueError(f"default_sampling_batch: {device_memory_bytes / 2**30:.2f} GiB per device cannot hold "
-                     f"both models ({weights / 2**30:.2f} GiB of weights) and one row of {max_len} tokens; "
-                     "set config.sample.batch_size, or use more devices")
+                     f"both models ({weights / 2**30:.2f} GiB of weights and their copies) and one row of "
+                     f"{max_len} tokens; set config.sample.batch_size, config.fuse_decode_projections=False "
+                     "(no decode-time weight copies), or use more devices")
   logging.info("sampling batch %d rows per device, chunk %d: %.2f GiB per device, weights %.2f GiB, "
                "%.1f MiB per row, %.1f MiB per chunk row", batch, chunk, device_memory_bytes / 2**30,
                weights / 2**30, row / 2**20, chunk_row / 2**20)

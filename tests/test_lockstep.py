@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import io
 
@@ -148,7 +149,8 @@ QWEN_0_5B = dataclasses.replace(QWEN_1_5B, hidden_size=896, num_layers=24, num_h
 
 
 def test_default_batch_grows_with_memory_and_stays_a_power_of_two_within_limits():
-  choices = [default_sampling_batch(QWEN_1_5B, QWEN_0_5B, 151665, 384, gib * 2**30) for gib in (8, 16, 32, 80)]
+  choices = [default_sampling_batch(QWEN_1_5B, QWEN_0_5B, 151665, 384, gib * 2**30, fused_projections=False)
+             for gib in (8, 16, 32, 80)]
   batches, chunks = zip(*choices)
   assert list(batches) == sorted(batches) and list(chunks) == sorted(chunks)
   assert batches[0] < batches[-1]
@@ -158,13 +160,23 @@ def test_default_batch_grows_with_memory_and_stays_a_power_of_two_within_limits(
 
 
 def test_default_batch_shrinks_for_longer_sequences_and_float32_weights():
-  base = default_sampling_batch(QWEN_1_5B, QWEN_0_5B, 151665, 384, 16 * 2**30)
-  assert default_sampling_batch(QWEN_1_5B, QWEN_0_5B, 151665, 2304, 16 * 2**30)[0] < base[0]
-  assert default_sampling_batch(QWEN_1_5B, QWEN_0_5B, 151665, 384, 16 * 2**30, param_bytes=4)[0] < base[0]
+  choose = functools.partial(default_sampling_batch, fused_projections=False)  # counted in the next test
+  base = choose(QWEN_1_5B, QWEN_0_5B, 151665, 384, 16 * 2**30)
+  assert choose(QWEN_1_5B, QWEN_0_5B, 151665, 2304, 16 * 2**30)[0] < base[0]
+  assert choose(QWEN_1_5B, QWEN_0_5B, 151665, 384, 16 * 2**30, param_bytes=4)[0] < base[0]
   # teacher-forced scoring with scanned layers holds a second copy of the layer weights (~3.3 GB here)
-  assert default_sampling_batch(QWEN_1_5B, QWEN_0_5B, 151665, 384, 16 * 2**30, scanned_layers=True)[0] < base[0]
+  assert choose(QWEN_1_5B, QWEN_0_5B, 151665, 384, 16 * 2**30, scanned_layers=True)[0] < base[0]
   with pytest.raises(ValueError, match="cannot hold both models"):
-    default_sampling_batch(QWEN_1_5B, QWEN_0_5B, 151665, 384, 8 * 2**30, scanned_layers=True)
+    choose(QWEN_1_5B, QWEN_0_5B, 151665, 384, 8 * 2**30, scanned_layers=True)
+
+
+def test_default_batch_counts_the_fused_projection_copies():
+  """Decode loops hold a copy of both models' q/k/v and gate/up kernels (~2.2 GB here)."""
+  assert default_sampling_batch(QWEN_1_5B, QWEN_0_5B, 151665, 384, 16 * 2**30)[0] < \
+      default_sampling_batch(QWEN_1_5B, QWEN_0_5B, 151665, 384, 16 * 2**30, fused_projections=False)[0]
+  assert default_sampling_batch(QWEN_1_5B, QWEN_0_5B, 151665, 384, 8 * 2**30, fused_projections=False)[0] >= 1
+  with pytest.raises(ValueError, match="config.fuse_decode_projections=False"):
+    default_sampling_batch(QWEN_1_5B, QWEN_0_5B, 151665, 384, 8 * 2**30)
 
 
 def test_default_batch_refuses_a_device_that_cannot_hold_the_weights():

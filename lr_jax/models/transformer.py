@@ -234,8 +234,11 @@ class Attention(nnx.Module):
   def fuse(self) -> None:
     """Sets `qkv`: the q, k and v kernels as one `[D, K, G + 2, Dh]` (per kv head, its G query heads,
     then its key and value, so a split along the kv heads keeps each group whole) and `qkv_bias`
-    `[K, G + 2, Dh]` likewise."""
-    kv = self.k_proj.kernel.shape[-2]
+    `[K, G + 2, Dh]` likewise. Not where the layout splits the query heads but not the kv heads
+    (more 'tensor' ways than kv heads): the fused kernel would be replicated there."""
+    h, kv = self.q_proj.kernel.shape[-2], self.k_proj.kernel.shape[-2]
+    if self.layout is not None and self.layout.spec(("heads",), (h,)) != self.layout.spec(("kv_heads",), (kv,)):
+      return
 
     def grouped(wq, wk, wv):  # [..., H, Dh], [..., K, Dh] x 2 -> [..., K, G + 2, Dh]
       return jnp.concatenate([wq.reshape(*wq.shape[:-2], kv, -1, wq.shape[-1]), wk[..., None, :], wv[..., None, :]],

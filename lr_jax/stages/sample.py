@@ -106,7 +106,8 @@ def batch_and_chunk(config, expert_cfg: ModelConfig, amateur_cfg: ModelConfig, v
   scanned = scoring_of(config) == TEACHER_FORCED and config.sample.get("scan_layers", True)
   per_device, auto_chunk = default_sampling_batch(expert_cfg, amateur_cfg, valid_vocab, max_len, memory,
                                                   param_bytes=jnp.dtype(common.dtype_of(config.dtype)).itemsize,
-                                                  scanned_layers=scanned)
+                                                  scanned_layers=scanned,
+                                                  fused_projections=config.get("fuse_decode_projections", True))
   ways = layout.data_size
   if not batch:
     per_device = min(per_device, bucket_size(-(-num_problems // ways)))

@@ -181,9 +181,10 @@ def test_failing_decode_kernel_falls_back_to_xla_generation(suite, tmp_path, mon
     raise RuntimeError("Triton lowering failed")
 
   monkeypatch.setattr(suite, "check_decode_kernel", broken)
-  results = suite.main(["--smoke", "--out", str(tmp_path), "--sections", "generate"])
+  results = suite.main(["--smoke", "--out", str(tmp_path), "--sections", "generate,lockstep"])
   gen = results["sections"]["generate"]
   assert gen["status"] == "ok" and gen["decode_attention"].startswith("xla")
+  assert results["sections"]["lockstep"]["decode_attention"] == "xla"  # what the later sections ran with
   assert "Triton lowering failed" in gen["kernel_check"]["error"]
   row = gen["batches"]["16"]
   assert row["all_rows_full_length"] and "xla_decode_attention" not in row
