@@ -129,3 +129,23 @@ def test_compilation_cache_is_created_and_set_or_left_off(tmp_path):
   finally:
     jax.config.update("jax_compilation_cache_dir", previous[0])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", previous[1])
+
+
+def test_fuse_decode_projections_reaches_the_models_the_sample_stage_loads(tmp_path, monkeypatch):
+  from lr_jax.stages import common
+  from tests.helpers import make_tiny_hf
+
+  class Loaded(Exception):
+    pass
+
+  def load_model(path, dtype_name, layout, **flags):
+    raise Loaded(flags)
+
+  c = _config(tmp_path, stages="sample", fuse_decode_projections=False, **{"data.num_problems": 1})
+  c.expert = make_tiny_hf(tmp_path, "qwen2", name="expert_hf", vocab_size=151936, hidden_size=32)
+  c.amateur = make_tiny_hf(tmp_path, "qwen2", name="amateur_hf", vocab_size=151936, hidden_size=16)
+  (tmp_path / "problems.jsonl").write_text('{"question": "1+1?", "answer": "2"}\n')
+  monkeypatch.setattr(common, "load_model", load_model)
+  with pytest.raises(Loaded) as e:
+    pipeline.run(c, str(tmp_path / "work"))
+  assert e.value.args[0]["fuse_decode_projections"] is False
