@@ -333,6 +333,22 @@ def time_generation(ctx: Context, graphdef, state, batch: int) -> tuple[dict[str
   return row, np.asarray(done.tokens)
 
 
+def time_variant(ctx: Context, model: Transformer, batch: int, tokens: np.ndarray, **flags) -> dict[str, Any]:
+  """`time_generation` with the model's attributes `flags` (read when traced) set for the call and
+  restored after, plus the shares of its rows, and of its first tokens, equal to `tokens`."""
+  saved = {name: getattr(model, name) for name in flags}
+  for name, value in flags.items():
+    setattr(model, name, value)
+  try:
+    row, out = time_generation(ctx, *nnx.split(model), batch)
+  finally:
+    for name, value in saved.items():
+      setattr(model, name, value)
+  row["rows_agreeing"] = float(np.mean(np.all(tokens == out, axis=1)))
+  row["first_tokens_agreeing"] = float(np.mean(tokens[:, 0] == out[:, 0]))
+  return row
+
+
 def check_decode_kernel(ctx: Context, batch: int) -> dict[str, Any]:
   """The Pallas decode-attention kernel against XLA (dynamic-update-slice of the new key and value,
   then `attend`) on one layer's random bf16 query and cache (3/4 of the slots written): relative L2
@@ -441,40 +457,20 @@ def section_generate(ctx: Context) -> dict[str, Any]:
         f"tok/s, {row['step_s'] * 1e3:.2f} ms/step, roofline {row.get('roofline_fraction', float('nan')) * 100:.1f}%, "
         f"compile {row['compile_s']:.1f} s")
     if pallas:
-      chosen, model.decode_attention = model.decode_attention, "xla"  # static: read when traced
-      try:
-        xla, xla_tokens = time_generation(ctx, *nnx.split(model), batch)
-      finally:
-        model.decode_attention = chosen
+      xla = row["xla_decode_attention"] = time_variant(ctx, model, batch, tokens, decode_attention="xla")
       xla["pallas_speedup"] = xla["step_s"] / row["step_s"]
-      xla["rows_agreeing"] = float(np.mean(np.all(tokens == xla_tokens, axis=1)))
-      xla["first_tokens_agreeing"] = float(np.mean(tokens[:, 0] == xla_tokens[:, 0]))
-      row["xla_decode_attention"] = xla
       log(f"generate batch {batch} (xla decode attention): {xla['step_s'] * 1e3:.2f} ms/step, roofline "
           f"{xla.get('roofline_fraction', float('nan')) * 100:.1f}%: Pallas {xla['pallas_speedup']:.2f}x; "
           f"rows agreeing {100 * xla['rows_agreeing']:.0f}%")
     if tuned is not None and batch == max(s.gen_batches):  # the batch the kernel was tuned at
-      default, model.decode_launch = model.decode_launch, tuned  # static: read when traced
-      try:
-        fast, fast_tokens = time_generation(ctx, *nnx.split(model), batch)
-      finally:
-        model.decode_launch = default
+      fast = row["tuned_decode_launch"] = time_variant(ctx, model, batch, tokens, decode_launch=tuned)
       fast["launch"] = dataclasses.asdict(tuned)
       fast["vs_default"] = row["step_s"] / fast["step_s"]
-      fast["rows_agreeing"] = float(np.mean(np.all(tokens == fast_tokens, axis=1)))
-      row["tuned_decode_launch"] = fast
       log(f"generate batch {batch} (Pallas, {tuned}): {fast['step_s'] * 1e3:.2f} ms/step, roofline "
           f"{fast.get('roofline_fraction', float('nan')) * 100:.1f}%: {fast['vs_default']:.2f}x the default launch")
     if batch == max(s.gen_batches) and model.fuse_decode_projections:
-      model.fuse_decode_projections = False  # static: read when traced
-      try:
-        sep, sep_tokens = time_generation(ctx, *nnx.split(model), batch)
-      finally:
-        model.fuse_decode_projections = True
+      sep = row["separate_projections"] = time_variant(ctx, model, batch, tokens, fuse_decode_projections=False)
       sep["fused_speedup"] = sep["step_s"] / row["step_s"]
-      sep["rows_agreeing"] = float(np.mean(np.all(tokens == sep_tokens, axis=1)))
-      sep["first_tokens_agreeing"] = float(np.mean(tokens[:, 0] == sep_tokens[:, 0]))
-      row["separate_projections"] = sep
       log(f"generate batch {batch} (separate projections): {sep['step_s'] * 1e3:.2f} ms/step, roofline "
           f"{sep.get('roofline_fraction', float('nan')) * 100:.1f}%: fused {sep['fused_speedup']:.2f}x; "
           f"rows agreeing {100 * sep['rows_agreeing']:.0f}%")
@@ -844,6 +840,13 @@ def _fmt(x, scale=1.0, unit="", digits=1) -> str:
   return "-" if x is None else f"{x * scale:.{digits}f}{unit}"
 
 
+def _variant(v: dict[str, Any], ratio: str) -> str:
+  """A generation variant's summary (see `time_variant`): its step, roofline, `ratio` and agreement."""
+  return (f"{_fmt(v['step_s'], 1e3, ' ms/step', 2)}, roofline {_fmt(v.get('roofline_fraction'), 100, '%')}: "
+          f"{ratio}; rows agreeing {_fmt(v['rows_agreeing'], 100, '%')}, first tokens "
+          f"{_fmt(v['first_tokens_agreeing'], 100, '%')}")
+
+
 def summary_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
   """(measure, value) lines of the printed table; '-' where a section did not produce it."""
   sec = results["sections"]
@@ -862,26 +865,18 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
                  f"{_fmt(g.get('step_s'), 1e3, ' ms/step', 2)}, roofline {_fmt(g.get('roofline_fraction'), 100, '%')}, "
                  f"compile {_fmt(g.get('compile_s'), unit=' s')}, {gen.get('decode_attention')} decode attention"
                  if "tokens_per_s" in g else g.get("note", "-")))
-    x = g.get("xla_decode_attention")
+    x, sep, t = (g.get(k) for k in ("xla_decode_attention", "separate_projections", "tuned_decode_launch"))
     if x:
-      rows.append((f"generate batch {b}, XLA attention", f"{_fmt(x['step_s'], 1e3, ' ms/step', 2)}, roofline "
-                   f"{_fmt(x.get('roofline_fraction'), 100, '%')}: Pallas {_fmt(x['pallas_speedup'], unit='x', digits=2)}"
-                   f"; rows agreeing {_fmt(x['rows_agreeing'], 100, '%')}, first tokens "
-                   f"{_fmt(x['first_tokens_agreeing'], 100, '%')}"))
-    sep = g.get("separate_projections")
+      rows.append((f"generate batch {b}, XLA attention",
+                   _variant(x, f"Pallas {_fmt(x['pallas_speedup'], unit='x', digits=2)}")))
     if sep:
-      rows.append((f"generate batch {b}, separate projections", f"{_fmt(sep['step_s'], 1e3, ' ms/step', 2)}, "
-                   f"roofline {_fmt(sep.get('roofline_fraction'), 100, '%')}: fused "
-                   f"{_fmt(sep['fused_speedup'], unit='x', digits=2)}; rows agreeing "
-                   f"{_fmt(sep['rows_agreeing'], 100, '%')}, first tokens {_fmt(sep['first_tokens_agreeing'], 100, '%')}"))
-    t = g.get("tuned_decode_launch")
+      rows.append((f"generate batch {b}, separate projections",
+                   _variant(sep, f"fused {_fmt(sep['fused_speedup'], unit='x', digits=2)}")))
     if t:
       launch = t["launch"]
-      rows.append((f"generate batch {b}, tuned kernel", f"{_fmt(t['step_s'], 1e3, ' ms/step', 2)}, roofline "
-                   f"{_fmt(t.get('roofline_fraction'), 100, '%')} with block {launch['block']}, "
-                   f"{launch['num_warps']} warps, {launch['num_stages']} stages: "
-                   f"{_fmt(t['vs_default'], unit='x', digits=2)} the default; rows agreeing "
-                   f"{_fmt(t['rows_agreeing'], 100, '%')}"))
+      rows.append((f"generate batch {b}, tuned kernel", _variant(
+          t, f"block {launch['block']}, {launch['num_warps']} warps, {launch['num_stages']} stages "
+             f"{_fmt(t['vs_default'], unit='x', digits=2)} the default")))
   if "kernel_check" in gen:
     kc = gen["kernel_check"]
     if "error" in kc:

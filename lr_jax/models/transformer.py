@@ -260,7 +260,8 @@ class Attention(nnx.Module):
       y = y + self.qkv_bias[...]
     b, t, kv, g2, dh = y.shape
     q = y[..., :g2 - 2, :].reshape(b, t, kv * (g2 - 2), dh)
-    return self.q_proj.add_lora(x, q), self.k_proj.add_lora(x, y[..., g2 - 2, :]), self.v_proj.add_lora(x, y[..., g2 - 1, :])
+    k, v = y[..., g2 - 2, :], y[..., g2 - 1, :]
+    return self.q_proj.add_lora(x, q), self.k_proj.add_lora(x, k), self.v_proj.add_lora(x, v)
 
   def __call__(self, x, positions, inv_freq, k_cache, v_cache, valid, start, kernel="xla"):
     """x `[B, T, D]`; k_cache/v_cache `[B, K, S, Dh]` (or None: attend within x); valid bool `[B, S]`;
