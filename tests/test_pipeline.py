@@ -141,7 +141,8 @@ def test_fuse_decode_projections_reaches_the_models_the_sample_stage_loads(tmp_p
   def load_model(path, dtype_name, layout, **flags):
     raise Loaded(flags)
 
-  c = _config(tmp_path, stages="sample", fuse_decode_projections=False, **{"data.num_problems": 1})
+  c = _config(tmp_path, stages="sample", fuse_decode_projections=False, compilation_cache_dir="",
+              **{"data.num_problems": 1})  # no cache: the run would set JAX's for the tests after it
   c.expert = make_tiny_hf(tmp_path, "qwen2", name="expert_hf", vocab_size=151936, hidden_size=32)
   c.amateur = make_tiny_hf(tmp_path, "qwen2", name="amateur_hf", vocab_size=151936, hidden_size=16)
   (tmp_path / "problems.jsonl").write_text('{"question": "1+1?", "answer": "2"}\n')
