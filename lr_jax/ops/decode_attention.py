@@ -151,8 +151,9 @@ def decode_attention(q, k_new, v_new, k, v, valid, end, layout=None, *, interpre
   q: `[B, H, Dh]`, the query of the token at slot `end - 1`; k_new, v_new: `[B, K, Dh]`, its key and
   value; k, v: `[B, K, S, Dh]`, the cache before them (all five of one dtype); valid: bool `[B, S]`
   (slot `end - 1` included); end: int32 scalar, slots >= end are ignored (blocks wholly past it are
-  not loaded). layout: an `lr_jax.sharding.Layout` or None. interpret: run Pallas' interpreter; None (default): compiled
-  when lowered for CUDA, interpreted for any other platform. launch: Triton's launch settings.
+  not loaded). layout: an `lr_jax.sharding.Layout` or None. interpret: run Pallas' interpreter;
+  None (default): compiled when lowered for CUDA, interpreted for any other platform. launch:
+  Triton's launch settings.
 
   Returns (out `[B, H, Dh]` in q's dtype, k, v with slot `end - 1` written (clamped into the cache
   like `lax.dynamic_update_slice`)). The caches are updated in place where XLA can alias them (a
