@@ -77,31 +77,56 @@ def rms_normalise(x):
   return (xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + 1e-6)).astype(x.dtype)
 
 
-def step(x, layers, q_width: int):
-  """One decode step's projections: x `[B, D]` -> (x `[B, D]`, the last layer's k and v `[B, K Dh]`)."""
+def step(x, layers, q_width: int, matmuls: dict | None = None):
+  """One decode step's projections: x `[B, D]` -> (x `[B, D]`, the last layer's k and v `[B, K Dh]`).
+
+  matmuls: weight name -> `fn(a, b)` computing `a @ b` for that weight (default `@` throughout)."""
   import jax
   import jax.numpy as jnp
+
+  def mm(a, name, w):
+    return (matmuls or {}).get(name, jnp.matmul)(a, w[name])
+
   k = v = None
   for w in layers:
     h = rms_normalise(x)
     if "wqkv" in w:
       kv_width = (w["wqkv"].shape[1] - q_width) // 2
-      q, k, v = jnp.split(h @ w["wqkv"], [q_width, q_width + kv_width], axis=1)
+      q, k, v = jnp.split(mm(h, "wqkv", w), [q_width, q_width + kv_width], axis=1)
     else:
-      q, k, v = h @ w["wq"], h @ w["wk"], h @ w["wv"]
-    y = x + q @ w["wo"]  # the attention output stands in for q
+      q, k, v = mm(h, "wq", w), mm(h, "wk", w), mm(h, "wv", w)
+    y = x + mm(q, "wo", w)  # the attention output stands in for q
     h = rms_normalise(y)
     if "wgu" in w:
-      g, u = jnp.split(h @ w["wgu"], 2, axis=1)
+      g, u = jnp.split(mm(h, "wgu", w), 2, axis=1)
     else:
-      g, u = h @ w["wg"], h @ w["wu"]
-    x = y + (jax.nn.silu(g) * u) @ w["wd"]
+      g, u = mm(h, "wg", w), mm(h, "wu", w)
+    x = y + mm(jax.nn.silu(g) * u, "wd", w)
   return x, k, v
 
 
 def step_flops(cfg, batch: int) -> float:
   d, q, kv, f = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.intermediate_size
   return 2.0 * batch * cfg.num_layers * (d * (q + 2 * kv) + q * d + 2 * d * f + f * d)
+
+
+def step_seconds(cfg, layers, x, steps: int, matmuls: dict | None = None) -> float:
+  """Seconds of one `step` of x `[B, D]` through `layers`: (median time of 2n steps chained in one
+  jitted loop - that of n) / n, so dispatch cancels."""
+  import jax
+  import jax.numpy as jnp
+  import accelerator_suite as suite
+  q_width = cfg.num_heads * cfg.head_dim
+
+  def looped(n) -> float:
+    def run(x, layers):
+      zeros = jnp.zeros((x.shape[0], cfg.num_kv_heads * cfg.head_dim), x.dtype)
+      return jax.lax.fori_loop(0, n, lambda _, carry: step(carry[0], layers, q_width, matmuls), (x, zeros, zeros))
+    run = jax.jit(run)
+    jax.block_until_ready(run(x, layers))  # compiles
+    return statistics.median(suite.timed_calls(lambda: run(x, layers), 5))
+
+  return max(looped(2 * steps) - looped(steps), 0.0) / steps
 
 
 def measure(variant: str, smoke: bool, batches: list[int], steps: int) -> dict:
@@ -115,17 +140,7 @@ def measure(variant: str, smoke: bool, batches: list[int], steps: int) -> dict:
   out = {"device": str(jax.devices()[0].device_kind), "batches": {}}
   for batch in batches:
     x = jax.random.normal(jax.random.key(batch), (batch, cfg.hidden_size), jnp.bfloat16)
-
-    def looped(n) -> float:
-      """Median seconds of n chained steps in one jitted loop."""
-      def run(x, layers):
-        zeros = jnp.zeros((batch, cfg.num_kv_heads * cfg.head_dim), jnp.bfloat16)
-        return jax.lax.fori_loop(0, n, lambda _, carry: step(carry[0], layers, q_width), (x, zeros, zeros))
-      run = jax.jit(run)
-      jax.block_until_ready(run(x, layers))  # compiles
-      return statistics.median(suite.timed_calls(lambda: run(x, layers), 5))
-
-    seconds = max(looped(2 * steps) - looped(steps), 0.0) / steps
+    seconds = step_seconds(cfg, layers, x, steps)
     one = jax.jit(lambda x, layers: step(x, layers, q_width))(x, layers)[0].astype(jnp.float32)
     out["batches"][str(batch)] = {"step_s": seconds, "flops": step_flops(cfg, batch),
                                   "output": [float(v) for v in one.ravel()[:4096]]}

@@ -310,6 +310,7 @@ def main(argv=None) -> dict[str, Any]:
                  help="XLA:GPU without CUDA graphs, so the trace times each HLO op (set before the backend starts)")
   p.add_argument("--decode-attention", default="auto", choices=DECODE_KERNELS,
                  help="the decode target's one-token attention kernel (Transformer.decode_attention)")
+  p.add_argument("--decode-batches", default="", help="the decode targets' batches (default: the suite's, 64,256)")
   p.add_argument("--keep-traces", action="store_true", help="keep OUT/<target>/trace (perfetto + xplane)")
   args = p.parse_args(argv)
   shapes = suite.SMOKE if args.smoke else suite.FULL
@@ -326,8 +327,9 @@ def main(argv=None) -> dict[str, Any]:
   builders: list[tuple[str, Callable[[], tuple]]] = []
   if "decode" in wanted:
     suffix = "" if args.decode_attention == "auto" else f"_{args.decode_attention}"
+    batches = [int(b) for b in args.decode_batches.split(",") if b] or shapes.gen_batches
     builders += [(f"decode_b{b}{suffix}", functools.partial(target_decode, shapes, b, args.decode_attention))
-                 for b in shapes.gen_batches]
+                 for b in batches]
   if "lockstep" in wanted:
     from lr_jax import lockstep
     b, chunk = lockstep.default_sampling_batch(shapes.expert, shapes.amateur, shapes.expert.vocab_size,

@@ -1,0 +1,231 @@
+"""A decode step's projection GEMMs on a Hopper GPU: XLA's dot against JAX's Mosaic GPU matmul.
+
+Run 4 (bench/RESULTS.md) left generation at batch 256 at 42.9% of the bandwidth roofline, with the
+projections (q/k/v and gate/up fused, XLA's autotuned Triton GEMMs) at ~45% of the matmul peak;
+the 60% target needs GEMMs of 256 rows at ~70%. This measures, before anything is built on it,
+whether JAX's own Hopper matmul (`jax.experimental.pallas.ops.gpu.hopper_matmul_mgpu`: persistent
+over the SMs, warp-specialised, TMA loads into swizzled shared memory, wgmma) gets nearer at the
+1.5B expert's decode shapes. Per batch (256 first, the target) and per projection, with the
+weights as `fused_for_decoding` holds them (q/k/v `[D, (H + 2K) Dh]`, o `[H Dh, D]`, gate/up
+`[D, 2F]`, down `[F, D]`):
+
+  xla     28 GEMMs, one per layer with weights of their own (so they stream from HBM as in a
+          decode step, not from L2), through XLA's dot
+  mgpu    the same through the Mosaic GPU kernel, for each tiling of a small sweep that divides
+          the shape: per warpgroup tile_m 64|128 x tile_n 64|128, its two compute warpgroups side by
+          side along M or N, k tiles of 64, 4 loads in flight; tilings that fill the SMs' waves best
+          first, each output checked against XLA's
+
+then one step's projections as bench/decode_gemms.py's `merged` variant runs them (norms, SwiGLU,
+residual adds), with each projection through whichever kernel was faster, against XLA's dot
+throughout: the figure that says whether the decode loop should call the kernel.
+
+A GEMM's time is (time of 2n chains - time of n chains) / n / 28, each chain of n x 28 GEMMs in one
+jitted loop, so dispatch cancels; each GEMM's input takes one element of the previous one's output,
+so no GEMM can be hoisted out of the loop. Tilings that would start after --budget-seconds are
+skipped; results are written after each row, so a time-boxed run keeps what finished.
+
+  python bench/hopper_gemms.py --out OUT.json       # on an H100/H200
+  python bench/hopper_gemms.py --smoke              # tiny shapes on CPU: the XLA rows only (a test)
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import inspect
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import accelerator_suite as suite  # noqa: E402
+import decode_gemms  # noqa: E402
+
+# (tile_m, tile_n) of each compute warpgroup, and the dimension along which the CTA's two sit.
+SWEEP = ((64, 64, "N"), (64, 128, "N"), (64, 64, "M"), (64, 128, "M"),
+         (128, 64, "N"), (128, 128, "N"), (128, 64, "M"), (128, 128, "M"))
+TILE_K = 64
+LAYERS = 28
+
+
+def gemm_shapes(cfg) -> dict[str, tuple[int, int]]:
+  """Weight name (as in decode_gemms' merged layers) -> its (K, N)."""
+  d, q, kv, f = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.intermediate_size
+  return {"wqkv": (d, q + 2 * kv), "wo": (q, d), "wgu": (d, 2 * f), "wd": (f, d)}
+
+
+def tilings(m: int, k: int, n: int, num_sms: int, most: int = len(SWEEP)) -> list[dict]:
+  """The first `most` of the sweep's tilings that divide an `[m, k] @ [k, n]` GEMM, in decreasing
+  order of the fraction of the SMs' waves their CTA tiles fill (the sweep's order among equals)."""
+  out = []
+  for tile_m, tile_n, wg in SWEEP:
+    cta_m, cta_n = tile_m * (1 + (wg == "M")), tile_n * (1 + (wg == "N"))
+    if m % cta_m or n % cta_n or k % TILE_K:
+      continue
+    tiles = (m // cta_m) * (n // cta_n)
+    out.append({"tile_m": tile_m, "tile_n": tile_n, "wg_dimension": wg, "tiles": tiles,
+                "wave_fill": tiles / (-(-tiles // num_sms) * num_sms)})
+  return sorted(out, key=lambda t: -t["wave_fill"])[:most]
+
+
+def name(tiling: dict) -> str:
+  return f"{tiling['tile_m']}x{tiling['tile_n']}/{tiling['wg_dimension']}"
+
+
+def hopper_unavailable() -> str | None:
+  """Why the Mosaic GPU kernel cannot run here, or None."""
+  device = jax.devices()[0]
+  if device.platform != "gpu" or not str(getattr(device, "compute_capability", "")).startswith("9"):
+    return f"needs an NVIDIA Hopper GPU (compute capability 9.x); device 0 is {device.device_kind}"
+  if importlib.util.find_spec("jax.experimental.pallas.ops.gpu.hopper_matmul_mgpu") is None:
+    return f"jax {jax.__version__} has no jax.experimental.pallas.ops.gpu.hopper_matmul_mgpu"
+  return None
+
+
+def mgpu_matmul(tiling: dict):
+  """`fn(a, b) = a @ b` through the Mosaic GPU kernel with `tiling` (bf16 out, float32 accumulation).
+  TuningConfig's fields and matmul's signature have changed between jax versions: fields this jax
+  lacks are left out (a mismatch then surfaces as the kernel's own error) and `c` is passed only
+  where matmul takes it."""
+  from jax.experimental.pallas.ops.gpu import hopper_matmul_mgpu as hm
+  wanted = {"tile_m": tiling["tile_m"], "tile_n": tiling["tile_n"], "tile_k": TILE_K, "max_concurrent_steps": 4,
+            "epi_tile_m": 64, "epi_tile_n": 64, "wg_dimension": hm.MatmulDimension[tiling["wg_dimension"]]}
+  fields = {f.name for f in dataclasses.fields(hm.TuningConfig)}
+  config = hm.TuningConfig(**{k: v for k, v in wanted.items() if k in fields})
+  if "c" in inspect.signature(hm.matmul).parameters:
+    return lambda a, b: hm.matmul(a, b, None, config)
+  return lambda a, b: hm.matmul(a, b, config)
+
+
+def per_gemm_seconds(matmul, x, weights, steps: int) -> float:
+  """Seconds per GEMM of x `[M, K]` through `weights` (a list of `[K, N]`), chained as the module
+  docstring says (one compiled loop, its trip count an argument)."""
+  @jax.jit
+  def run(x, weights, n):
+    def body(_, x):
+      for w in weights:
+        y = jax.lax.optimization_barrier(matmul(x, w))  # no slice-of-dot rewrite for XLA's dot
+        x = x.at[0, 0].set(y[0, 0])
+      return x
+    return jax.lax.fori_loop(0, n, body, x)
+
+  def median(n: int) -> float:
+    return statistics.median(suite.timed_calls(lambda: run(x, weights, jnp.int32(n)), 5))
+
+  jax.block_until_ready(run(x, weights, jnp.int32(1)))  # compiles
+  return max(median(2 * steps) - median(steps), 0.0) / steps / len(weights)
+
+
+def rel_diff(a, b) -> float:
+  a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+  return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def sweep_gemm(row: dict, m: int, k: int, n: int, args, unavailable: str | None, deadline: float,
+               num_sms: int, write) -> None:
+  """Fills `row` with XLA's time and the sweep's for one shape, calling `write()` after each."""
+  keys = jax.random.split(jax.random.key(m * 7 + n), LAYERS + 1)
+  x = jax.random.normal(keys[0], (m, k), jnp.bfloat16)
+  weights = [(jax.random.normal(kk, (k, n), jnp.float32) / k ** 0.5).astype(jnp.bfloat16) for kk in keys[1:]]
+  flops = 2.0 * m * k * n
+  seconds = per_gemm_seconds(jnp.matmul, x, weights, args.steps)
+  row.update(shape=[m, k, n], xla_us=seconds * 1e6, xla_tflops=flops / seconds / 1e12 if seconds else None,
+             tilings=[], best=None)
+  write()
+  if unavailable:
+    return
+  reference = jax.jit(jnp.matmul)(x, weights[0])
+  for tiling in tilings(m, k, n, num_sms, args.per_shape):
+    if time.perf_counter() > deadline:
+      row["tilings"].append({**tiling, "skipped": "past --budget-seconds"})
+      continue
+    try:
+      mm = mgpu_matmul(tiling)
+      diff = rel_diff(jax.jit(mm)(x, weights[0]), reference)
+      t = per_gemm_seconds(mm, x, weights, args.steps)
+      result = {**tiling, "us": t * 1e6, "tflops": flops / t / 1e12 if t else None,
+                "vs_xla": seconds / t if t else None, "rel_diff": diff}
+    except Exception as e:  # noqa: BLE001 - a tiling that fails to compile or run is itself a result
+      result = {**tiling, "error": f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"}
+    row["tilings"].append(result)
+    timed = [t for t in row["tilings"] if t.get("us") and t["rel_diff"] < 1e-2]
+    row["best"] = min(timed, key=lambda t: t["us"]) if timed else None
+    write()
+
+
+def mixed_step(cfg, batch: int, gemms: dict, steps: int) -> dict:
+  """One step's projections (decode_gemms' merged variant) with XLA's dot throughout, and with each
+  projection whose best tiling beat XLA through the Mosaic GPU kernel."""
+  layers = decode_gemms.projections(cfg, merged=True)
+  chosen = {w: row["best"] for w, row in gemms.items() if row.get("best") and row["best"]["vs_xla"] > 1}
+  matmuls = {w: mgpu_matmul(t) for w, t in chosen.items()}
+  x = jax.random.normal(jax.random.key(batch), (batch, cfg.hidden_size), jnp.bfloat16)
+  q_width = cfg.num_heads * cfg.head_dim
+  xla_s = decode_gemms.step_seconds(cfg, layers, x, steps)
+  out = {"xla_ms": xla_s * 1e3, "kernels": {w: "mgpu " + name(t) for w, t in chosen.items()}}
+  if matmuls:
+    mixed_s = decode_gemms.step_seconds(cfg, layers, x, steps, matmuls)
+    outputs = [jax.jit(lambda x, layers, m=m: decode_gemms.step(x, layers, q_width, m)[0])(x, layers)
+               for m in (None, matmuls)]
+    out.update(mixed_ms=mixed_s * 1e3, vs_xla=xla_s / mixed_s if mixed_s else None,
+               rel_diff=rel_diff(outputs[1], outputs[0]))
+  return out
+
+
+def main(argv=None) -> dict:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--smoke", action="store_true", help="tiny shapes on CPU")
+  p.add_argument("--batches", default="256,64")
+  p.add_argument("--steps", type=int, default=5, help="n: chains of n x 28 GEMMs and of 2n are timed")
+  p.add_argument("--per-shape", type=int, default=4, help="tilings timed per shape, best wave fill first")
+  p.add_argument("--budget-seconds", type=float, default=120.0, help="skip tilings that would start later")
+  p.add_argument("--out", default="", help="write the results as JSON here (rewritten after each row)")
+  args = p.parse_args(argv)
+  deadline = time.perf_counter() + args.budget_seconds
+  cfg = (suite.SMOKE if args.smoke else suite.FULL).expert
+  device = jax.devices()[0]
+  num_sms = getattr(device, "core_count", 0) or 1
+  unavailable = hopper_unavailable()
+  results = {"device": str(device.device_kind), "jax": jax.__version__, "num_sms": num_sms,
+             "mgpu_unavailable": unavailable, "batches": {}}
+
+  def write() -> None:
+    if args.out:
+      os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+      suite.write_atomic(args.out, json.dumps(results, indent=2))
+
+  if unavailable:
+    print(f"mgpu: {unavailable}; timing XLA's dot only", flush=True)
+  for batch in (int(b) for b in args.batches.split(",") if b):
+    entry = results["batches"][str(batch)] = {"gemms": {}}
+    for w, (k, n) in gemm_shapes(cfg).items():
+      row = entry["gemms"][w] = {}
+      sweep_gemm(row, batch, k, n, args, unavailable, deadline, num_sms, write)
+      line = f"batch {batch:>4d} {w:5s} [{batch}x{k}]@[{k}x{n}]: xla {row['xla_us']:8.1f} us"
+      if row.get("xla_tflops"):
+        line += f" ({row['xla_tflops']:.1f} TFLOP/s)"
+      for t in row["tilings"]:
+        line += (f"; {name(t)} {t['us']:.1f} us {t['vs_xla']:.2f}x" if "us" in t
+                 else f"; {name(t)} {t.get('error') or t.get('skipped')}")
+      print(line, flush=True)
+    if not unavailable and time.perf_counter() <= deadline:
+      entry["step"] = mixed_step(cfg, batch, entry["gemms"], args.steps)
+      s = entry["step"]
+      print(f"batch {batch:>4d} step's projections: xla {s['xla_ms']:.3f} ms"
+            + (f", with {s['kernels']} {s['mixed_ms']:.3f} ms = {s['vs_xla']:.2f}x (output rel. diff "
+               f"{s['rel_diff']:.1e})" if "mixed_ms" in s else ", no projection faster through mgpu"), flush=True)
+      write()
+  return results
+
+
+if __name__ == "__main__":
+  main()
