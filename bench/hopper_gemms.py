@@ -13,8 +13,11 @@ weights as `fused_for_decoding` holds them (q/k/v `[D, (H + 2K) Dh]`, o `[H Dh, 
           decode step, not from L2), through XLA's dot
   mgpu    the same through the Mosaic GPU kernel, for each tiling of a small sweep that divides
           the shape: per warpgroup tile_m 64|128 x tile_n 64|128, its two compute warpgroups side by
-          side along M or N, k tiles of 64, 4 loads in flight; tilings that fill the SMs' waves best
-          first, each output checked against XLA's
+          side along M or N, k tiles of 64, up to 4 loads in flight (as many as fit in shared
+          memory). At M = 256 the q/k/v, o and down projections have 48-64 output tiles for 132
+          SMs, so K is split where that fills the waves better: the kernel's body runs on S groups
+          of CTAs, one per slice of K, into float32 partials that XLA sums. Tilings that fill the
+          waves best come first (--per-shape of them are timed); each output is checked against XLA's
 
 then one step's projections as bench/decode_gemms.py's `merged` variant runs them (norms, SwiGLU,
 residual adds), with each projection through whichever kernel was faster, against XLA's dot
@@ -63,22 +66,52 @@ def gemm_shapes(cfg) -> dict[str, tuple[int, int]]:
   return {"wqkv": (d, q + 2 * kv), "wo": (q, d), "wgu": (d, 2 * f), "wd": (f, d)}
 
 
+MAX_SPLITS = 8
+MIN_FILL = 0.7  # split K no further once the waves are this full
+SMEM_BYTES = 232448  # shared memory a Hopper CTA may use (227 KiB)
+EPILOGUE_TILE = 64
+
+
+def stages(cta_m: int, cta_n: int, splits: int) -> int:
+  """Loads in flight (at most 4) whose buffers, with the epilogue's (two warpgroups x two 64 x 64
+  slots, float32 partials when K is split), fit in shared memory; 0 if none does."""
+  epilogue = 2 * 2 * EPILOGUE_TILE * EPILOGUE_TILE * (4 if splits > 1 else 2)
+  per_stage = (cta_m + cta_n) * TILE_K * 2
+  return max((s for s in range(2, 5) if s * per_stage + epilogue + 1024 <= SMEM_BYTES), default=0)
+
+
+def wave_fill(tiles: int, splits: int, num_sms: int) -> float:
+  """The fraction of the SMs' rounds busy when `splits` groups of `num_sms // splits` CTAs each
+  cover `tiles` output tiles (one group per slice of K)."""
+  ctas = num_sms // splits
+  return tiles / (-(-tiles // ctas) * ctas)
+
+
 def tilings(m: int, k: int, n: int, num_sms: int, most: int = len(SWEEP)) -> list[dict]:
   """The first `most` of the sweep's tilings that divide an `[m, k] @ [k, n]` GEMM, in decreasing
-  order of the fraction of the SMs' waves their CTA tiles fill (the sweep's order among equals)."""
+  order of wave fill (the sweep's order among equals). Each splits K into the fewest slices
+  (of >= 4 k tiles, at most MAX_SPLITS) that fill MIN_FILL of the waves, or else the most-filling
+  number: the q/k/v, o and down projections have too few output tiles at M = 256 to fill 132 SMs."""
   out = []
+  k_tiles = k // TILE_K
   for tile_m, tile_n, wg in SWEEP:
     cta_m, cta_n = tile_m * (1 + (wg == "M")), tile_n * (1 + (wg == "N"))
     if m % cta_m or n % cta_n or k % TILE_K:
       continue
     tiles = (m // cta_m) * (n // cta_n)
-    out.append({"tile_m": tile_m, "tile_n": tile_n, "wg_dimension": wg, "tiles": tiles,
-                "wave_fill": tiles / (-(-tiles // num_sms) * num_sms)})
+    options = [s for s in range(1, min(MAX_SPLITS, num_sms) + 1) if k_tiles % s == 0 and (k_tiles // s >= 4 or s == 1)]
+    splits = next((s for s in options if wave_fill(tiles, s, num_sms) >= MIN_FILL),
+                  max(options, key=lambda s: (wave_fill(tiles, s, num_sms), -s)))
+    if stages(cta_m, cta_n, splits):
+      out.append({"tile_m": tile_m, "tile_n": tile_n, "wg_dimension": wg, "splits": splits,
+                  "stages": stages(cta_m, cta_n, splits), "tiles": tiles, "wave_fill": wave_fill(tiles, splits, num_sms)})
   return sorted(out, key=lambda t: -t["wave_fill"])[:most]
 
 
 def name(tiling: dict) -> str:
-  return f"{tiling['tile_m']}x{tiling['tile_n']}/{tiling['wg_dimension']}"
+  split = f" k/{tiling['splits']}" if tiling["splits"] > 1 else ""
+  stages_ = f" {tiling['stages']} stages" if tiling["stages"] != 4 else ""
+  return f"{tiling['tile_m']}x{tiling['tile_n']}/{tiling['wg_dimension']}{split}{stages_}"
 
 
 def hopper_unavailable() -> str | None:
@@ -92,18 +125,45 @@ def hopper_unavailable() -> str | None:
 
 
 def mgpu_matmul(tiling: dict):
-  """`fn(a, b) = a @ b` through the Mosaic GPU kernel with `tiling` (bf16 out, float32 accumulation).
-  TuningConfig's fields and matmul's signature have changed between jax versions: fields this jax
-  lacks are left out (a mismatch then surfaces as the kernel's own error) and `c` is passed only
-  where matmul takes it."""
+  """`fn(a, b) = a @ b` through the Mosaic GPU kernel with `tiling`: bf16 `[M, N]` out, float32
+  accumulation. With `splits` S > 1 the kernel's body runs on S groups of CTAs, group s on the
+  s-th slice of K into float32 partials `[S, M, N]`, which XLA sums (fused into what reads them).
+  TuningConfig's fields and the kernel's signature have changed between jax versions: fields this
+  jax lacks are left out (a mismatch then surfaces as the kernel's own error) and the `c` operand
+  is passed only where the kernel takes one."""
   from jax.experimental.pallas.ops.gpu import hopper_matmul_mgpu as hm
-  wanted = {"tile_m": tiling["tile_m"], "tile_n": tiling["tile_n"], "tile_k": TILE_K, "max_concurrent_steps": 4,
-            "epi_tile_m": 64, "epi_tile_n": 64, "wg_dimension": hm.MatmulDimension[tiling["wg_dimension"]]}
+  wanted = {"tile_m": tiling["tile_m"], "tile_n": tiling["tile_n"], "tile_k": TILE_K,
+            "max_concurrent_steps": tiling["stages"], "epi_tile_m": EPILOGUE_TILE, "epi_tile_n": EPILOGUE_TILE,
+            "wg_dimension": hm.MatmulDimension[tiling["wg_dimension"]]}
   fields = {f.name for f in dataclasses.fields(hm.TuningConfig)}
   config = hm.TuningConfig(**{k: v for k, v in wanted.items() if k in fields})
-  if "c" in inspect.signature(hm.matmul).parameters:
-    return lambda a, b: hm.matmul(a, b, None, config)
-  return lambda a, b: hm.matmul(a, b, config)
+  splits = tiling["splits"]
+  if splits == 1:
+    if "c" in inspect.signature(hm.matmul).parameters:
+      return lambda a, b: hm.matmul(a, b, None, config)
+    return lambda a, b: hm.matmul(a, b, config)
+
+  import jax.experimental.pallas as pl
+  import jax.experimental.pallas.mosaic_gpu as plgpu
+  takes_c = "c_gmem" in inspect.signature(hm.kernel).parameters
+
+  def matmul(a, b):
+    (m, k), n = a.shape, b.shape[1]
+    part = k // splits
+
+    def body(a_gmem, b_gmem, out_gmem):
+      s = jax.lax.axis_index("split")
+      refs = (a_gmem.at[:, pl.ds(s * part, part)], b_gmem.at[pl.ds(s * part, part), :])
+      hm.kernel(*refs, *((None,) if takes_c else ()), out_gmem.at[s], config)
+
+    partials = plgpu.kernel(
+        body, out_type=jax.ShapeDtypeStruct((splits, m, n), jnp.float32),
+        grid=(splits, hm.get_num_sms() // splits), grid_names=("split", "cluster_grid"),
+        cluster=(1,), cluster_names=("cluster",), num_threads=3, thread_name="wg",
+        compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup))(a, b)
+    return partials.sum(0).astype(a.dtype)
+
+  return matmul
 
 
 def per_gemm_seconds(matmul, x, weights, steps: int) -> float:

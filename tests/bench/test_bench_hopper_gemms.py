@@ -1,6 +1,7 @@
 """bench/hopper_gemms.py: on CPU it times XLA's rows and says why the Mosaic GPU kernel is skipped;
 the sweep's bookkeeping (which tilings, which is best, the mixed step) runs here with a stand-in for
-the kernel, so the GPU call cannot trip on it."""
+the kernel, and the kernel itself under Pallas' GPU interpreter, so the GPU call cannot trip on
+either."""
 from __future__ import annotations
 
 import importlib.util
@@ -38,12 +39,35 @@ def test_smoke_on_cpu_times_xla_and_says_why_mgpu_is_skipped(bench, tmp_path, ca
 def test_tilings_divide_the_shape_and_fill_the_waves_best_first(bench):
   gate_up = bench.tilings(256, 1536, 17920, 132)
   assert len(gate_up) == len(bench.SWEEP)
-  assert [t["tiles"] for t in gate_up[:2]] == [560, 560] and gate_up[0]["wave_fill"] == pytest.approx(560 / 660)
+  assert [(t["tiles"], t["splits"]) for t in gate_up[:2]] == [(560, 1), (560, 1)]
+  assert gate_up[0]["wave_fill"] == pytest.approx(560 / 660)
   assert [t["wave_fill"] for t in gate_up] == sorted((t["wave_fill"] for t in gate_up), reverse=True)
   # 64 rows: only one warpgroup tile of 64 rows, the two warpgroups side by side along N
   assert {(t["tile_m"], t["wg_dimension"]) for t in bench.tilings(64, 1536, 17920, 132)} == {(64, "N")}
   assert bench.tilings(16, 1536, 17920, 132) == [] and bench.tilings(256, 1000, 17920, 132) == []
   assert len(bench.tilings(256, 1536, 17920, 132, most=3)) == 3
+
+
+def test_skinny_projections_split_k_until_the_waves_fill(bench):
+  """down at batch 256: 48 output tiles of 64 x 128 would leave 84 of 132 SMs idle; two slices of
+  K (70 k tiles each) on two groups of 66 CTAs fill 73%; q/k/v's 64 tiles fill 97% with two."""
+  down = bench.tilings(256, 8960, 1536, 132)[0]
+  assert (down["tile_m"], down["tile_n"], down["tiles"], down["splits"]) == (64, 64, 48, 2)
+  assert down["wave_fill"] == pytest.approx(48 / 66) and bench.wave_fill(48, 1, 132) == pytest.approx(48 / 132)
+  assert bench.tilings(256, 1536, 2048, 132)[0]["wave_fill"] == pytest.approx(64 / 66)
+  for t in bench.tilings(256, 8960, 1536, 132) + bench.tilings(64, 8960, 1536, 132):
+    assert 140 % t["splits"] == 0 and 140 // t["splits"] >= 4, t  # whole k tiles, >= 4 per slice
+  assert bench.name(down) == "64x64/N k/2"
+
+
+def test_stages_fit_shared_memory(bench):
+  """Four 64-deep loads of a 128 x 256 CTA tile (192 KiB) fit beside bf16 epilogue buffers (32 KiB)
+  but not beside float32 ones (64 KiB), as the deviceless lowering for an H200 reported
+  (262,208 > 232,448 bytes): split-K tilings then keep three loads in flight."""
+  assert bench.stages(128, 256, splits=1) == 4 and bench.stages(128, 256, splits=2) == 3
+  assert bench.stages(64, 128, splits=2) == 4 and bench.stages(4096, 4096, splits=1) == 0
+  split = [t for t in bench.tilings(256, 1536, 17920, 132) if t["splits"] > 1]
+  assert split and all(t["stages"] == 3 and "3 stages" in bench.name(t) for t in split)
 
 
 def test_sweep_keeps_the_fastest_correct_tiling_and_times_the_mixed_step(bench, monkeypatch, tmp_path, capsys):
@@ -90,3 +114,29 @@ def test_tilings_past_the_budget_are_skipped_and_a_failing_one_is_recorded(bench
   row = out["batches"]["128"]["gemms"]["wgu"]
   assert row["xla_us"] >= 0 and all(t["skipped"] == "past --budget-seconds" for t in row["tilings"])
   assert "step" not in out["batches"]["128"]
+
+
+def test_the_real_kernel_through_mgpu_matmul_in_gpu_interpret_mode(bench, monkeypatch):
+  """JAX's Hopper kernel itself, run by Pallas' GPU interpreter on CPU (a private API in jax
+  0.10.2, hence the skip), through `mgpu_matmul`'s config and call: the two extreme tilings of
+  the sweep on a 4-SM grid, with K whole and split, give XLA's product."""
+  interpret = pytest.importorskip("jax._src.pallas.mosaic_gpu.interpret.params")
+  if not hasattr(interpret, "force_gpu_interpret_mode"):
+    pytest.skip("this jax has no force_gpu_interpret_mode")
+  import jax
+  import jax.numpy as jnp
+  from jax.experimental.pallas.ops.gpu import hopper_matmul_mgpu as hm
+  monkeypatch.setattr(hm, "get_num_sms", lambda: 4)  # a CPU device has no SM count
+  m, k, n = 256, 256, 256
+  a = jax.random.normal(jax.random.key(0), (m, k), jnp.bfloat16)
+  b = (jax.random.normal(jax.random.key(1), (k, n), jnp.float32) / k ** 0.5).astype(jnp.bfloat16)
+  tilings = {bench.name(t): t for t in bench.tilings(m, k, n, 4)}
+  assert len(tilings) == len(bench.SWEEP)
+  # CTA tiles 64 x 128 (8 of them) and 256 x 128 (2), whole K and in two slices (grid 2 x 2)
+  for name, cta, splits in (("64x64/N", (64, 128), 1), ("128x128/M", (256, 128), 1),
+                            ("64x64/N", (64, 128), 2), ("128x128/M", (256, 128), 2)):
+    tiling = {**tilings[name], "splits": splits, "stages": bench.stages(*cta, splits)}
+    with interpret.force_gpu_interpret_mode():
+      out = bench.mgpu_matmul(tiling)(a, b)
+    assert out.shape == (m, n) and out.dtype == jnp.bfloat16
+    assert bench.rel_diff(out, a @ b) < 1e-3, (name, splits)  # partials summed in float32, rounded once
