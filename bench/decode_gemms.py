@@ -112,20 +112,21 @@ def step_flops(cfg, batch: int) -> float:
 
 def step_seconds(cfg, layers, x, steps: int, matmuls: dict | None = None) -> float:
   """Seconds of one `step` of x `[B, D]` through `layers`: (median time of 2n steps chained in one
-  jitted loop - that of n) / n, so dispatch cancels."""
+  jitted loop - that of n) / n, so dispatch cancels (one compiled loop, its trip count an argument)."""
   import jax
   import jax.numpy as jnp
   import accelerator_suite as suite
   q_width = cfg.num_heads * cfg.head_dim
 
-  def looped(n) -> float:
-    def run(x, layers):
-      zeros = jnp.zeros((x.shape[0], cfg.num_kv_heads * cfg.head_dim), x.dtype)
-      return jax.lax.fori_loop(0, n, lambda _, carry: step(carry[0], layers, q_width, matmuls), (x, zeros, zeros))
-    run = jax.jit(run)
-    jax.block_until_ready(run(x, layers))  # compiles
-    return statistics.median(suite.timed_calls(lambda: run(x, layers), 5))
+  @jax.jit
+  def run(x, layers, n):
+    zeros = jnp.zeros((x.shape[0], cfg.num_kv_heads * cfg.head_dim), x.dtype)
+    return jax.lax.fori_loop(0, n, lambda _, carry: step(carry[0], layers, q_width, matmuls), (x, zeros, zeros))
 
+  def looped(n: int) -> float:
+    return statistics.median(suite.timed_calls(lambda: run(x, layers, jnp.int32(n)), 5))
+
+  jax.block_until_ready(run(x, layers, jnp.int32(1)))  # compiles
   return max(looped(2 * steps) - looped(steps), 0.0) / steps
 
 
