@@ -57,19 +57,17 @@ import decode_gemms  # noqa: E402
 SWEEP = ((64, 64, "N"), (64, 128, "N"), (64, 64, "M"), (64, 128, "M"),
          (128, 64, "N"), (128, 128, "N"), (128, 64, "M"), (128, 128, "M"))
 TILE_K = 64
+EPILOGUE_TILE = 64
 LAYERS = 28
+MAX_SPLITS = 8
+MIN_FILL = 0.7  # split K no further once the waves are this full
+SMEM_BYTES = 232448  # shared memory a Hopper CTA may use (227 KiB)
 
 
 def gemm_shapes(cfg) -> dict[str, tuple[int, int]]:
   """Weight name (as in decode_gemms' merged layers) -> its (K, N)."""
   d, q, kv, f = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.intermediate_size
   return {"wqkv": (d, q + 2 * kv), "wo": (q, d), "wgu": (d, 2 * f), "wd": (f, d)}
-
-
-MAX_SPLITS = 8
-MIN_FILL = 0.7  # split K no further once the waves are this full
-SMEM_BYTES = 232448  # shared memory a Hopper CTA may use (227 KiB)
-EPILOGUE_TILE = 64
 
 
 def stages(cta_m: int, cta_n: int, splits: int) -> int:
@@ -185,6 +183,10 @@ def per_gemm_seconds(matmul, x, weights, steps: int) -> float:
   return max(median(2 * steps) - median(steps), 0.0) / steps / len(weights)
 
 
+def error_text(e: Exception) -> str:
+  return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+
+
 def rel_diff(a, b) -> float:
   a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
   return float(np.linalg.norm(a - b) / np.linalg.norm(b))
@@ -215,7 +217,7 @@ def sweep_gemm(row: dict, m: int, k: int, n: int, args, unavailable: str | None,
       result = {**tiling, "us": t * 1e6, "tflops": flops / t / 1e12 if t else None,
                 "vs_xla": seconds / t if t else None, "rel_diff": diff}
     except Exception as e:  # noqa: BLE001 - a tiling that fails to compile or run is itself a result
-      result = {**tiling, "error": f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"}
+      result = {**tiling, "error": error_text(e)}
     row["tilings"].append(result)
     timed = [t for t in row["tilings"] if t.get("us") and t["rel_diff"] < 1e-2]
     row["best"] = min(timed, key=lambda t: t["us"]) if timed else None
@@ -226,7 +228,7 @@ def mixed_step(cfg, batch: int, gemms: dict, steps: int) -> dict:
   """One step's projections (decode_gemms' merged variant) with XLA's dot throughout, and with each
   projection whose best tiling beat XLA through the Mosaic GPU kernel."""
   layers = decode_gemms.projections(cfg, merged=True)
-  chosen = {w: row["best"] for w, row in gemms.items() if row.get("best") and row["best"]["vs_xla"] > 1}
+  chosen = {w: row["best"] for w, row in gemms.items() if row.get("best") and (row["best"]["vs_xla"] or 0) > 1}
   matmuls = {w: mgpu_matmul(t) for w, t in chosen.items()}
   x = jax.random.normal(jax.random.key(batch), (batch, cfg.hidden_size), jnp.bfloat16)
   q_width = cfg.num_heads * cfg.head_dim
@@ -274,15 +276,20 @@ def main(argv=None) -> dict:
       if row.get("xla_tflops"):
         line += f" ({row['xla_tflops']:.1f} TFLOP/s)"
       for t in row["tilings"]:
-        line += (f"; {name(t)} {t['us']:.1f} us {t['vs_xla']:.2f}x" if "us" in t
+        line += (f"; {name(t)} {t['us']:.1f} us {t['vs_xla'] or float('nan'):.2f}x" if "us" in t
                  else f"; {name(t)} {t.get('error') or t.get('skipped')}")
       print(line, flush=True)
     if not unavailable and time.perf_counter() <= deadline:
-      entry["step"] = mixed_step(cfg, batch, entry["gemms"], args.steps)
-      s = entry["step"]
-      print(f"batch {batch:>4d} step's projections: xla {s['xla_ms']:.3f} ms"
-            + (f", with {s['kernels']} {s['mixed_ms']:.3f} ms = {s['vs_xla']:.2f}x (output rel. diff "
-               f"{s['rel_diff']:.1e})" if "mixed_ms" in s else ", no projection faster through mgpu"), flush=True)
+      try:
+        s = entry["step"] = mixed_step(cfg, batch, entry["gemms"], args.steps)
+      except Exception as e:  # noqa: BLE001 - keep the other batch's rows
+        s = entry["step"] = {"error": error_text(e)}
+      if "error" in s:
+        print(f"batch {batch:>4d} step's projections: {s['error']}", flush=True)
+      else:
+        print(f"batch {batch:>4d} step's projections: xla {s['xla_ms']:.3f} ms"
+              + (f", with {s['kernels']} {s['mixed_ms']:.3f} ms = {s['vs_xla'] or float('nan'):.2f}x (output rel. "
+                 f"diff {s['rel_diff']:.1e})" if "mixed_ms" in s else ", no projection faster through mgpu"), flush=True)
       write()
   return results
 

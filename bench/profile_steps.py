@@ -17,7 +17,8 @@ optimized HLO, which gives:
 
 Targets (a "step" is one decoded token; the distill target's step is one update):
   decode_b{64,256}   `generation.engine.decode_until`, 128 new tokens after a 128-token prompt, with
-                     the one-token attention kernel of --decode-attention (a suffix names it unless "auto")
+                     the one-token attention kernel of --decode-attention (a suffix names it unless "auto");
+                     --decode-batches picks other batches
   lockstep_b{N}      `lockstep.lockstep_decode` at the sampling stage's default batch (prefill included)
   distill            `make_distill_step`, 16 rows x 255 tokens, LoRA r 8 on q, v (the default: no remat,
                      unrolled layers, attention "auto", i.e. cuDNN on NVIDIA GPUs)

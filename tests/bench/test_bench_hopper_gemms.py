@@ -100,7 +100,7 @@ def test_sweep_keeps_the_fastest_correct_tiling_and_times_the_mixed_step(bench, 
   assert "step's projections" in capsys.readouterr().out
 
 
-def test_tilings_past_the_budget_are_skipped_and_a_failing_one_is_recorded(bench, monkeypatch):
+def test_tilings_past_the_budget_are_skipped_and_failures_are_recorded(bench, monkeypatch):
   def failing(tiling):
     raise ValueError("exceeds available shared memory\nsecond line")
 
@@ -110,6 +110,14 @@ def test_tilings_past_the_budget_are_skipped_and_a_failing_one_is_recorded(bench
   row = out["batches"]["128"]["gemms"]["wgu"]
   assert row["tilings"] and all(t["error"] == "ValueError: exceeds available shared memory" for t in row["tilings"])
   assert row["best"] is None and out["batches"]["128"]["step"]["kernels"] == {}
+
+  def boom(*args, **kwargs):
+    raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")
+
+  monkeypatch.setattr(bench.decode_gemms, "step_seconds", boom)
+  out = bench.main(["--smoke", "--batches", "128,64", "--steps", "2"])
+  assert all(out["batches"][b]["step"] == {"error": "RuntimeError: RESOURCE_EXHAUSTED: out of memory"}
+             for b in ("128", "64"))  # the second batch still ran
   out = bench.main(["--smoke", "--batches", "128", "--steps", "2", "--budget-seconds", "0"])
   row = out["batches"]["128"]["gemms"]["wgu"]
   assert row["xla_us"] >= 0 and all(t["skipped"] == "past --budget-seconds" for t in row["tilings"])
