@@ -8,7 +8,9 @@ I/O). Sections, in order (each guarded: an error is recorded and the next sectio
   ceilings     bf16 matmul FLOP/s and device-copy bytes/s, measured in this run.
   generate     expert greedy decoding, prompt 128, 128 new tokens forced (no EOS ids), batch 64 and 256:
                new tokens/s and the decode step's fraction of the bandwidth roofline, i.e.
-               (weight bytes + KV-cache bytes read per step) / copy bandwidth / step time. Where the
+               (weight bytes + KV-cache bytes read per step) / copy bandwidth / step time, with the
+               whole cache (what XLA's attention reads) and with the slots written so far, on average
+               over the steps (what a step must read, and about what the Pallas kernel reads). Where the
                model's decode attention is the Pallas kernel (NVIDIA GPUs), each batch is timed with
                XLA's attention too, and the kernel is checked against `attend` on one layer's shapes
                and timed at each of a few Triton launch settings (slots per iteration, warps, stages).
@@ -289,10 +291,11 @@ def section_ceilings(ctx: Context) -> dict[str, Any]:
           "nominal_flops_per_s": ctx.args.peak_tflops * 1e12}
 
 
-def decode_step_bytes(cfg: ModelConfig, batch: int, slots: int) -> int:
-  """Bytes one bf16 decode step reads: every weight once plus the whole K and V caches."""
+def decode_step_bytes(cfg: ModelConfig, batch: int, slots: float) -> int:
+  """Bytes one bf16 decode step reads: every weight once plus `slots` slots of the K and V caches
+  (all of them, or on average the slots written so far)."""
   cache = 2 * cfg.num_layers * batch * slots * cfg.num_kv_heads * cfg.head_dim * 2
-  return cfg.num_params() * 2 + cache
+  return round(cfg.num_params() * 2 + cache)
 
 
 def time_generation(ctx: Context, graphdef, state, batch: int) -> tuple[dict[str, Any], np.ndarray]:
@@ -326,10 +329,13 @@ def time_generation(ctx: Context, graphdef, state, batch: int) -> tuple[dict[str
   step = dec / max(s.new_tokens - 1, 1)
   row = {"tokens_per_s": batch * s.new_tokens / (prefill + dec), "prefill_s": prefill, "decode_s": dec,
          "step_s": step, "compile_s": start_compile + decode_compile, "decode_first_call_s": first_call,
-         "all_rows_full_length": full, "step_bytes": decode_step_bytes(cfg, batch, spec.slots)}
+         "all_rows_full_length": full, "step_bytes": decode_step_bytes(cfg, batch, spec.slots),
+         # steps 1 .. N - 1 after the prompt attend over prompt + 1 .. N - 1 slots: N / 2 new on average
+         "step_bytes_written": decode_step_bytes(cfg, batch, s.prompt_len + s.new_tokens / 2)}
   ceilings = ctx.section("ceilings")
   if ceilings:
     row["roofline_fraction"] = row["step_bytes"] / ceilings["copy_bytes_per_s"] / step
+    row["roofline_fraction_written"] = row["step_bytes_written"] / ceilings["copy_bytes_per_s"] / step
   return row, np.asarray(done.tokens)
 
 
@@ -454,7 +460,8 @@ def section_generate(ctx: Context) -> dict[str, Any]:
       continue
     row, tokens = time_generation(ctx, *nnx.split(model), batch)
     log(f"generate batch {batch} ({result['decode_attention']} decode attention): {row['tokens_per_s']:.0f} new "
-        f"tok/s, {row['step_s'] * 1e3:.2f} ms/step, roofline {row.get('roofline_fraction', float('nan')) * 100:.1f}%, "
+        f"tok/s, {row['step_s'] * 1e3:.2f} ms/step, roofline {row.get('roofline_fraction', float('nan')) * 100:.1f}% "
+        f"({row.get('roofline_fraction_written', float('nan')) * 100:.1f}% of the slots written), "
         f"compile {row['compile_s']:.1f} s")
     if pallas:
       xla = row["xla_decode_attention"] = time_variant(ctx, model, batch, tokens, decode_attention="xla")
@@ -862,8 +869,8 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
   gen = ok("generate")
   for b, g in gen.get("batches", {}).items():
     rows.append((f"generate batch {b}", f"{_fmt(g.get('tokens_per_s'), digits=0)} tok/s, "
-                 f"{_fmt(g.get('step_s'), 1e3, ' ms/step', 2)}, roofline {_fmt(g.get('roofline_fraction'), 100, '%')}, "
-                 f"compile {_fmt(g.get('compile_s'), unit=' s')}, {gen.get('decode_attention')} decode attention"
+                 f"{_fmt(g.get('step_s'), 1e3, ' ms/step', 2)}, roofline {_fmt(g.get('roofline_fraction'), 100, '%')} "
+                 f"({_fmt(g.get('roofline_fraction_written'), 100, '%')} of the slots written), compile {_fmt(g.get('compile_s'), unit=' s')}, {gen.get('decode_attention')} decode attention"
                  if "tokens_per_s" in g else g.get("note", "-")))
     x, sep, t = (g.get(k) for k in ("xla_decode_attention", "separate_projections", "tuned_decode_launch"))
     if x:

@@ -43,6 +43,10 @@ def test_smoke_run_fills_every_section_and_prints_the_table_last(suite, tmp_path
   assert sec["ceilings"]["matmul_flops_per_s"] > 0 and sec["ceilings"]["copy_bytes_per_s"] > 0
   gen = sec["generate"]["batches"]["16"]
   assert gen["all_rows_full_length"] and gen["tokens_per_s"] > 0 and gen["roofline_fraction"] > 0
+  # the stricter roofline counts only the cache slots written so far: prompt 8 + 8 / 2 new on average
+  assert gen["step_bytes_written"] == suite.decode_step_bytes(suite.SMOKE.expert, 16, 12) < gen["step_bytes"]
+  assert gen["roofline_fraction_written"] == pytest.approx(
+      gen["roofline_fraction"] * gen["step_bytes_written"] / gen["step_bytes"])
   sep = gen["separate_projections"]  # the largest batch again, projections unfused
   assert sep["all_rows_full_length"] and sep["fused_speedup"] > 0 and sep["first_tokens_agreeing"] >= 0.9
   con = sec["contrastive"]
