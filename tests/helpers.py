@@ -8,9 +8,11 @@ family's real tokenizer next to it, so `AutoTokenizer.from_pretrained(dir)` and
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import os
 import shutil
+import sys
 from typing import Any
 
 import jax
@@ -22,6 +24,20 @@ from flax import nnx
 from lr_jax.models import positions_from_mask
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def bench_module(stem: str):
+  """bench/<stem>.py imported as module `bench_<stem>`, with bench/ on sys.path for the scripts'
+  imports of each other; registered in sys.modules (dataclasses resolve annotations through it)."""
+  folder = os.path.join(REPO_ROOT, "bench")
+  if folder not in sys.path:
+    sys.path.insert(0, folder)
+  name = f"bench_{stem}"
+  spec = importlib.util.spec_from_file_location(name, os.path.join(folder, f"{stem}.py"))
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[name] = module
+  spec.loader.exec_module(module)
+  return module
 
 # family -> (shared tokenizer folder, embedding rows of the real models, special token ids of the real configs)
 FAMILIES = {

@@ -6,22 +6,15 @@ import importlib.util
 import json
 import os
 import re
-import sys
 
 import pytest
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import bench_module
 
 
 @pytest.fixture(scope="module")
 def suite():
-  name = "bench_accelerator_suite"
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO_ROOT, "bench", "accelerator_suite.py"))
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[name] = module  # dataclasses resolve string annotations through sys.modules
-  spec.loader.exec_module(module)
-  yield module
-  del sys.modules[name]
+  return bench_module("accelerator_suite")
 
 
 def read_json(folder):

@@ -3,24 +3,16 @@ function (the merged weights are the separate ones concatenated); a variant that
 of time is recorded and the others still run."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-import sys
 
 import pytest
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import bench_module
 
 
 @pytest.fixture(scope="module")
 def bench():
-  sys.path.insert(0, os.path.join(REPO_ROOT, "bench"))
-  path = os.path.join(REPO_ROOT, "bench", "decode_gemms.py")
-  spec = importlib.util.spec_from_file_location("bench_decode_gemms", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return bench_module("decode_gemms")
 
 
 def test_smoke_run_times_every_variant_and_they_agree(bench, tmp_path, capsys):

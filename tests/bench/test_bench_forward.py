@@ -1,21 +1,15 @@
 """bench/forward.py runs end to end on tiny shapes and reports consistent figures."""
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import pytest
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import bench_module
 
 pytest.importorskip("torch")
 
 
 def load_bench():
-  spec = importlib.util.spec_from_file_location("bench_forward", os.path.join(REPO_ROOT, "bench", "forward.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return bench_module("forward")
 
 
 def test_smoke_run_reports_throughputs_ratios_and_compile_times(capsys):

@@ -4,24 +4,16 @@ the kernel, and the kernel itself under Pallas' GPU interpreter, so the GPU call
 either."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-import sys
 
 import pytest
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import bench_module
 
 
 @pytest.fixture(scope="module")
 def bench():
-  sys.path.insert(0, os.path.join(REPO_ROOT, "bench"))
-  path = os.path.join(REPO_ROOT, "bench", "hopper_gemms.py")
-  spec = importlib.util.spec_from_file_location("bench_hopper_gemms", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return bench_module("hopper_gemms")
 
 
 def test_smoke_on_cpu_times_xla_and_says_why_mgpu_is_skipped(bench, tmp_path, capsys):

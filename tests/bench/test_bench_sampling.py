@@ -1,19 +1,16 @@
 """bench/sampling.py --smoke runs end to end and prints seconds per problem and the ratios to the original."""
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import pytest
 
-from tests.helpers import REPO_ROOT, shared_path
+from tests.helpers import bench_module, shared_path
 
 
 def test_smoke_run_prints_ratio_lines_and_the_three_approaches_agree(capsys):
   pytest.importorskip("torch")
-  spec = importlib.util.spec_from_file_location("bench_sampling", os.path.join(REPO_ROOT, "bench", "sampling.py"))
-  bench = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(bench)
+  bench = bench_module("sampling")
   results = bench.main(["--smoke", "--shared", os.path.dirname(shared_path("tokenizers"))])
   out = capsys.readouterr().out
   assert "(b) lr_jax teacher-forced fp32" in out and "(c) lr_jax lockstep fp32" in out

@@ -3,12 +3,10 @@ exit where JAX has no CUDA plugin to compile with."""
 from __future__ import annotations
 
 import importlib.util
-import os
-import sys
 
 import pytest
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import bench_module
 
 # An entry with a cuBLAS GEMM (and its scratch workspace), a scan of known trip count 4 whose fused
 # GEMM reads one slice (through a bitcast) of a stacked weight, and a decode loop of unknown trip
@@ -76,12 +74,7 @@ ENTRY %main (a: bf16[8,64], w: bf16[4,64,64]) -> bf16[8,64] {
 
 @pytest.fixture(scope="module")
 def gpu_hlo():
-  spec = importlib.util.spec_from_file_location("gpu_hlo", os.path.join(REPO_ROOT, "bench", "gpu_hlo.py"))
-  module = importlib.util.module_from_spec(spec)
-  sys.modules["gpu_hlo"] = module
-  spec.loader.exec_module(module)
-  yield module
-  del sys.modules["gpu_hlo"]
+  return bench_module("gpu_hlo")
 
 
 def test_shape_bytes_sums_tuples_and_skips_unknown_types(gpu_hlo):

@@ -2,14 +2,12 @@
 smoke run whose per-op figures are consistent with its own wall time."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 
 import pytest
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import bench_module
 
 GPU_STYLE_HLO = """HloModule jit_decode_until, entry_computation_layout={()}
 ENTRY %main {
@@ -28,14 +26,7 @@ ENTRY %main {
 
 @pytest.fixture(scope="module")
 def prof():
-  name = "bench_profile_steps"
-  sys.path.insert(0, os.path.join(REPO_ROOT, "bench"))
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO_ROOT, "bench", "profile_steps.py"))
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[name] = module
-  spec.loader.exec_module(module)
-  yield module
-  del sys.modules[name]
+  return bench_module("profile_steps")
 
 
 def test_hlo_ops_and_categories_of_a_gpu_style_dump(prof):

@@ -1,19 +1,14 @@
 """bench/generate.py --smoke runs end to end and reports throughputs, ratios and the roofline fraction."""
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import pytest
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import bench_module
 
 
 def test_smoke_benchmark_reports_positive_throughputs_and_ratios(capsys):
   pytest.importorskip("torch")
-  spec = importlib.util.spec_from_file_location("bench_generate", os.path.join(REPO_ROOT, "bench", "generate.py"))
-  bench = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(bench)
+  bench = bench_module("generate")
   results = bench.main(["--smoke"])
   for key in ("lr_jax_tok_s", "hf_batch1_tok_s", "hf_batch_tok_s", "ratio_vs_hf_batch1", "ratio_vs_hf_batch",
               "roofline_fraction"):
