@@ -111,23 +111,27 @@ def step_flops(cfg, batch: int) -> float:
 
 
 def step_seconds(cfg, layers, x, steps: int, matmuls: dict | None = None) -> float:
-  """Seconds of one `step` of x `[B, D]` through `layers`: (median time of 2n steps chained in one
-  jitted loop - that of n) / n, so dispatch cancels (one compiled loop, its trip count an argument)."""
+  """Seconds of one `step` of x `[B, D]` through `layers`: (median time of 2 x `steps` steps - that
+  of 1 x) / `steps`, so dispatch cancels. One compiled loop: an outer one whose trip count (1 or 2)
+  is an argument, around `steps` chained steps in a loop of constant trip count, which XLA runs
+  without a host round trip per iteration."""
   import jax
   import jax.numpy as jnp
   import accelerator_suite as suite
   q_width = cfg.num_heads * cfg.head_dim
 
   @jax.jit
-  def run(x, layers, n):
+  def run(x, layers, reps):
     zeros = jnp.zeros((x.shape[0], cfg.num_kv_heads * cfg.head_dim), x.dtype)
-    return jax.lax.fori_loop(0, n, lambda _, carry: step(carry[0], layers, q_width, matmuls), (x, zeros, zeros))
+    inner = lambda _, carry: jax.lax.fori_loop(  # noqa: E731
+        0, steps, lambda _, carry: step(carry[0], layers, q_width, matmuls), carry)
+    return jax.lax.fori_loop(0, reps, inner, (x, zeros, zeros))
 
-  def looped(n: int) -> float:
-    return statistics.median(suite.timed_calls(lambda: run(x, layers, jnp.int32(n)), 5))
+  def median(reps: int) -> float:
+    return statistics.median(suite.timed_calls(lambda: run(x, layers, jnp.int32(reps)), 5))
 
   jax.block_until_ready(run(x, layers, jnp.int32(1)))  # compiles
-  return max(looped(2 * steps) - looped(steps), 0.0) / steps
+  return max(median(2) - median(1), 0.0) / steps
 
 
 def measure(variant: str, smoke: bool, batches: list[int], steps: int) -> dict:

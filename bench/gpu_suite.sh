@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU call (its stage timeouts sum to 9.2 minutes): the accelerator suite; then
+# One GPU call (its stage timeouts sum to 9.3 minutes): the accelerator suite; then
 # bench/hopper_gemms.py (the decode step's projection GEMMs through XLA's dot and through JAX's
 # Hopper Mosaic GPU matmul, a tiling sweep, and a step's projections with the faster of each);
 # then a per-op profile of a batch-256 decode step with CUDA graphs off, so the trace times each
@@ -23,7 +23,7 @@ pack() { tar czf "$out/r.tgz" -C "$work" . ; }
 } 2>&1 | tee "$work/device.txt"
 timeout $((budget + 40)) "$py" bench/accelerator_suite.py --out "$work/suite" --budget-seconds "$budget" \
   --sections ceilings,generate,contrastive,lockstep,distill,projection 2>&1 | tee "$work/suite.log"; pack
-timeout 140 "$py" bench/hopper_gemms.py --budget-seconds 100 --out "$work/hopper_gemms.json" 2>&1 \
+timeout 150 "$py" bench/hopper_gemms.py --budget-seconds 110 --out "$work/hopper_gemms.json" 2>&1 \
   | tee "$work/hopper_gemms.log"; pack
 XLA_FLAGS=--xla_gpu_enable_command_buffer= timeout 70 "$py" bench/profile_steps.py --out "$work/profile" \
   --no-command-buffers --targets decode --decode-batches 256 2>&1 | tee "$work/profile.log"; pack
