@@ -122,10 +122,11 @@ def step_seconds(cfg, layers, x, steps: int, matmuls: dict | None = None) -> flo
 
   @jax.jit
   def run(x, layers, reps):
+    def one(_, carry):
+      return step(carry[0], layers, q_width, matmuls)
+
     zeros = jnp.zeros((x.shape[0], cfg.num_kv_heads * cfg.head_dim), x.dtype)
-    inner = lambda _, carry: jax.lax.fori_loop(  # noqa: E731
-        0, steps, lambda _, carry: step(carry[0], layers, q_width, matmuls), carry)
-    return jax.lax.fori_loop(0, reps, inner, (x, zeros, zeros))
+    return jax.lax.fori_loop(0, reps, lambda _, c: jax.lax.fori_loop(0, steps, one, c), (x, zeros, zeros))
 
   def median(reps: int) -> float:
     return statistics.median(suite.timed_calls(lambda: run(x, layers, jnp.int32(reps)), 5))

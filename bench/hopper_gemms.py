@@ -105,7 +105,7 @@ def estimate_seconds(m: int, k: int, n: int, cta_m: int, cta_n: int, splits: int
 
 
 def tilings(m: int, k: int, n: int, num_sms: int, most: int = len(SWEEP)) -> list[dict]:
-  """The `most` of the sweep's tilings that divide an `[m, k] @ [k, n]` GEMM with the lowest
+  """Of the sweep's tilings that divide an `[m, k] @ [k, n]` GEMM, the `most` with the lowest
   `estimate_seconds`, fastest first, each with the number of K slices (whole k tiles, >= 4 a slice,
   at most MAX_SPLITS) and of loads in flight (`stages`) that the model and shared memory favour:
   at M = 256 the q/k/v, o and down projections have too few output tiles to fill 132 SMs whole."""
@@ -192,16 +192,15 @@ def chain_loop(matmul, steps: int):
   weight of the list `weights` (`[K, N]` each): y = matmul(x, w), then x[0, 0] = y[0, 0]. The
   barrier keeps XLA from computing only the element used (slice-of-dot rewrites); the in-place
   update makes each product depend on the one before, so none leaves the loop."""
-  def chain(_, x, weights):
-    for w in weights:
-      y = jax.lax.optimization_barrier(matmul(x, w))
-      x = x.at[0, 0].set(y[0, 0].astype(x.dtype))
-    return x
-
   @jax.jit
   def run(x, weights, reps):
-    inner = lambda _, x: jax.lax.fori_loop(0, steps, lambda i, x: chain(i, x, weights), x)  # noqa: E731
-    return jax.lax.fori_loop(0, reps, inner, x)
+    def chain(_, x):
+      for w in weights:
+        y = jax.lax.optimization_barrier(matmul(x, w))
+        x = x.at[0, 0].set(y[0, 0].astype(x.dtype))
+      return x
+
+    return jax.lax.fori_loop(0, reps, lambda _, x: jax.lax.fori_loop(0, steps, chain, x), x)
 
   return run
 
@@ -218,8 +217,8 @@ def chain_seconds(matmul, x, weights, steps: int) -> float:
 
 
 def no_gemm(a, w):
-  """The chain's own work without a GEMM (a one-element slice of each operand, added): timed and
-  subtracted, so the rows time the GEMMs alone."""
+  """The chain's own work without a GEMM (a one-element slice of each operand, added): timed on its
+  own and reported beside the rows, which include it."""
   return a[:1, :1] + w[:1, :1]
 
 
