@@ -330,7 +330,7 @@ def time_generation(ctx: Context, graphdef, state, batch: int) -> tuple[dict[str
   row = {"tokens_per_s": batch * s.new_tokens / (prefill + dec), "prefill_s": prefill, "decode_s": dec,
          "step_s": step, "compile_s": start_compile + decode_compile, "decode_first_call_s": first_call,
          "all_rows_full_length": full, "step_bytes": decode_step_bytes(cfg, batch, spec.slots),
-         # steps 1 .. N - 1 after the prompt attend over prompt + 1 .. N - 1 slots: N / 2 new on average
+         # decode steps j = 1 .. N - 1 attend over prompt + j slots: prompt + N / 2 on average
          "step_bytes_written": decode_step_bytes(cfg, batch, s.prompt_len + s.new_tokens / 2)}
   ceilings = ctx.section("ceilings")
   if ceilings:
@@ -870,7 +870,8 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
   for b, g in gen.get("batches", {}).items():
     rows.append((f"generate batch {b}", f"{_fmt(g.get('tokens_per_s'), digits=0)} tok/s, "
                  f"{_fmt(g.get('step_s'), 1e3, ' ms/step', 2)}, roofline {_fmt(g.get('roofline_fraction'), 100, '%')} "
-                 f"({_fmt(g.get('roofline_fraction_written'), 100, '%')} of the slots written), compile {_fmt(g.get('compile_s'), unit=' s')}, {gen.get('decode_attention')} decode attention"
+                 f"({_fmt(g.get('roofline_fraction_written'), 100, '%')} of the slots written), "
+                 f"compile {_fmt(g.get('compile_s'), unit=' s')}, {gen.get('decode_attention')} decode attention"
                  if "tokens_per_s" in g else g.get("note", "-")))
     x, sep, t = (g.get(k) for k in ("xla_decode_attention", "separate_projections", "tuned_decode_launch"))
     if x:
