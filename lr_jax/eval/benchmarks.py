@@ -5,14 +5,17 @@ Field names follow the files in ../shared/data (see its README). Question and go
   math           problem                           | last \\boxed{} of solution
   math500        problem                           | answer (equal to the last \\boxed{} of the solution on
                                                    |   all 500 shared records; tests check this)
-  svamp          Body + " " + Question             | Answer (a float; integral values written as integers)
-  asdiv          body + " " + question             | answer without its parenthesised units
+  svamp          Body (ending in ".") + " " + Question | Answer (a float; integral values written as integers)
+  asdiv          body + " " + question             | answer without its parenthesised units ("9 (apples)";
+                                                   |   "-(1/3)" is kept)
   minerva_math   problem                           | last \\boxed{} of solution
   olympiadbench  question                          | first final_answer, all "$" removed
   mmlu_stem      question + "\\nAnswer Choices: (A) .. (B) .. (C) .. (D) .." | letter of the answer index
   aime24         problem                           | answer
   amc23          question                          | answer (a float; integral values as integers)
-Item ids come from the record's own id field where the benchmark has one, else the 0-based position.
+A question whose gold is yes/no or true/false ends in " (Yes or No)" / " (True or False)", as in the
+Qwen2.5-Math protocol's `parse_question`. Item ids come from the record's own id field where the
+benchmark has one, else the 0-based position.
 """
 from __future__ import annotations
 
@@ -30,6 +33,8 @@ from lr_jax.paths import shared_dir
 BENCHMARKS = ("gsm8k", "math", "math500", "svamp", "asdiv", "minerva_math", "olympiadbench",
               "mmlu_stem", "aime24", "amc23")
 MULTIPLE_CHOICE = frozenset({"mmlu_stem"})
+_ANSWER_KIND_HINTS = {"yes": " (Yes or No)", "no": " (Yes or No)", "true": " (True or False)",
+                      "false": " (True or False)"}
 CHOICE_LETTERS = "ABCD"
 
 
@@ -117,7 +122,7 @@ def _gsm8k_gold(record: Mapping[str, Any], where: str) -> str:
 
 
 def _asdiv_gold(record: Mapping[str, Any], where: str) -> str:
-  return re.sub(r"\s*\(.*?\)", "", _field(record, "answer", where)).strip()
+  return re.sub(r"\s*\([^()]*[A-Za-z][^()]*\)", "", _field(record, "answer", where)).strip()
 
 
 def _olympiad_gold(record: Mapping[str, Any], where: str) -> str:
@@ -141,8 +146,16 @@ def _mmlu_gold(record: Mapping[str, Any], where: str) -> str:
   return CHOICE_LETTERS[index]
 
 
-def _joined(first: str, second: str) -> Callable[[Mapping[str, Any], str], str]:
-  return lambda record, where: f"{_field(record, first, where).strip()} {_field(record, second, where).strip()}"
+def _joined(first: str, second: str, end_first: str = "") -> Callable[[Mapping[str, Any], str], str]:
+  """`first` + " " + `second`; `first` gets `end_first` appended unless it already ends with it."""
+
+  def question(record: Mapping[str, Any], where: str) -> str:
+    head = _field(record, first, where).strip()
+    if end_first and not head.endswith(end_first):
+      head += end_first
+    return f"{head} {_field(record, second, where).strip()}"
+
+  return question
 
 
 def _text(name: str) -> Callable[[Mapping[str, Any], str], str]:
@@ -164,7 +177,7 @@ _READERS = {
     "gsm8k": _Reader(_text("question"), _gsm8k_gold),
     "math": _Reader(_text("problem"), _boxed_gold, "unique_id"),
     "math500": _Reader(_text("problem"), _text("answer"), "unique_id"),
-    "svamp": _Reader(_joined("Body", "Question"), _number("Answer"), "ID"),
+    "svamp": _Reader(_joined("Body", "Question", end_first="."), _number("Answer"), "ID"),
     "asdiv": _Reader(_joined("body", "question"), _asdiv_gold, "idx"),
     "minerva_math": _Reader(_text("problem"), _boxed_gold, "idx"),
     "olympiadbench": _Reader(_text("question"), _olympiad_gold, "id"),
@@ -179,8 +192,9 @@ def _make_item(name: str, record: Mapping[str, Any], index: int, where: str) -> 
   reader = _READERS[name]
   item_id = str(index) if reader.id_field is None else str(_field(record, reader.id_field, where, (str, int)))
   choices = _mmlu_choices(record, where) if name in MULTIPLE_CHOICE else None
-  return EvalItem(id=item_id, benchmark=name, question=reader.question(record, where),
-                  gold=reader.gold(record, where), choices=choices)
+  gold = reader.gold(record, where)
+  question = reader.question(record, where).strip() + _ANSWER_KIND_HINTS.get(gold.lower(), "")
+  return EvalItem(id=item_id, benchmark=name, question=question, gold=gold, choices=choices)
 
 
 def _check_name(name: str) -> None:

@@ -5,6 +5,7 @@ decisive check:
   1. equal normalised strings (case-insensitive)                                  -> True
   2. both plain numbers (decimals, a/b, \\frac{a}{b}, a\\times10^{b}): |pred - g| within relative 1e-4 of
      g in {gold, gold/100, gold*100} (the protocol's percentage leniency)          -> that verdict
+     ("70,110" is both 70110 and the list 70, 110: either reading may match, else False)
   3. both matrices: same shape and every entry equivalent                         -> that verdict
   4. both sequences: tuples/intervals "(a,b]" need the same brackets and entries equivalent in order;
      bare lists "a, b" and sets "{a,b}" need equivalent entries in any order      -> that verdict
@@ -39,10 +40,12 @@ _LITERAL_REPLACEMENTS = (
 _TEXT_COMMANDS = r"\\(?:text|textrm|textbf|textit|mathrm|mathbf|mbox|operatorname)"
 _TRAILING_UNIT_RE = re.compile(rf"(.*?\S)\s*{_TEXT_COMMANDS}\{{[^{{}}]*\}}(?:\^\{{?\d\}}?)?")
 _TEXT_WRAPPER_RE = re.compile(rf"{_TEXT_COMMANDS}\{{([^{{}}]*)\}}")
-# "12 apples", "5 cm", "3 p.m.": a number then words (the first of two letters or more, no "and"/"or").
-_NUMBER_THEN_WORDS_RE = re.compile(r"(-?[\d.,]*\d)\s+(?!(?:and|or)\b)[a-zA-Z]{2,}[a-zA-Z .'/]*")
+# "12 apples", "5 cm", "3:30 p.m.": a number or clock time, then "a.m."/"p.m." or words (the first of two
+# letters or more, no "and"/"or").
+_NUMBER_THEN_WORDS_RE = re.compile(r"(-?[\d.,:]*\d)\s+(?!(?:and|or)\b)(?:[aApP]\.[mM]\.?|[a-zA-Z]{2,}[a-zA-Z .'/]*)")
 _ASSIGNMENT_RE = re.compile(r"\s*(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?\w+\}?)?\s*(?:=|\\in(?![a-zA-Z]))\s*(.+)")
 _THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_NUMBER_DOT_RE = re.compile(r"(\d)\.(?!\d)")
 _FRAC_ARG = r"(\{[^{}]*\}|\d)"
 _FRAC_SHORTHAND_RE = re.compile(rf"\\frac{_FRAC_ARG}{_FRAC_ARG}")
 _SQRT_SHORTHAND_RE = re.compile(r"\\sqrt(\d+)")
@@ -68,8 +71,8 @@ def is_equivalent(prediction: str, gold: str) -> bool:
 
 def normalize_answer(answer: str) -> str:
   """Canonical text of an answer: math delimiters, \\text{}/units, $, %, degrees, \\left/\\right,
-  thousands separators, "x =" prefixes and redundant spaces removed; \\dfrac, \\frac12, a/b and
-  bmatrix/array written one way; 3.0 -> 3.
+  "x =" prefixes and redundant spaces removed; \\dfrac, \\frac12, a/b and bmatrix/array written one
+  way; 3.0 and 3. -> 3. Thousands separators stay ("70,110" may be a list): see `to_number`.
   """
   text = answer.strip().replace("\n", " ")
   for opening, closing in _MATH_DELIMITERS:
@@ -90,9 +93,8 @@ def normalize_answer(answer: str) -> str:
   if assignment and "=" not in assignment.group(1):
     text = assignment.group(1)
   text = text.strip().rstrip(".").strip()
-  if _THOUSANDS_RE.fullmatch(text):
-    text = text.replace(",", "")
   text = _remove_spaces(text)
+  text = _NUMBER_DOT_RE.sub(r"\1", text)
   text = _FRAC_SHORTHAND_RE.sub(lambda m: f"\\frac{_braced(m.group(1))}{_braced(m.group(2))}", text)
   text = _SQRT_SHORTHAND_RE.sub(r"\\sqrt{\1}", text)
   fraction = _SLASH_FRACTION_RE.fullmatch(text)
@@ -107,7 +109,10 @@ def normalize_answer(answer: str) -> str:
 
 
 def to_number(text: str) -> float | None:
-  """Value of a normalised plain number (decimal, \\frac{a}{b}, a\\times10^{b}); None for anything else."""
+  """Value of a normalised plain number (decimal, 1,234.5, \\frac{a}{b}, a\\times10^{b}); None for anything
+  else."""
+  if _THOUSANDS_RE.fullmatch(text):
+    text = text.replace(",", "")
   if _FLOAT_RE.fullmatch(text):
     return float(text)
   fraction = _FRAC_NUMBER_RE.fullmatch(text)
@@ -135,7 +140,11 @@ def _equivalent_normalized(pred: str, ref: str) -> bool:
     return True
   pred_number, ref_number = to_number(pred), to_number(ref)
   if pred_number is not None and ref_number is not None:
-    return numbers_match(pred_number, ref_number)
+    if numbers_match(pred_number, ref_number):
+      return True
+    pred_list, ref_list = _integer_list(pred), _integer_list(ref)
+    return (pred_list is not None and ref_list is not None
+            and _sequences_equivalent(("", pred_list), ("", ref_list)) is True)
   pred_matrix, ref_matrix = _matrix_cells(pred), _matrix_cells(ref)
   if pred_matrix is not None and ref_matrix is not None:
     return (len(pred_matrix) == len(ref_matrix)
@@ -204,12 +213,24 @@ def _all_equivalent(pred_parts: list[str], ref_parts: list[str]) -> bool:
 
 def _sequence(text: str) -> tuple[str, list[str]] | None:
   """("(]", parts) for a bracketed tuple/interval, ("{}", parts) for a set, ("", parts) for a bare
-  comma list; None unless there are at least two top-level entries."""
+  comma list; None unless there are at least two top-level entries, or for a number written with
+  thousands separators that cannot be a list of integers ("1,000")."""
+  if _THOUSANDS_RE.fullmatch(text) and _integer_list(text) is None:
+    return None
   if text[:1] in _OPENING and text[-1:] in _CLOSING and _closes_at_end(text):
     parts = _split_top_level(text[1:-1])
     return (text[0] + text[-1], parts) if len(parts) > 1 else None
   parts = _split_top_level(text)
   return ("", parts) if len(parts) > 1 else None
+
+
+def _integer_list(text: str) -> list[str] | None:
+  """The entries of "70,110" read as a list of integers ("1,000" has none: "000" is no integer's
+  text); None unless the text has two entries or more, all integers."""
+  parts = _split_top_level(text)
+  if len(parts) < 2 or not all(re.fullmatch(r"-?(?:0|[1-9]\d*)", part) for part in parts):
+    return None
+  return parts
 
 
 def _matrix_cells(text: str) -> list[list[str]] | None:

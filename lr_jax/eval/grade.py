@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from lr_jax.eval.benchmarks import BENCHMARKS, MULTIPLE_CHOICE, EvalItem, gold_from_record
+from lr_jax.eval.benchmarks import BENCHMARKS, CHOICE_LETTERS, MULTIPLE_CHOICE, EvalItem, gold_from_record
 from lr_jax.eval.equivalence import is_equivalent
 from lr_jax.eval.extract import extract_answer
 from lr_jax.eval.files import iter_jsonl, write_jsonl_atomic
@@ -142,6 +142,9 @@ def _line_gold(line: Mapping[str, Any], benchmark: str, where: str) -> str:
     gold = line["gold"]
     if not isinstance(gold, (str, int, float)) or isinstance(gold, bool):
       raise ValueError(f"{where}: field 'gold' should be a string or number, got {type(gold).__name__}")
+    if benchmark in MULTIPLE_CHOICE and str(gold).strip().upper() not in CHOICE_LETTERS:
+      raise ValueError(f"{where}: field 'gold' of a {benchmark} line should be a letter "
+                       f"{', '.join(CHOICE_LETTERS)}, got {gold!r}")
     return str(gold)
   record = line.get("record", line)
   if not isinstance(record, Mapping):

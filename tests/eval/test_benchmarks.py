@@ -29,7 +29,7 @@ EXPECTED = {
     "gsm8k": EvalItem("0", "gsm8k", "How many?", "1250"),
     "math": EvalItem("test/algebra/1.json", "math", "Find x.", "\\frac{1}{2}"),
     "math500": EvalItem("test/x/2.json", "math500", "Find y.", "3"),
-    "svamp": EvalItem("chal-1", "svamp", "Tom has 3 apples. He buys 2 more How many now?", "5"),
+    "svamp": EvalItem("chal-1", "svamp", "Tom has 3 apples. He buys 2 more. How many now?", "5"),
     "asdiv": EvalItem("4", "asdiv", "Seven red apples are in the basket. How many apples?", "7"),
     "minerva_math": EvalItem("0", "minerva_math", "Size?", "1.6"),
     "olympiadbench": EvalItem("1606", "olympiadbench", "Solve.", "(1,2)"),
@@ -61,6 +61,19 @@ def test_reader_builds_question_and_gold_as_the_protocol_does(tmp_path, name):
 def test_asdiv_gold_keeps_non_numeric_answers_without_units():
   assert gold_from_record("asdiv", {"answer": "3:30 p.m."}) == "3:30 p.m."
   assert gold_from_record("asdiv", {"answer": "14  (seats)"}) == "14"
+  assert gold_from_record("asdiv", {"answer": "-(1/3)"}) == "-(1/3)"  # parentheses without a unit stay
+
+
+def test_svamp_body_keeps_its_own_full_stop():
+  record = dict(RECORDS["svamp"], Body="Tom has 3 apples.  ")
+  assert items_from_records("svamp", [record])[0].question == "Tom has 3 apples. How many now?"
+
+
+@pytest.mark.parametrize("answer, hint", [("Yes", " (Yes or No)"), ("no", " (Yes or No)"),
+                                          ("True", " (True or False)"), ("7 (apples)", "")])
+def test_yes_no_and_true_false_questions_say_so_as_the_protocol_does(answer, hint):
+  record = dict(RECORDS["asdiv"], answer=answer)
+  assert items_from_records("asdiv", [record])[0].question == EXPECTED["asdiv"].question + hint
 
 
 def test_limit_reads_only_the_first_records_and_zero_means_all(tmp_path):

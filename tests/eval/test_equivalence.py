@@ -15,7 +15,7 @@ EQUIVALENT = [
     ("33.33333", "33.3333"), ("3.14159", "3.1416"), ("1.00005", "1"), ("99999", "100000"),
     # thousands separators
     ("1,000", "1000"), ("1,234,567", "1234567"), ("1{,}000", "1000"), ("1\\,000", "1000"),
-    ("1,000.5", "1000.5"),
+    ("1,000.5", "1000.5"), ("70110", "70,110"), ("-1./3", "-\\frac{1}{3}"), ("-3./2", "-1.5"),
     # percentages: x vs x/100 vs 100x
     ("10\\%", "0.1"), ("10%", "10"), ("0.1", "10"), ("25", "0.25"), ("12.5\\%", "12.5"),
     ("100", "1"),  # the protocol's leniency also accepts 100x without a % sign
@@ -23,7 +23,8 @@ EQUIVALENT = [
     ("\\$18", "18"), ("\\$1,200", "1200"), ("18 dollars", "18"), ("5\\text{ cm}", "5"),
     ("5 \\text{cm}^2", "5"), ("1.6 \\mathrm{~cm}", "1.6"), ("9 apples", "9"), ("\\text{12 meters}", "12"),
     ("30^\\circ", "30"), ("30^{\\circ}", "30"), ("45°", "45"), ("\\text{Mrs. Hilt}", "Mrs. Hilt"),
-    ("yes", "Yes"), ("3:30 p.m.", "3:30 p.m."), ("7\\mbox{ inches}", "7"),
+    ("yes", "Yes"), ("3:30 p.m.", "3:30 p.m."), ("7\\mbox{ inches}", "7"), ("3:30 \\text{ p.m.}", "3:30 p.m."),
+    ("4:30 \\text{ p.m.}", "\\text{4:30 p.m.}"), ("3", "3 p.m."), ("-\\frac{1}{3}", "-(1/3)"),
     # assignments and membership prefixes
     ("x=5", "5"), ("k = 3", "3"), ("y = 2x+3", "2x+3"), ("x \\in [1,2]", "[1,2]"), ("5", "n=5"),
     # symbolic (math-verify)
@@ -41,7 +42,7 @@ EQUIVALENT = [
     ("(1,\\infty)\\cup(-\\infty,0)", "(-\\infty,0)\\cup(1,\\infty)"),
     # several answers: bare lists and sets in any order
     ("2, 3", "3,2"), ("\\{1,3,5\\}", "1, 3, 5"), ("-2,0,2", "2, -2, 0"), ("(1,2),(3,4)", "(3,4),(1,2)"),
-    ("\\frac{1}{2}, 3", "3, 0.5"),
+    ("\\frac{1}{2}, 3", "3, 0.5"), ("110, 70", "70,110"), ("270,110", "110, 270"),  # "70,110": a list too
     # matrices
     ("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", "\\begin{bmatrix}1&2\\\\3&4\\end{bmatrix}"),
     ("\\begin{pmatrix}\\frac12\\\\-1\\end{pmatrix}", "\\begin{pmatrix}0.5\\\\-1\\end{pmatrix}"),
@@ -61,7 +62,8 @@ NOT_EQUIVALENT = [
     ("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", "\\begin{pmatrix}1&2\\\\3&5\\end{pmatrix}"),
     ("\\begin{pmatrix}1&2\\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}"),
     ("", "5"), ("5", ""), ("no", "yes"), ("\\text{Mrs. Hilt}", "Sara"), ("3 and 4", "3"), ("x=5", "6"),
-    ("30^\\circ", "60"), ("\\$18", "19"), ("9 apples", "8"),
+    ("30^\\circ", "60"), ("\\$18", "19"), ("9 apples", "8"), ("0, 1", "1,000"), ("1,000", "0,1"),
+    ("110, 80", "70,110"), ("3:30 p.m.", "4:30 p.m."),
 ]
 
 
@@ -81,8 +83,8 @@ def test_case_list_has_at_least_100_cases_of_both_verdicts():
 
 
 @pytest.mark.parametrize("raw, normalized", [
-    ("\\$1,200.00", "1200"), ("\\dfrac12", "\\frac{1}{2}"), ("x = 3", "3"), ("\\left( 1, 2 \\right)", "(1,2)"),
-    ("5\\text{ cm}", "5"), ("12 apples", "12"), ("\\pi r", "\\pi r"), ("-.5", "-0.5"), ("7/8", "\\frac{7}{8}"),
+    ("\\$1,200.00", "1,200"), ("\\dfrac12", "\\frac{1}{2}"), ("x = 3", "3"), ("\\left( 1, 2 \\right)", "(1,2)"),
+    ("5\\text{ cm}", "5"), ("12 apples", "12"), ("-1./3", "-\\frac{1}{3}"), ("1,000", "1,000"), ("\\pi r", "\\pi r"), ("-.5", "-0.5"), ("7/8", "\\frac{7}{8}"),
     ("\\begin{bmatrix}1\\end{bmatrix}", "\\begin{pmatrix}1\\end{pmatrix}"), ("\\sqrt3", "\\sqrt{3}"),
 ])
 def test_normalize_answer_writes_each_form_one_way(raw, normalized):
@@ -90,7 +92,7 @@ def test_normalize_answer_writes_each_form_one_way(raw, normalized):
 
 
 @pytest.mark.parametrize("text, value", [
-    ("42", 42.0), ("-0.25", -0.25), ("1e3", 1000.0), ("\\frac{3}{4}", 0.75), ("-\\frac{1}{4}", -0.25),
+    ("42", 42.0), ("-0.25", -0.25), ("1,234.5", 1234.5), ("1,23", None), ("1e3", 1000.0), ("\\frac{3}{4}", 0.75), ("-\\frac{1}{4}", -0.25),
     ("2\\times10^{3}", 2000.0), ("1.5\\cdot10^{-2}", 0.015), ("\\frac{1}{0}", None), ("x", None), ("2\\pi", None),
 ])
 def test_to_number_reads_plain_numbers_only(text, value):
