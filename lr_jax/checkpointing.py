@@ -8,19 +8,27 @@ mid-save leaves no step folder (the temporary one is removed on the next start).
 
 `restore` tries the newest step first. A step that fails to load (a truncated or deleted file, a
 corrupt JSON, a shape that no longer matches) is reported with a warning, moved aside to
-`<dir>/<step>.corrupt` (never deleted: a person may want it) and the previous one is tried.
+`<dir>/<step>.corrupt` (never deleted: a person may want it) and the previous one is tried. A step
+whose meta records other settings than the run's (`expect`) is refused with a `SettingsChanged`
+error instead, before its state is read: it is not damaged, the run is configured differently.
 
 Restoring takes a target state (e.g. a freshly initialised one) whose arrays carry the shardings
 wanted now: a checkpoint saved on one mesh restores onto any other, or onto one device.
 """
 from __future__ import annotations
 
+import json
 import os
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+
+class SettingsChanged(ValueError):
+  """The newest checkpoint was written by a run with other settings than this one."""
 
 
 class Checkpointer:
@@ -52,14 +60,23 @@ class Checkpointer:
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
     return self._manager.save(step, args=args, force=True)
 
-  def restore(self, target: Any) -> tuple[Any, dict[str, Any]] | None:
-    """(state, meta) of the newest loadable step, laid out like `target`; None when there is none."""
+  def restore(self, target: Any, expect: Mapping[str, Any] | None = None) -> tuple[Any, dict[str, Any]] | None:
+    """(state, meta) of the newest loadable step, laid out like `target`; None when there is none.
+
+    `expect`: meta entries the step must hold with these values (JSON-comparable); an entry the meta
+    lacks (a checkpoint of an older version) is not checked. A difference raises `SettingsChanged`
+    naming the entries, and the step is left where it is.
+    """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     for step in reversed(self.all_steps()):
-      args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
       try:
+        meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        _check_settings(meta, expect or {}, os.path.join(self.directory, str(step)))
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
         restored = self._manager.restore(step, args=args)
         return restored.state, restored.meta
+      except SettingsChanged:
+        raise
       except Exception as e:  # noqa: BLE001 - any failure to load marks the step unusable
         self._set_aside(step, e)
     return None
@@ -82,6 +99,15 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def _check_settings(meta: Mapping[str, Any], expect: Mapping[str, Any], where: str) -> None:
+  expected = json.loads(json.dumps(dict(expect)))  # tuples -> lists, as the meta was stored
+  changed = [f"{key}: checkpoint {meta[key]!r}, now {value!r}" for key, value in expected.items()
+             if key in meta and meta[key] != value]
+  if changed:
+    raise SettingsChanged(f"{where} was written with other settings ({'; '.join(changed)}); rerun with the "
+                          f"checkpoint's settings, or start in a fresh workdir")
 
 
 def _free_name(path: str) -> str:

@@ -266,7 +266,8 @@ def default_sampling_batch(expert_cfg: ModelConfig, amateur_cfg: ModelConfig, vo
   if batch < 1:
     raise ValueError(f"default_sampling_batch: {device_memory_bytes / 2**30:.2f} GiB per device cannot hold "
                      f"both models ({weights / 2**30:.2f} GiB of weights and their copies) and one row of "
-                     f"{max_len} tokens; set config.sample.batch_size, config.fuse_decode_projections=False "
+                     f"{max_len} tokens; set config.sample.batch_size and config.sample.chunk_size (both: "
+                     "either at 0 asks for this estimate), config.fuse_decode_projections=False "
                      "(no decode-time weight copies), or use more devices")
   logging.info("sampling batch %d rows per device, chunk %d: %.2f GiB per device, weights %.2f GiB, "
                "%.1f MiB per row, %.1f MiB per chunk row", batch, chunk, device_memory_bytes / 2**30,

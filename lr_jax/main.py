@@ -23,9 +23,10 @@ def main(argv):
   if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:]):
     logging.set_verbosity(logging.WARNING)  # library INFO lines (Orbax, XLA) drown the progress bars
   from lr_jax import pipeline
+  from lr_jax.checkpointing import SettingsChanged
   try:
     pipeline.run(FLAGS.config, FLAGS.workdir)
-  except pipeline.ConfigError as e:
+  except (pipeline.ConfigError, SettingsChanged) as e:
     sys.exit(f"lr_jax: config error: {e}")
 
 

@@ -65,6 +65,10 @@ def check_config(config, stages: list[str]) -> None:
     if e is not None and a is not None and a.num_params() > e.num_params():
       raise ConfigError(f"config.amateur ({config.amateur}, {a.num_params() / 1e6:.0f}M params) is larger than "
                         f"config.expert ({config.expert}, {e.num_params() / 1e6:.0f}M): swapped by mistake?")
+  if "distill" in stages:
+    _check_distill(config)
+  if "export" in stages and config.export.dtype not in common.DTYPES:
+    raise ConfigError(f"config.export.dtype: {config.export.dtype!r} is not one of {', '.join(common.DTYPES)}")
   if "sample" in stages and "demo" not in stages and not config.data.path.startswith("tfds:"):
     if not os.path.isfile(config.data.path):
       raise ConfigError(f"config.data.path: {config.data.path} does not exist (a JSONL file or tfds:NAME[:SPLIT])")
@@ -85,6 +89,23 @@ def check_config(config, stages: list[str]) -> None:
                         f"ways of config.mesh.{mesh_name}={tuple(getattr(config.mesh, mesh_name))} ({n_dev} devices)")
     if batch % jax.process_count():
       raise ConfigError(f"batch size {batch} of stage {stage} is not divisible by {jax.process_count()} processes")
+
+
+def _check_distill(config) -> None:
+  """The distillation settings, checked as the stage's own objects check them."""
+  from lr_jax.data.packing import PackingConfig
+  from lr_jax.distill import DistillConfig
+  from lr_jax.stages.distill import lora_config
+  d = config.distill
+  for field in ("checkpoint_every", "keep_checkpoints"):
+    if d[field] < 1:
+      raise ConfigError(f"config.distill.{field}: expected >= 1, got {d[field]}")
+  try:
+    lora_config(config)
+    PackingConfig(steps_per_update=d.steps_per_update, micro_batches=d.micro_batches)
+    DistillConfig(total_updates=d.updates)
+  except ValueError as e:
+    raise ConfigError(f"config.distill: {e}") from None
 
 
 def _save_config(config, workdir: common.Workdir) -> None:

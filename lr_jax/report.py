@@ -65,10 +65,11 @@ def _distill_section(workdir: common.Workdir, lines: list[str], stats: dict | No
   lines += ["## Distillation", "",
             f"- updates: {len(rows)}, loss first/last: {losses[0]:.4f} / {losses[-1]:.4f}, "
             f"supervised steps: {int(supervised)}"]
-  if stats is not None and stats.get("total_steps"):
-    lines.append(f"- token efficiency: {int(supervised)} supervised positions vs {stats['total_steps']} tokens "
-                 f"that full-trajectory SFT on the same problems would train "
-                 f"({supervised / stats['total_steps']:.2f}×)")
+  if stats is not None and stats.get("total_steps") and stats.get("kept_steps"):
+    lines.append(f"- token efficiency: {stats['kept_steps']} distinct positions trained, of the "
+                 f"{stats['total_steps']} tokens that full-trajectory SFT on the same problems would train "
+                 f"({stats['kept_steps'] / stats['total_steps']:.1%}); each supervised "
+                 f"{supervised / stats['kept_steps']:.1f} times on average over the updates")
   lines += ["", "![loss](plots/loss.png)", ""]
 
 

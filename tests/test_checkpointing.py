@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lr_jax.checkpointing import Checkpointer
+from lr_jax.checkpointing import Checkpointer, SettingsChanged
 from lr_jax.data.packing import PackedUpdates, PackingConfig
 from lr_jax.distill import DistillConfig, init_train_state, make_distill_step, shard_batch
 from lr_jax.models import from_pretrained
@@ -179,6 +179,22 @@ def test_a_corrupt_latest_checkpoint_is_set_aside_with_a_warning_and_the_previou
   assert ckpt.save(3, perturbed(fresh, 30.0), {"update": 3})
   ckpt.wait()
   assert Checkpointer(directory, save_every=1).restore(fresh)[1] == {"update": 3}
+
+
+def test_a_checkpoint_of_other_settings_is_refused_by_name_and_left_in_place(model_dir, tmp_path):
+  directory = str(tmp_path / "ckpt")
+  state = trainable_state(model_dir, None)
+  ckpt = Checkpointer(directory, save_every=1)
+  ckpt.save(1, state, {"update": 1, "num_updates": 6, "lora": {"rank": 4, "targets": ("q_proj",)}})
+  ckpt.wait()
+  with pytest.raises(SettingsChanged) as error:
+    ckpt.restore(state, expect={"num_updates": 2, "lora": {"rank": 4, "targets": ("q_proj",)}})
+  assert str(error.value) == (f"{directory}/1 was written with other settings (num_updates: checkpoint 6, now 2); "
+                              "rerun with the checkpoint's settings, or start in a fresh workdir")
+  assert ckpt.all_steps() == [1] and not os.path.exists(os.path.join(directory, "1.corrupt"))
+  # the same settings (tuples as the JSON meta stores them), and entries an older checkpoint lacks, pass
+  _, meta = ckpt.restore(state, expect={"num_updates": 6, "lora": {"rank": 4, "targets": ("q_proj",)}, "seed": 3})
+  assert meta["update"] == 1
 
 
 def test_saves_every_n_updates_and_keeps_the_last_k(model_dir, tmp_path):

@@ -77,6 +77,7 @@ def test_report_numbers_match_the_artifacts(finished_run):
   report = _read(workdir, "report.md")
   stats = _read(workdir, "samples", "stats", "stats.json")
   assert f"kept steps (KL > β = {stats['beta']}): {stats['kept_steps']}" in report
+  assert f"token efficiency: {stats['kept_steps']} distinct positions trained, of the {stats['total_steps']}" in report
   for name in ("base", "tuned", "amateur"):
     acc = _read(workdir, "eval", name, "results.json")["benchmarks"]["arith_test"]["accuracy"]
     assert f"{100 * acc:.1f}%" in report
@@ -134,6 +135,10 @@ def test_run_killed_during_distillation_resumes_to_the_same_result(finished_run,
   os.killpg(proc.pid, signal.SIGKILL)
   proc.wait()
   assert not (workdir / "checkpoints" / "DONE.json").exists(), "killed too late: distillation had finished"
+  changed = subprocess.run(_cmd(workdir, xla_cache, "--config.stages=demo,distill", "--config.distill.updates=7"),
+                           cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+  error = changed.stderr.strip().splitlines()[-1]
+  assert changed.returncode == 1 and error.startswith("lr_jax: config error: ") and "num_updates: checkpoint" in error
   _run(workdir, xla_cache, "--config.stages=demo,distill")
 
   def adapter(root):

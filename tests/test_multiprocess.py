@@ -18,8 +18,37 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _args(workdir, expert, amateur, problems):
-  return [sys.executable, "-m", "lr_jax.main", "--config=configs/qwen_math.py", f"--workdir={workdir}",
+# lr_jax.main with process 1's store appends delayed, as on a slow shared filesystem: process 0 must
+# wait for them before it summarises the store.
+SLOW_SECOND_PROCESS = """
+import os, sys, time
+from absl import app
+from lr_jax import main
+from lr_jax.data import store
+if os.environ["JAX_PROCESS_ID"] == "1":
+  append = store.SampleStore.append
+  store.SampleStore.append = lambda self, records: (time.sleep(3), append(self, records))[1]
+app.run(main.main)
+"""
+
+# Each process pads rows of its own lengths; the global batch must have one shape on both.
+PAD_BATCH_ACROSS_PROCESSES = """
+import jax, numpy as np
+from jax.experimental import multihost_utils
+from lr_jax.sharding import host_local_to_global, maybe_initialize_distributed
+maybe_initialize_distributed()
+from lr_jax.stages.common import make_layout
+from lr_jax.stages.sample import pad_batch
+first = jax.process_index() == 0
+batch = pad_batch([[1] * (10 if first else 40)], [[2] * (5 if first else 20)], pad_id=0)
+arrays = host_local_to_global(batch, make_layout((-1, 1, 1), "sample"))
+gathered = {k: np.asarray(multihost_utils.process_allgather(v, tiled=True)) for k, v in arrays.items()}
+print({k: [list(v.shape), int(v.sum())] for k, v in gathered.items() if k.endswith("mask")}, flush=True)
+"""
+
+
+def _args(workdir, expert, amateur, problems, program=("-m", "lr_jax.main")):
+  return [sys.executable, *program, "--config=configs/qwen_math.py", f"--workdir={workdir}",
           "--config.stages=sample", f"--config.expert={expert}", f"--config.amateur={amateur}",
           f"--config.data.path={problems}", "--config.data.num_problems=6", "--config.dtype=float32",
           "--config.sample.max_new_tokens=8", "--config.sample.batch_size=4", "--config.sample.beta=0.0",
@@ -30,6 +59,17 @@ def _env(**extra):
   env = {**os.environ, "JAX_PLATFORMS": "cpu", **extra}
   env.pop("XLA_FLAGS", None)  # one CPU device per process
   return env
+
+
+def _two_processes(args, **popen):
+  port = _free_port()
+  procs = [subprocess.Popen(args, env=_env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                                           JAX_PROCESS_ID=str(i), PYTHONPATH=str(REPO_ROOT)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen) for i in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  return [out for out, _ in outs]
 
 
 def _records(workdir):
@@ -51,14 +91,7 @@ def test_two_processes_write_the_same_records_as_one(tmp_path):
   assert r.returncode == 0, r.stderr[-3000:]
 
   multi = tmp_path / "multi"
-  port = _free_port()
-  procs = [subprocess.Popen(_args(multi, expert, amateur, problems), cwd=REPO_ROOT,
-                            env=_env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
-                                     JAX_PROCESS_ID=str(i)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
-  outs = [p.communicate(timeout=600) for p in procs]
-  for p, (_, err) in zip(procs, outs):
-    assert p.returncode == 0, err[-3000:]
+  _two_processes(_args(multi, expert, amateur, problems, program=("-c", SLOW_SECOND_PROCESS)), cwd=REPO_ROOT)
   assert {"shard-00000-of-00002", "shard-00001-of-00002"} <= set(os.listdir(multi / "samples"))
 
   one, two = _records(single), _records(multi)
@@ -72,3 +105,9 @@ def test_two_processes_write_the_same_records_as_one(tmp_path):
     np.testing.assert_allclose(a.all_kl, b.all_kl, rtol=1e-5, atol=1e-6)
   with open(multi / "samples" / "stats" / "stats.json") as f:
     assert json.load(f)["num_records"] == 6
+
+
+def test_teacher_forced_batches_have_one_shape_across_processes(tmp_path):
+  outs = _two_processes([sys.executable, "-c", PAD_BATCH_ACROSS_PROCESSES], cwd=tmp_path)
+  expected = "{'completion_mask': [[2, 32], 25], 'prompt_mask': [[2, 64], 50]}"
+  assert [out.strip().splitlines()[-1] for out in outs] == [expected, expected]

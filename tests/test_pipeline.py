@@ -66,6 +66,13 @@ def test_valid_config_passes_the_checks(tmp_path):
     ({"data.path": "/no/such.jsonl"}, "config.data.path: /no/such.jsonl does not exist"),
     ({"sample.batch_size": 12}, "batch size 12 of stage sample is not divisible by the 8 data-parallel ways"),
     ({"mesh.train": (3, -1, 1)}, "config.mesh.train: mesh shape (3, -1, 1) does not divide 8 devices"),
+    ({"distill.lora_targets": ("qproj",)}, "config.distill: LoRAConfig.targets: ['qproj'] must be a non-empty"),
+    ({"distill.lora_rank": 0}, "config.distill: LoRAConfig.rank: expected >= 1, got 0"),
+    ({"distill.lora_dropout": 1.0}, "config.distill: LoRAConfig.dropout: expected a rate in [0, 1)"),
+    ({"distill.micro_batches": 3}, "config.distill: PackingConfig: micro_batches=3 must divide steps_per_update=16"),
+    ({"distill.updates": 0}, "config.distill: DistillConfig.total_updates: expected >= 1, got 0"),
+    ({"distill.checkpoint_every": 0}, "config.distill.checkpoint_every: expected >= 1, got 0"),
+    ({"export.dtype": "bf16"}, "config.export.dtype: 'bf16' is not one of bfloat16, float32, float16"),
 ])
 def test_config_errors_are_reported_in_one_line(tmp_path, fields, message):
   c = _config(tmp_path, **fields)

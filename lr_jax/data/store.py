@@ -359,7 +359,9 @@ def _common_top_k(records: list[TrajectoryRecord], stored_top_k: int | None, *, 
 
 
 def _encode_chunk(records: list[TrajectoryRecord], top_k: int | None) -> bytes:
-  """Packs records into npz bytes; records without kept steps get [0, K] targets to concatenate."""
+  """Packs records into npz bytes; records without kept steps get [0, K] targets to concatenate (K their
+  own width when none of the chunk keeps a step and the shard has none yet)."""
+  width = top_k if top_k is not None else max(record.top_k for record in records)
   arrays = {
       "problem_id": np.array([r.problem_id for r in records], dtype=np.str_),
       "finish_reason": np.array([r.finish_reason for r in records], dtype=np.str_),
@@ -369,7 +371,7 @@ def _encode_chunk(records: list[TrajectoryRecord], top_k: int | None) -> bytes:
     for field in fields:
       values = [getattr(r, field) for r in records]
       if field in ("target_ids", "target_weights"):
-        values = [v.reshape(-1, top_k or 0) for v in values]
+        values = [v.reshape(len(v), width) for v in values]
       arrays[field] = np.concatenate(values)
   buffer = io.BytesIO()
   np.savez_compressed(buffer, **arrays)

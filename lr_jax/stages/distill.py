@@ -7,6 +7,7 @@ and resumes from the newest readable checkpoint. Ends with the adapter as a PEFT
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -58,8 +59,12 @@ def run(config, workdir: common.Workdir, writer) -> dict:
   state = init_train_state(params, dcfg, config.seed, layout)
   ckpt = Checkpointer(os.path.join(workdir.checkpoints, "orbax"), save_every=d.checkpoint_every,
                       keep=d.keep_checkpoints)
+  # What a checkpoint's state depends on besides the weights: a resumed run must agree on all of it.
+  plan = {"num_updates": n_updates, "lora": dataclasses.asdict(lora), "learning_rate": d.learning_rate,
+          "grad_clip": d.grad_clip, "steps_per_update": d.steps_per_update, "micro_batches": d.micro_batches,
+          "seed": config.seed, "records": len(records), "kept_steps": kept}
   start = 0
-  restored = ckpt.restore(state)
+  restored = ckpt.restore(state, expect=plan)
   if restored is not None:
     state, meta = restored
     start = int(meta["next_update"])
@@ -88,13 +93,13 @@ def run(config, workdir: common.Workdir, writer) -> dict:
     if (u + 1) % d.checkpoint_every == 0:  # log all updates a checkpoint holds before saving it
       log(*pending)
       pending = None
-    ckpt.save(u + 1, state, {"next_update": u + 1, "num_updates": n_updates})
+    ckpt.save(u + 1, state, {"next_update": u + 1, **plan})
   if pending is not None:
     metrics = log(*pending)
   elif n_updates > start:
     metrics = jax.device_get(device_metrics)
   if n_updates not in ckpt.all_steps():
-    ckpt.save(n_updates, state, {"next_update": n_updates, "num_updates": n_updates}, force=True)
+    ckpt.save(n_updates, state, {"next_update": n_updates, **plan}, force=True)
   ckpt.wait()
   ckpt.close()
   model = nnx.merge(graphdef, state.params, frozen)

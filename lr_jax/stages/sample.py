@@ -32,7 +32,7 @@ from lr_jax.data.prompts import render_prompt
 from lr_jax.data.sample_stats import compute_stats, write_stats
 from lr_jax.data.store import TARGET_PAD_ID, SampleStore, TrajectoryRecord
 from lr_jax.data.tokenizer_pair import check_tokenizer_pair
-from lr_jax.generate import _agree_max, generate
+from lr_jax.generate import _agree_max, _fetch, _first_local_row, generate
 from lr_jax.generation.engine import MIN_PROMPT_BUCKET, bucket_size, output_slots
 from lr_jax.lockstep import contrastive_decode, default_sampling_batch, device_memory_bytes
 from lr_jax.models.config import ModelConfig
@@ -51,10 +51,11 @@ def contrastive_config(config) -> ContrastiveConfig:
 
 
 def pad_batch(prompts: list[list[int]], completions: list[list[int]], pad_id: int, bucket: int = 16):
-  """Left-pads prompts and right-pads completions to bucketed widths (few compiled shapes)."""
+  """Left-pads prompts and right-pads completions to bucketed widths (few compiled shapes), the same
+  on every host (the widest host's), so the global batch has one shape."""
   def width(n):
     return max(bucket, int(2 ** np.ceil(np.log2(max(n, 1)))))
-  p, t = width(max(map(len, prompts))), width(max(max(map(len, completions)), 1))
+  p, t = _agree_max(width(max(map(len, prompts))), width(max(max(map(len, completions)), 1)))
   b = len(prompts)
   out = {"prompt_tokens": np.full((b, p), pad_id, np.int32), "prompt_mask": np.zeros((b, p), bool),
          "completion_tokens": np.full((b, t), pad_id, np.int32), "completion_mask": np.zeros((b, t), bool)}
@@ -187,10 +188,8 @@ def run(config, workdir: common.Workdir, writer) -> dict:
         t1 = time.time()
         batch = host_local_to_global(pad_batch(prompts, gen.tokens, pad_id), layout)
         scored = step(es, as_, batch)
-        scored = jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))
-                              if pc > 1 else np.asarray(x), scored)
-        if pc > 1:  # rows of this process within the gathered global batch
-          scored = jax.tree.map(lambda x: x[pi * bs:(pi + 1) * bs], scored)
+        first = _first_local_row(scored.kept)  # this process's rows within the gathered global batch
+        scored = jax.tree.map(lambda x: _fetch(x)[first:first + bs], scored)
         timing = {"gen_seconds": t1 - t0, "score_seconds": time.time() - t1}
       seconds = {k: v + timing.get(k, 0.0) for k, v in seconds.items()}
       completions = gen.tokens[:len(chunk_problems)]
@@ -204,6 +203,8 @@ def run(config, workdir: common.Workdir, writer) -> dict:
       common.log("sample: lockstep generation and scoring %.1fs", seconds["lockstep_seconds"])
     else:
       common.log("sample: generation %.1fs, scoring %.1fs", seconds["gen_seconds"], seconds["score_seconds"])
+  if pc > 1:  # every shard's last append is on disk before process 0 reads the store
+    multihost_utils.sync_global_devices("lr_jax sample: store complete")
   if pi == 0:
     records = list(SampleStore(workdir.samples).iter_records())
     stats = compute_stats(records, beta=config.sample.beta)

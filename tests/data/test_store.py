@@ -77,6 +77,14 @@ def test_a_record_without_kept_steps_keeps_its_target_width_through_the_store(tm
   assert empty.num_kept == 0 and empty.target_ids.shape == (0, 4) and empty.target_weights.shape == (0, 4)
 
 
+def test_a_first_chunk_that_keeps_no_step_is_stored_and_later_chunks_set_the_width(tmp_path):
+  records = [make_record(0), make_record(5), make_record(1)]  # the first two keep no step
+  store = SampleStore(tmp_path / "s", meta=META)
+  store.append(records[:2])
+  store.append(records[2:])
+  assert_same_records(list(SampleStore(tmp_path / "s", meta=META).iter_records()), records)
+
+
 def test_read_only_store_iterates_all_shards_in_shard_then_append_order(tmp_path):
   shards = [SampleStore(tmp_path / "s", process_index=i, process_count=2, meta=META) for i in range(2)]
   shards[1].append([make_record(i) for i in (10, 11)])
