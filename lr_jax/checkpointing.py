@@ -26,9 +26,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-
-class SettingsChanged(ValueError):
-  """The newest checkpoint was written by a run with other settings than this one."""
+from lr_jax.errors import SettingsChanged
 
 
 class Checkpointer:

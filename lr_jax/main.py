@@ -23,7 +23,7 @@ def main(argv):
   if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:]):
     logging.set_verbosity(logging.WARNING)  # library INFO lines (Orbax, XLA) drown the progress bars
   from lr_jax import pipeline
-  from lr_jax.checkpointing import SettingsChanged
+  from lr_jax.errors import SettingsChanged
   try:
     pipeline.run(FLAGS.config, FLAGS.workdir)
   except (pipeline.ConfigError, SettingsChanged) as e:

@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lr_jax.checkpointing import Checkpointer, SettingsChanged
+from lr_jax.checkpointing import Checkpointer
+from lr_jax.errors import SettingsChanged
 from lr_jax.data.packing import PackedUpdates, PackingConfig
 from lr_jax.distill import DistillConfig, init_train_state, make_distill_step, shard_batch
 from lr_jax.models import from_pretrained

@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from lr_jax.errors import SettingsChanged
+
 TARGET_PAD_ID = -1  # target_ids entry of an unused top-K slot; its target_weights entry is 0.
 META_FILE = "meta.json"
 MANIFEST_FILE = "manifest.json"
@@ -164,8 +166,9 @@ _LENGTH_GROUPS = {
 class SampleStore:
   """A directory of trajectory records, one shard per process, appended one batch at a time.
 
-  With `meta` the store is opened for writing: it is created if absent, its meta must equal `meta`,
-  and the process's shard is repaired (see the module docstring). Without `meta` it is opened
+  With `meta` the store is opened for writing: it is created if absent, every entry of its stored
+  meta must equal `meta`'s (else `SettingsChanged`; entries a store of an older version lacks are
+  not checked), and the process's shard is repaired (see the module docstring). Without `meta` it is opened
   read-only and must exist; process_count then defaults to the one its shards were written with.
   """
 
@@ -252,11 +255,11 @@ class SampleStore:
     if not os.path.exists(meta_path):
       _write_json(meta_path, given)
     stored = _read_json(meta_path)  # Re-read: another process may have created it first.
-    for key in sorted(set(stored) | set(given)):
-      stored_value, given_value = stored.get(key, "<absent>"), given.get(key, "<absent>")
+    for key in sorted(stored):  # a key only given was not recorded by the version that wrote the store
+      stored_value, given_value = stored[key], given.get(key, "<absent>")
       if stored_value != given_value:
-        raise ValueError(f"sample store {self.path}: meta key {key!r} differs: stored {stored_value!r}, "
-                         f"given {given_value!r}")
+        raise SettingsChanged(f"sample store {self.path}: meta key {key!r} differs: stored {stored_value!r}, "
+                              f"given {given_value!r}")
     return stored
 
   def _shard_paths(self) -> list[str]:

@@ -140,7 +140,9 @@ def run(config, workdir: common.Workdir, writer) -> dict:
           "alpha": ccfg.alpha, "beta": ccfg.beta, "top_k": ccfg.top_k, "beta_inclusive": ccfg.beta_inclusive,
           "score_first_token": ccfg.score_first_token, "max_new_tokens": config.sample.max_new_tokens,
           "template": config.prompt.template, "system_prompt": config.prompt.system_prompt,
-          "eos_ids": eos, "tokenizer_pair": pair_report, "scoring": scoring}
+          "eos_ids": eos, "tokenizer_pair": pair_report, "scoring": scoring,
+          "data": {"path": config.data.path, "order": config.data.order, "question_field": config.data.question_field,
+                   "seed": config.seed if config.data.order != "first" else None}}
   store = SampleStore(workdir.samples, pi, pc, meta=meta)
   done = store.done_ids()
   todo = [p for p in mine if p.id not in done]

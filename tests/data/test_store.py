@@ -17,6 +17,7 @@ import pytest
 
 from lr_jax.data import store as store_lib
 from lr_jax.data.store import TARGET_PAD_ID, SampleStore, TrajectoryRecord
+from lr_jax.errors import SettingsChanged
 
 META = {"expert": "tiny-expert", "amateur": "tiny-amateur", "alpha": 0.2, "beta": 0.4, "K": 4,
         "special_ids": (151643, 151645)}
@@ -112,10 +113,12 @@ def test_reopening_with_another_process_count_is_refused(tmp_path):
 def test_meta_differing_from_the_stored_one_is_refused_naming_the_key(tmp_path):
   SampleStore(tmp_path / "s", meta=META)
   SampleStore(tmp_path / "s", meta={**META, "special_ids": [151643, 151645]})  # Tuple == list in JSON.
-  with pytest.raises(ValueError, match=r"meta key 'beta' differs: stored 0.4, given 0.5$"):
+  with pytest.raises(SettingsChanged, match=r"meta key 'beta' differs: stored 0.4, given 0.5$"):
     SampleStore(tmp_path / "s", meta={**META, "beta": 0.5})
-  with pytest.raises(ValueError, match=r"meta key 'template' differs: stored '<absent>', given 'x'"):
-    SampleStore(tmp_path / "s", meta={**META, "template": "x"})
+  with pytest.raises(SettingsChanged, match=r"meta key 'K' differs: stored 4, given '<absent>'$"):
+    SampleStore(tmp_path / "s", meta={k: v for k, v in META.items() if k != "K"})
+  # a key the stored meta lacks was not recorded by the version that wrote the store: not checked
+  SampleStore(tmp_path / "s", meta={**META, "data": {"path": "train.jsonl"}})
   with pytest.raises(FileNotFoundError, match="no meta.json"):
     SampleStore(tmp_path / "missing")
 
@@ -191,7 +194,9 @@ _WRITER = textwrap.dedent('''
     import importlib.util, os, sys, time
     import numpy as np
 
-    # Load store.py by path: the child then needs only numpy, not the package's heavier imports.
+    # Load store.py by path: the child then needs only numpy and lr_jax.errors, not the package's heavier
+    # imports.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(sys.argv[1]))))
     spec = importlib.util.spec_from_file_location("store_under_test", sys.argv[1])
     store_lib = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = store_lib
