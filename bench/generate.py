@@ -28,7 +28,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from lr_jax.generate import generate  # noqa: E402
+from lr_jax.generation.api import generate  # noqa: E402
 from lr_jax.generation.engine import MIN_PROMPT_BUCKET, bucket_size, output_slots  # noqa: E402
 from lr_jax.models import ModelConfig, Transformer, from_pretrained  # noqa: E402
 

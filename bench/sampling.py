@@ -58,7 +58,7 @@ from flax import nnx
 
 from lr_jax.contrastive import ContrastiveConfig, make_contrastive_step
 from lr_jax.data.original_format import original_prompt_text
-from lr_jax.generate import generate
+from lr_jax.generation.api import generate
 from lr_jax.generation.engine import MIN_PROMPT_BUCKET, bucket_size, output_slots
 from lr_jax.lockstep import contrastive_decode, default_sampling_batch, device_memory_bytes
 from lr_jax.models import ModelConfig, from_pretrained

@@ -6,9 +6,9 @@ Public API: `models.from_pretrained`, `generate`, `contrastive_step`, `distill_s
 import importlib
 
 _EXPORTS = {
-    "generate": "lr_jax.generate",
-    "generate_batched": "lr_jax.generate",
-    "SamplingConfig": "lr_jax.generate",
+    "generate": "lr_jax.generation.api",
+    "generate_batched": "lr_jax.generation.api",
+    "SamplingConfig": "lr_jax.generation.api",
     "contrastive_step": "lr_jax.contrastive",
     "make_contrastive_step": "lr_jax.contrastive",
     "ContrastiveConfig": "lr_jax.contrastive",

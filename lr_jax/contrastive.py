@@ -34,6 +34,11 @@ class ContrastiveConfig:
   valid_vocab: int | None = None
   chunk_size: int = 256
 
+  def __post_init__(self):
+    if not 0.0 < self.alpha <= 1.0 or self.top_k < 1 or self.chunk_size < 1:
+      raise ValueError(f"ContrastiveConfig: expected 0 < alpha <= 1, top_k >= 1 and chunk_size >= 1, got "
+                       f"alpha={self.alpha}, top_k={self.top_k}, chunk_size={self.chunk_size}")
+
   @classmethod
   def reference(cls, **overrides) -> "ContrastiveConfig":
     return cls(**{"beta_inclusive": True, "score_first_token": False, **overrides})
@@ -101,10 +106,37 @@ def contrastive_step(expert: tuple[nnx.GraphDef, nnx.State], amateur: tuple[nnx.
     ContrastiveOut with `[B, T]` fields; step t is the distribution of completion token t.
   """
   (eg, es), (ag, as_) = expert, amateur
-  args = (batch["prompt_tokens"], batch["prompt_mask"], batch["completion_tokens"], batch["completion_mask"])
+  rows = min(nnx.merge(eg, es).config.vocab_size, nnx.merge(ag, as_).config.vocab_size)
+  args = _checked_batch(batch, rows)
   he = step_hidden(eg, es, *args)
   ha = step_hidden(ag, as_, *args)
   return score_hidden(eg, es, ag, as_, he, ha, batch["completion_mask"], config)
+
+
+BATCH_KEYS = ("prompt_tokens", "prompt_mask", "completion_tokens", "completion_mask")
+
+
+def _checked_batch(batch: dict[str, jax.Array], rows: int) -> tuple[jax.Array, ...]:
+  """The batch's four arrays, after one-line errors for what would score the wrong positions: shapes
+  and dtypes always (static under jit), ids within both models' `rows` where the ids are concrete."""
+  missing = [k for k in BATCH_KEYS if k not in batch]
+  if missing:
+    raise ValueError(f"contrastive_step: batch lacks {missing}; it needs {list(BATCH_KEYS)}")
+  arrays = tuple(batch[k] for k in BATCH_KEYS)
+  for key, x in zip(BATCH_KEYS, arrays):
+    kind = jnp.bool_ if key.endswith("mask") else jnp.integer
+    if jnp.ndim(x) != 2 or not jnp.issubdtype(x.dtype, kind):
+      raise ValueError(f"contrastive_step: batch[{key!r}] should be a 2-D {'bool' if kind is jnp.bool_ else 'int'} "
+                       f"array [B, {'P' if key.startswith('prompt') else 'T'}], got {x.dtype} {list(jnp.shape(x))}")
+  (b, p), (b2, t) = arrays[0].shape, arrays[2].shape
+  if arrays[1].shape != (b, p) or arrays[3].shape != (b2, t) or b != b2 or p < 1 or t < 1:
+    raise ValueError(f"contrastive_step: prompts {list(arrays[0].shape)} (mask {list(arrays[1].shape)}) and "
+                     f"completions {list(arrays[2].shape)} (mask {list(arrays[3].shape)}) need one batch size B, "
+                     f"P >= 1 and T >= 1")
+  for key, x in zip(BATCH_KEYS[::2], arrays[::2]):
+    if not isinstance(x, jax.core.Tracer) and x.size and not 0 <= int(x.min()) <= int(x.max()) < rows:
+      raise ValueError(f"contrastive_step: batch[{key!r}] holds ids outside [0, {rows}), the rows both models hold")
+  return arrays
 
 
 def make_contrastive_step(expert_graphdef: nnx.GraphDef, amateur_graphdef: nnx.GraphDef,

@@ -23,8 +23,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lr_jax.models.hf_io import save_pretrained, to_hf_tensors
-from lr_jax.models.lora import (TARGETS, LoRAConfig, LoRAParam, adapter_scale, apply_lora, from_peft_tensors,
-                                merge_lora, to_peft_tensors)
+from lr_jax.models.lora import (TARGETS, LoRAConfig, LoRAParam, adapter_scale, adapter_shapes, apply_lora,
+                                from_peft_tensors, merge_lora, to_peft_tensors)
 from lr_jax.models.safetensors_io import SafetensorsFile, save_file
 from lr_jax.models.transformer import Transformer
 from lr_jax.sharding import shard_state
@@ -109,6 +109,10 @@ def export_peft(model: Transformer, lora: LoRAConfig, out_dir: str, *, base_mode
   if adapter_scale(model) != lora.scale:
     raise ValueError(f"export_peft: the model's adapters scale by {adapter_scale(model)}, the config's "
                      f"lora_alpha / r by {lora.scale}")
+  targets, ranks = adapter_shapes(nnx.state(model, LoRAParam))
+  if targets != set(lora.targets) or ranks != {lora.rank}:
+    raise ValueError(f"export_peft: the model has adapters on {sorted(targets)} of rank {sorted(ranks)}, the config "
+                     f"describes {sorted(lora.targets)} of rank {lora.rank}")
   tensors = to_peft_tensors(nnx.state(model, LoRAParam))
   with _atomic_dir(out_dir) as tmp:
     save_file(tensors, os.path.join(tmp, ADAPTER_WEIGHTS), metadata={"format": "pt"})

@@ -33,7 +33,7 @@ from flax import nnx
 
 from lr_jax.contrastive import ContrastiveConfig, ContrastiveOut
 from lr_jax.contrastive_math import contrastive_targets
-from lr_jax.generate import GenerationOutput, _fetch, _first_local_row, padded_prompts
+from lr_jax.generation.api import GenerationOutput, _fetch, _first_local_row, padded_prompts
 from lr_jax.generation.engine import decode_step, fused_for_decoding, next_token_logits, output_slots, prefill
 from lr_jax.models.config import ModelConfig
 from lr_jax.models.transformer import KVCache

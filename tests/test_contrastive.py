@@ -154,3 +154,29 @@ def test_tokenizer_pair_differing_only_in_special_tokens_is_accepted_with_warnin
     report = check_tokenizer_pair(e, a)
   assert report["added_tokens_only_in"]["expert"] == {"<think>": 3}
   assert "<think>" in caplog.text
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda b: b.pop("completion_mask"), "batch lacks ['completion_mask']"),
+    (lambda b: b.update(prompt_tokens=b["prompt_tokens"][:, :0], prompt_mask=b["prompt_mask"][:, :0]),
+     "need one batch size B, P >= 1 and T >= 1"),
+    (lambda b: b.update(completion_tokens=b["completion_tokens"][:2]), "need one batch size B"),
+    (lambda b: b.update(completion_mask=b["completion_mask"].astype(np.int32)),
+     "batch['completion_mask'] should be a 2-D bool array [B, T], got int32 [3, 9]"),
+    (lambda b: b.update(prompt_tokens=b["prompt_tokens"].astype(np.float32)), "should be a 2-D int array [B, P]"),
+    (lambda b: b["completion_tokens"].__setitem__((0, 0), VOCAB), f"holds ids outside [0, {VOCAB})"),
+])
+def test_a_batch_that_would_score_wrong_positions_is_refused_in_one_line(pair, change, message):
+  e = from_pretrained(pair[0], dtype=jnp.float32).model
+  a = from_pretrained(pair[1], dtype=jnp.float32).model
+  batch = _batch(np.random.default_rng(0))
+  change(batch)
+  with pytest.raises(ValueError) as error:
+    contrastive_step(nnx.split(e), nnx.split(a), batch)
+  assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_config_out_of_range_is_refused():
+  for bad in ({"alpha": 0.0}, {"top_k": 0}, {"chunk_size": 0}):
+    with pytest.raises(ValueError, match="ContrastiveConfig: expected 0 < alpha <= 1"):
+      ContrastiveConfig(**bad)

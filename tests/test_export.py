@@ -177,6 +177,19 @@ def test_peft_export_refuses_fully_finetuned_parameters(base_dir, tmp_path):
     export_peft(tuned_model(base_dir, lora), lora, str(tmp_path / "a"), base_model_name_or_path="base")
 
 
+@pytest.mark.parametrize("described, message", [
+    (LoRAConfig(targets=("q_proj", "v_proj"), rank=2, alpha=4.0), r"on \['k_proj', 'q_proj', 'v_proj'\] of rank \[2\]"),
+    (LoRAConfig(targets=("q_proj", "k_proj", "v_proj"), rank=4, alpha=8.0), r"describes \['k_proj', 'q_proj', "
+     r"'v_proj'\] of rank 4"),
+])
+def test_peft_export_refuses_a_config_that_does_not_describe_the_models_adapters(base_dir, tmp_path, described,
+                                                                                 message):
+  model = tuned_model(base_dir, LoRAConfig(targets=("q_proj", "k_proj", "v_proj"), rank=2, alpha=4.0))
+  with pytest.raises(ValueError, match=message):
+    export_peft(model, described, str(tmp_path / "a"), base_model_name_or_path="base")
+  assert not (tmp_path / "a").exists()
+
+
 def test_adapter_loads_onto_a_sharded_model_replicated_with_equal_logits(base_dir, small_adapter):
   layout = Layout.create(make_mesh((2, 2, 2)), "sample")
   sharded = from_pretrained(base_dir, dtype=jnp.float32, layout=layout).model

@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 from lr_jax.contrastive import ContrastiveConfig, contrastive_step
-from lr_jax.generate import generate
+from lr_jax.generation.api import generate
 from lr_jax import lockstep as lockstep_module
 from lr_jax.lockstep import MAX_BATCH, MAX_CHUNK, MIN_CHUNK, contrastive_decode, default_sampling_batch
 from lr_jax.models import ModelConfig, from_pretrained

@@ -32,7 +32,7 @@ import numpy as np
 from lr_jax.data import prompts as prompt_templates
 from lr_jax.demo import pretrain, world
 from lr_jax.demo import tokenizer as demo_tokenizer
-from lr_jax.generate import generate
+from lr_jax.generation.api import generate
 from lr_jax.models.config import ModelConfig
 from lr_jax.models.transformer import Transformer
 

@@ -748,16 +748,16 @@ def make_splits(seed: int, n_pretrain: int, n_sample: int, n_test: int,
     rng = random.Random(f"lr_jax.demo.world/{seed}/{split}")
     problems: list[Problem] = []
     # Draws are cheap (~1e5/s); a world whose draws repeat more often than not is too small.
-    for _ in range(2 * size + 1000):
-      if len(problems) == size:
-        break
+    draws = 0
+    while len(problems) < size:
+      if draws == 2 * size + 1000:
+        raise ValueError(f"make_splits: found only {len(problems)} of {size} new '{split}' questions "
+                         f"at {difficulty}; loosen the difficulty or ask for fewer problems")
+      draws += 1
       problem = make_problem(rng, difficulty=difficulty)
       if problem.question not in seen:
         seen.add(problem.question)
         problems.append(problem)
-    else:
-      raise ValueError(f"make_splits: found only {len(problems)} of {size} new '{split}' questions "
-                       f"at {difficulty}; loosen the difficulty or ask for fewer problems")
     splits[split] = problems
   return {split: splits[split] for split in SPLITS}
 

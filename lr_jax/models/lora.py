@@ -186,6 +186,12 @@ def _lora_leaves(state: nnx.State):
       yield path[1], path[3], path[5].upper(), var
 
 
+def adapter_shapes(state: nnx.State) -> tuple[set[str], set[int]]:
+  """The targets that have adapters in `state`, and their ranks (A is `[in..., r]`)."""
+  leaves = [(target, var) for _, target, factor, var in _lora_leaves(state) if factor == "A"]
+  return {target for target, _ in leaves}, {var.shape[-1] for _, var in leaves}
+
+
 def to_peft_tensors(state: nnx.State) -> dict[str, np.ndarray]:
   """PEFT-named float32 host arrays of the adapters in `state`: A as `[r, in]`, B as `[out, r]`."""
   out = {}

@@ -18,7 +18,7 @@ from lr_jax.data.prompts import default_stop_strings
 from lr_jax.eval.benchmarks import items_from_records, load_benchmark
 from lr_jax.eval.harness import Completion, compare_runs, comparison_markdown, evaluate
 from lr_jax.export import load_peft_adapter
-from lr_jax.generate import generate_batched
+from lr_jax.generation.api import generate_batched
 from lr_jax.stages import common
 
 ADAPTER_DIR = "final_adapter"

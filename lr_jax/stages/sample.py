@@ -32,7 +32,7 @@ from lr_jax.data.prompts import render_prompt
 from lr_jax.data.sample_stats import compute_stats, write_stats
 from lr_jax.data.store import TARGET_PAD_ID, SampleStore, TrajectoryRecord
 from lr_jax.data.tokenizer_pair import check_tokenizer_pair
-from lr_jax.generate import _agree_max, _fetch, _first_local_row, generate
+from lr_jax.generation.api import _agree_max, _fetch, _first_local_row, generate
 from lr_jax.generation.engine import MIN_PROMPT_BUCKET, bucket_size, output_slots
 from lr_jax.lockstep import contrastive_decode, default_sampling_batch, device_memory_bytes
 from lr_jax.models.config import ModelConfig

@@ -150,6 +150,15 @@ def test_make_splits_raises_when_the_world_is_too_small():
     world.make_splits(seed=0, n_pretrain=0, n_sample=0, n_test=20_000, difficulty=tiny)
 
 
+def test_make_splits_succeeds_when_the_last_allowed_draw_fills_the_split(monkeypatch):
+  template = world.make_problem(random.Random(0))
+  draws = iter(range(10**6))
+  # new questions at draws 0, 2, 5, 8, ...: the 1003rd comes at the last of the 2 * 1003 + 1000 allowed
+  monkeypatch.setattr(world, "make_problem", lambda rng, difficulty=None: dataclasses.replace(
+      template, question=f"q{(next(draws) + 1) // 3}"))
+  assert len(world.make_splits(seed=0, n_pretrain=0, n_sample=0, n_test=1003)["test"]) == 1003
+
+
 def test_write_jsonl_writes_gsm8k_records_and_no_temp_files(tmp_path):
   problems = world.make_splits(seed=0, n_pretrain=0, n_sample=0, n_test=30)["test"]
   path = tmp_path / "sub" / "test.jsonl"

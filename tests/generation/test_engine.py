@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lr_jax.generate import generate
+from lr_jax.generation.api import generate
 from lr_jax.generation.engine import bucket_size, decode_step, next_token_logits, output_slots, prefill
 from lr_jax.models import from_pretrained, positions_from_mask
 from tests.helpers import make_tiny_hf

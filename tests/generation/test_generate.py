@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import lr_jax.generate as generate_module
-from lr_jax.generate import SamplingConfig, generate, generate_batched
+import lr_jax.generation.api as generate_module
+from lr_jax.generation.api import SamplingConfig, generate, generate_batched
 from lr_jax.generation.engine import MIN_PROMPT_BUCKET, bucket_size
 from lr_jax.models import from_pretrained
 from tests.helpers import hf_logits, load_hf, make_tiny_hf, shared_path

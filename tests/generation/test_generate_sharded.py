@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lr_jax.generate import SamplingConfig, generate
+from lr_jax.generation.api import SamplingConfig, generate
 from lr_jax.models import from_pretrained
 from lr_jax.sharding import Layout, make_mesh
 from tests.helpers import make_tiny_hf
