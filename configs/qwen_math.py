@@ -4,8 +4,9 @@ Usage: python -m lr_jax.main --config=configs/qwen_math.py[:VARIANT] --workdir=D
 Variants (the paper's other experts): math-7b, math-1.5b-instruct, math-7b-instruct, r1-distill-1.5b;
 and `reference`, which reproduces the original code's choices (prompt "Please reason step by step.",
 beta compared with >=, first generated token not scored).
-Mesh layouts: sampling decodes with tensor-parallel weights and the batch over data (`mesh.sample`);
-training shards the frozen base FSDP over all devices (`mesh.train`).
+Mesh layouts: sampling replicates the weights and splits the batch over every device (`mesh.sample`;
+a tensor size > 1 splits the weights too); training shards the frozen base FSDP over all devices
+(`mesh.train`).
 """
 import ml_collections
 

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Multi-host GPU launch: maps SLURM or torchrun-style variables to jax.distributed.
-# Under SLURM:  srun --nodes=N --ntasks-per-node=1 --gpus-per-node=G launch/gpu_multihost.sh WORKDIR CONFIG [flags]
-# Elsewhere (one command per host): MASTER_ADDR=host0 MASTER_PORT=1234 WORLD_SIZE=N RANK=i \
-#   launch/gpu_multihost.sh WORKDIR CONFIG [flags]
+# Needs JAX's CUDA plugin: pip install -r requirements.txt "jax[cuda13]==0.10.2" (or jax[cuda12]).
+# Under SLURM, one process per GPU (JAX gives each task the GPU of its SLURM_LOCALID):
+#   srun --nodes=N --ntasks-per-node=G --gpus-per-node=G launch/gpu_multihost.sh WORKDIR CONFIG [flags]
+# Elsewhere, one command per host, each process using all of its host's GPUs:
+#   MASTER_ADDR=host0 MASTER_PORT=1234 WORLD_SIZE=N RANK=i launch/gpu_multihost.sh WORKDIR CONFIG [flags]
+# The workdir and the data (--config.data.path, --config.eval.data_dir) must be on a filesystem every
+# host mounts.
 set -euo pipefail
 if [ $# -lt 2 ]; then
   echo "usage: $0 WORKDIR CONFIG [--config.FIELD=VALUE ...]" >&2

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Runs lr_jax on every worker of a TPU VM slice. The workdir must be a filesystem every host mounts
-# (NFS, or a bucket through GCS FUSE) so that every host sees the same store and checkpoints.
+# Runs lr_jax on every worker of a TPU VM slice. The workdir must be a filesystem every host mounts,
+# with atomic renames (e.g. NFS), so that every host sees the same store and checkpoints; the data
+# too, since only this checkout (not ../shared) is copied to the workers.
 # Usage: launch/tpu_vm.sh TPU_NAME ZONE WORKDIR CONFIG [extra flags...]
-#   e.g. launch/tpu_vm.sh my-v5e-16 us-central2-b /mnt/nfs/runs/qwen15 configs/qwen_math.py
+#   e.g. launch/tpu_vm.sh my-v5e-16 us-central2-b /mnt/nfs/runs/qwen15 configs/qwen_math.py \
+#          --config.data.path=/mnt/nfs/data/gsm8k/train.jsonl --config.eval.data_dir=/mnt/nfs/data
 set -euo pipefail
 if [ $# -lt 4 ]; then
   echo "usage: $0 TPU_NAME ZONE WORKDIR CONFIG [--config.FIELD=VALUE ...]" >&2
@@ -14,7 +16,10 @@ extra=$(printf ' %q' "$@")
 cd "$(dirname "$0")/.."
 # This checkout goes to every worker; then the same command runs on all of them, and
 # jax.distributed.initialize() reads the TPU environment itself (LR_JAX_DISTRIBUTED=1).
-git ls-files -z | tar --null -czf /tmp/lr_jax_src.tgz -T -
+# The checkout as it is here: tracked and new (not ignored) files, without deleted ones.
+git ls-files -z --cached --others --exclude-standard |
+  while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done |
+  tar --null -czf /tmp/lr_jax_src.tgz -T -
 gcloud compute tpus tpu-vm scp /tmp/lr_jax_src.tgz "$name":lr_jax_src.tgz --zone="$zone" --worker=all
 gcloud compute tpus tpu-vm ssh "$name" --zone="$zone" --worker=all --command="
   set -e

@@ -65,13 +65,17 @@ def check_config(config, stages: list[str]) -> None:
     if e is not None and a is not None and a.num_params() > e.num_params():
       raise ConfigError(f"config.amateur ({config.amateur}, {a.num_params() / 1e6:.0f}M params) is larger than "
                         f"config.expert ({config.expert}, {e.num_params() / 1e6:.0f}M): swapped by mistake?")
-  if "distill" in stages:
-    _check_distill(config)
-  if "export" in stages and config.export.dtype not in common.DTYPES:
-    raise ConfigError(f"config.export.dtype: {config.export.dtype!r} is not one of {', '.join(common.DTYPES)}")
   if "sample" in stages and "demo" not in stages and not config.data.path.startswith("tfds:"):
     if not os.path.isfile(config.data.path):
       raise ConfigError(f"config.data.path: {config.data.path} does not exist (a JSONL file or tfds:NAME[:SPLIT])")
+  if "sample" in stages:
+    _check_sample(config)
+  if "distill" in stages:
+    _check_distill(config)
+  if "eval" in stages:
+    _check_eval(config, check_files="demo" not in stages)
+  if "export" in stages and config.export.dtype not in common.DTYPES:
+    raise ConfigError(f"config.export.dtype: {config.export.dtype!r} is not one of {', '.join(common.DTYPES)}")
   n_dev = jax.device_count()
   for stage, mesh_name, batch in (("sample", "sample", config.sample.batch_size), ("distill", "train", None),
                                   ("eval", "eval", config.eval.batch_size)):
@@ -89,6 +93,48 @@ def check_config(config, stages: list[str]) -> None:
                         f"ways of config.mesh.{mesh_name}={tuple(getattr(config.mesh, mesh_name))} ({n_dev} devices)")
     if batch % jax.process_count():
       raise ConfigError(f"batch size {batch} of stage {stage} is not divisible by {jax.process_count()} processes")
+
+
+def _check_sample(config) -> None:
+  """The sampling settings, checked as the stage checks them."""
+  from lr_jax.data.problems import ORDERS
+  from lr_jax.data.prompts import default_stop_strings
+  from lr_jax.stages.sample import contrastive_config, scoring_of
+  s = config.sample
+  for field, least in (("batch_size", 0), ("chunk_size", 0), ("max_new_tokens", 1)):
+    if s[field] < least:
+      raise ConfigError(f"config.sample.{field}: expected >= {least}, got {s[field]}")
+  if config.data.order not in ORDERS:
+    raise ConfigError(f"config.data.order: {config.data.order!r} is not one of {', '.join(ORDERS)}")
+  try:
+    scoring_of(config)
+    contrastive_config(config)
+  except ValueError as e:
+    raise ConfigError(f"config.sample: {e}" if str(e).startswith("ContrastiveConfig") else str(e)) from None
+  try:
+    default_stop_strings(config.prompt.template)
+  except ValueError as e:
+    raise ConfigError(f"config.prompt.template: {e}") from None
+
+
+def _check_eval(config, check_files: bool) -> None:
+  """The evaluation settings; `check_files`: also the benchmark files (not yet built for the demo)."""
+  from lr_jax.data.prompts import default_stop_strings
+  from lr_jax.stages.evaluate import check_benchmarks, check_models
+  e = config.eval
+  for field, least in (("limit", 0), ("max_new_tokens", 1), ("batch_size", 1)):
+    if e[field] < least:
+      raise ConfigError(f"config.eval.{field}: expected >= {least}, got {e[field]}")
+  try:
+    check_models(e.models)
+    if check_files:
+      check_benchmarks(e.benchmarks, e.data_dir)
+  except ValueError as error:
+    raise ConfigError(str(error)) from None
+  try:
+    default_stop_strings(e.template)
+  except ValueError as error:
+    raise ConfigError(f"config.eval.template: {error}") from None
 
 
 def _check_distill(config) -> None:
@@ -126,13 +172,29 @@ def use_compilation_cache(path: str) -> str | None:
   return path
 
 
+# Fields holding local paths (a shell leaves "~" unexpanded after "--config.FIELD=").
+PATH_FIELDS = ("expert", "amateur", "data.path", "data.tfds_dir", "eval.data_dir")
+
+
+def expand_user_paths(config: ml_collections.ConfigDict) -> None:
+  """Expands a leading "~" in `PATH_FIELDS` (in place)."""
+  for field in PATH_FIELDS:
+    *parents, name = field.split(".")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    if isinstance(node[name], str) and node[name].startswith("~"):
+      node[name] = os.path.expanduser(node[name])
+
+
 def run(config: ml_collections.ConfigDict, workdir_path: str) -> None:
   """Runs the configured stages; a finished run does nothing and says so."""
   sharding.maybe_initialize_distributed()
   use_compilation_cache(config.get("compilation_cache_dir", ""))
   stages = stages_of(config)
   config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy: the demo stage fills in paths
-  workdir = common.Workdir(workdir_path)
+  expand_user_paths(config)
+  workdir = common.Workdir(os.path.expanduser(workdir_path))
   check_config(config, stages)
   os.makedirs(workdir.root, exist_ok=True)
   from lr_jax.metrics import MetricsWriter, peak_device_memory

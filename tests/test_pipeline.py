@@ -29,6 +29,9 @@ def _config(tmp_path, **fields):
   c.amateur = _model_dir(tmp_path, "amateur", 64, 2)
   c.data.path = str(tmp_path / "problems.jsonl")
   (tmp_path / "problems.jsonl").write_text('{"question": "1+1?"}\n')
+  (tmp_path / "bench" / "gsm8k").mkdir(parents=True)
+  (tmp_path / "bench" / "gsm8k" / "test.jsonl").write_text('{"question": "1+1?", "answer": "#### 2"}\n')
+  c.eval.data_dir, c.eval.benchmarks = str(tmp_path / "bench"), "gsm8k"
   c.eval.batch_size = 8
   c.sample.batch_size = 8
   for key, value in fields.items():
@@ -73,6 +76,17 @@ def test_valid_config_passes_the_checks(tmp_path):
     ({"distill.updates": 0}, "config.distill: DistillConfig.total_updates: expected >= 1, got 0"),
     ({"distill.checkpoint_every": 0}, "config.distill.checkpoint_every: expected >= 1, got 0"),
     ({"export.dtype": "bf16"}, "config.export.dtype: 'bf16' is not one of bfloat16, float32, float16"),
+    ({"sample.batch_size": -2}, "config.sample.batch_size: expected >= 0, got -2"),
+    ({"sample.top_k": 0}, "config.sample: ContrastiveConfig: expected 0 < alpha <= 1, top_k >= 1"),
+    ({"sample.scoring": "greedy"}, "config.sample.scoring: 'greedy' is not one of lockstep, teacher_forced"),
+    ({"data.order": "shuffled"}, "config.data.order: 'shuffled' is not one of first, random"),
+    ({"prompt.template": "qwen-cot"}, "config.prompt.template: unknown prompt template 'qwen-cot'"),
+    ({"eval.template": "qwen-cot"}, "config.eval.template: unknown prompt template 'qwen-cot'"),
+    ({"eval.models": "base,bse"}, "config.eval.models: 'base,bse' should name some of base, tuned, amateur"),
+    ({"eval.benchmarks": "gsm8k,maths"}, "config.eval.benchmarks: unknown benchmark 'maths' in 'maths'"),
+    ({"eval.benchmarks": "mine=gsm8k:/no/such.jsonl"}, "config.eval.benchmarks: 'mine=gsm8k:/no/such.jsonl': "
+     "/no/such.jsonl does not exist"),
+    ({"eval.limit": -1}, "config.eval.limit: expected >= 0, got -1"),
 ])
 def test_config_errors_are_reported_in_one_line(tmp_path, fields, message):
   c = _config(tmp_path, **fields)
@@ -96,6 +110,15 @@ def test_amateur_larger_than_expert_is_refused(tmp_path):
   c.expert, c.amateur = c.amateur, c.expert
   with pytest.raises(pipeline.ConfigError, match="is larger than config.expert"):
     pipeline.check_config(c, pipeline.stages_of(c))
+
+
+def test_a_leading_tilde_in_path_fields_is_expanded(tmp_path, monkeypatch):
+  monkeypatch.setenv("HOME", str(tmp_path))
+  c = qwen_math.get_config()
+  c.data.tfds_dir, c.eval.data_dir, c.expert = "~/tfds", "~/data", "Qwen/Qwen2.5-Math-1.5B"
+  pipeline.expand_user_paths(c)
+  assert (c.data.tfds_dir, c.eval.data_dir, c.expert) == (f"{tmp_path}/tfds", f"{tmp_path}/data",
+                                                          "Qwen/Qwen2.5-Math-1.5B")
 
 
 def test_stage_selection_keeps_pipeline_order():

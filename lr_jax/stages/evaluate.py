@@ -15,7 +15,7 @@ import os
 import jax
 
 from lr_jax.data.prompts import default_stop_strings
-from lr_jax.eval.benchmarks import items_from_records, load_benchmark
+from lr_jax.eval.benchmarks import BENCHMARKS, default_path, items_from_records, load_benchmark
 from lr_jax.eval.harness import Completion, compare_runs, comparison_markdown, evaluate
 from lr_jax.export import load_peft_adapter
 from lr_jax.generation.api import generate_batched
@@ -46,6 +46,38 @@ def parse_benchmarks(spec: str, data_dir: str, limit: int):
   if not items:
     raise ValueError("config.eval.benchmarks: no benchmark given")
   return items
+
+
+EVAL_MODELS = ("base", "tuned", "amateur")
+
+
+def check_benchmarks(spec: str, data_dir: str) -> None:
+  """What `parse_benchmarks` needs, without reading the files: known readers and existing files
+  (tfds: entries are checked when read)."""
+  entries = [s.strip() for s in spec.split(",") if s.strip()]
+  if not entries:
+    raise ValueError("config.eval.benchmarks: no benchmark given")
+  for entry in entries:
+    if entry.startswith("tfds:"):
+      continue
+    if "=" in entry:
+      reader, _, path = entry.split("=", 1)[1].partition(":")
+      if not path:
+        raise ValueError(f"config.eval.benchmarks: {entry!r} should be LABEL=READER:PATH")
+    else:
+      reader, path = entry, os.path.join(data_dir, entry, "test.jsonl") if data_dir else default_path(entry)
+    if reader not in BENCHMARKS:
+      raise ValueError(f"config.eval.benchmarks: unknown benchmark {reader!r} in {entry!r}; expected one of "
+                       f"{', '.join(BENCHMARKS)}")
+    if not os.path.isfile(path):
+      raise ValueError(f"config.eval.benchmarks: {entry!r}: {path} does not exist")
+
+
+def check_models(spec: str) -> None:
+  models = [m.strip() for m in spec.split(",") if m.strip()]
+  unknown = [m for m in models if m not in EVAL_MODELS]
+  if unknown or not models:
+    raise ValueError(f"config.eval.models: {spec!r} should name some of {', '.join(EVAL_MODELS)}")
 
 
 def _completer(pretrained, tokenizer, config, layout):

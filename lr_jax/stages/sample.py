@@ -47,7 +47,8 @@ SCORINGS = (LOCKSTEP, TEACHER_FORCED)
 def contrastive_config(config) -> ContrastiveConfig:
   s = config.sample
   return ContrastiveConfig(alpha=s.alpha, beta=s.beta, top_k=s.top_k, beta_inclusive=s.beta_inclusive,
-                           score_first_token=s.score_first_token, chunk_size=s.chunk_size)
+                           score_first_token=s.score_first_token,
+                           chunk_size=s.chunk_size or ContrastiveConfig.chunk_size)  # 0: chosen in `run`
 
 
 def pad_batch(prompts: list[list[int]], completions: list[list[int]], pad_id: int, bucket: int = 16):
