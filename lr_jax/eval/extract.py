@@ -16,6 +16,7 @@ _MATH_DELIMITERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
 _CHOICE_LETTERS = "ABCD"
 _PAREN_LETTER_RE = re.compile(rf"\(([{_CHOICE_LETTERS}])\)")
 _BARE_LETTER_RE = re.compile(rf"\b([{_CHOICE_LETTERS}])\b")
+_LONE_LETTER_RE = re.compile(rf"\(?([{_CHOICE_LETTERS.lower()}])\)?[.:]?")  # the whole answer, lower case
 
 
 def extract_answer(completion: str, *, multiple_choice: bool = False) -> str:
@@ -73,7 +74,8 @@ def extract_choice(text: str) -> str:
   """The option letter (A-D) chosen in `text`, "" when none is found.
 
   Looks in the last box, then after the last "answer is", taking the first "(X)" or bare capital letter
-  there; failing both, the last "(X)", then the last bare capital letter, of the whole text.
+  there, or a lower-case letter that is all there is ("b", "(b)."); failing both, the last "(X)", then
+  the last bare capital letter, of the whole text.
   """
   for segment in (last_boxed(text), answer_after_cue(text)):
     if segment:
@@ -81,6 +83,9 @@ def extract_choice(text: str) -> str:
         found = pattern.search(segment)
         if found:
           return found.group(1)
+      lone = _LONE_LETTER_RE.fullmatch(segment.strip())
+      if lone:
+        return lone.group(1).upper()
   for pattern in (_PAREN_LETTER_RE, _BARE_LETTER_RE):
     found = pattern.findall(text)
     if found:

@@ -53,6 +53,9 @@ class ModelConfig:
     act = d.get("hidden_act", "silu")
     if act not in SUPPORTED_ACTIVATIONS:
       raise ValueError(f"{source}: hidden_act {act!r} is not supported; supported: {', '.join(SUPPORTED_ACTIVATIONS)}")
+    if d.get("quantization_config"):
+      method = d["quantization_config"].get("quant_method", "?") if isinstance(d["quantization_config"], dict) else "?"
+      raise ValueError(f"{source}: quantized checkpoints ({method}) are not supported; give the bf16/fp32 model")
     if d.get("use_sliding_window"):
       raise ValueError(f"{source}: use_sliding_window=true is not supported; supported: full attention only")
     if d.get("mlp_bias"):

@@ -55,6 +55,7 @@ def test_answer_after_cue_uses_the_last_cue():
     ("The correct choice is (A)", "A"),
     ("Comparing the options, (B) fits best", "B"),
     ("Option C", "C"),
+    ("The answer is b.", "B"), ("so \\boxed{(d)}", "D"), ("The answer is a prime number.", ""),
     ("none of these", ""),
 ])
 def test_extract_choice_finds_the_option_letter(completion, letter):

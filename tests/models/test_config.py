@@ -101,6 +101,7 @@ def test_unknown_model_type_named_with_supported_list_on_one_line(tmp_path):
     ("hidden_act", "gelu", "hidden_act 'gelu' is not supported"),
     ("use_sliding_window", True, "use_sliding_window=true is not supported"),
     ("mlp_bias", True, "mlp_bias=true is not supported"),
+    ("quantization_config", {"quant_method": "awq", "bits": 4}, r"quantized checkpoints \(awq\) are not supported"),
     ("num_key_value_heads", 3, "num_attention_heads 4 is not a multiple of num_key_value_heads 3"),
 ])
 def test_unsupported_options_refused(field, value, expect):
