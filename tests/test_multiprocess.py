@@ -85,10 +85,14 @@ def test_two_processes_write_the_same_records_as_one(tmp_path):
   with open(shared_path("data", "gsm8k", "train.jsonl")) as f:
     problems.write_text("".join(f.readline() for _ in range(6)))
 
-  single = tmp_path / "single"
-  r = subprocess.run(_args(single, expert, amateur, problems), cwd=REPO_ROOT, env=_env(), capture_output=True,
-                     text=True, timeout=600)
-  assert r.returncode == 0, r.stderr[-3000:]
+  single = tmp_path / "single"  # sampled in two runs: 4 problems, then the other 2
+  for extra in (["--config.data.num_problems=4"], []):
+    r = subprocess.run(_args(single, expert, amateur, problems) + extra, cwd=REPO_ROOT, env=_env(),
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+  with open(single / "metrics.jsonl") as f:
+    steps = [m["step"] for m in map(json.loads, f) if m["stage"] == "sample"]
+  assert steps == [0, 1]  # the second run's batch goes on from the first's
   other = tmp_path / "other.jsonl"  # resuming on other problems would mix two datasets in one store
   other.write_text(problems.read_text())
   r = subprocess.run(_args(single, expert, amateur, other), cwd=REPO_ROOT, env=_env(), capture_output=True,
