@@ -39,7 +39,8 @@ MFU counts model FLOPs only: no remat recompute, and no attention score/value pr
 the matmul FLOPs at 256 tokens).
 
 Every timing: AOT compile timed alone, then the first call, then the median of N calls, each call
-ending in one `jax.block_until_ready`. Device memory: the running `peak_bytes_in_use` after each
+ending in one `jax.block_until_ready` (the ceilings, and the pipelined distill run of 2N updates with
+one sync at the end, take the best of a few). Device memory: the running `peak_bytes_in_use` after each
 section (XLA cannot reset it). OUT/results.json and OUT/results.md are rewritten after every section
 (a timeout keeps what finished); a summary table is printed last. Sections that would start after
 --budget-seconds (counted from process start) are skipped with a note; one that starts just before
