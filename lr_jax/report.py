@@ -89,7 +89,8 @@ def _eval_section(workdir: common.Workdir, lines: list[str]) -> None:
     row = f"| {b} | " + " | ".join(_fmt(a, True) for a in accs)
     if comp:
       c = comp["benchmarks"].get(b, {}) if b != "average" else comp["average"]
-      row += f" | {_fmt(c.get('delta'), True)} | {_fmt(c.get('mcnemar_p'))}"
+      delta, p = c.get("delta"), c.get("mcnemar_p")
+      row += f" | {'n/a' if delta is None else f'{100 * delta:+.1f} points'} | {'n/a' if p is None else f'{p:.3g}'}"
     lines.append(row + " |")
   lines.append("")
   fig_names = list(runs)

@@ -82,7 +82,8 @@ def test_report_numbers_match_the_artifacts(finished_run):
     acc = _read(workdir, "eval", name, "results.json")["benchmarks"]["arith_test"]["accuracy"]
     assert f"{100 * acc:.1f}%" in report
   comp = _read(workdir, "eval", "comparison.json")
-  assert f"{comp['benchmarks']['arith_test']['mcnemar_p']:.3f}" in report
+  assert f"{comp['benchmarks']['arith_test']['mcnemar_p']:.3g} |" in report
+  assert f"{100 * comp['benchmarks']['arith_test']['delta']:+.1f} points" in report
 
 
 def test_merged_export_loads_in_transformers_with_the_tuned_logits(finished_run):

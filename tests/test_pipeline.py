@@ -87,6 +87,7 @@ def test_valid_config_passes_the_checks(tmp_path):
     ({"eval.benchmarks": "mine=gsm8k:/no/such.jsonl"}, "config.eval.benchmarks: 'mine=gsm8k:/no/such.jsonl': "
      "/no/such.jsonl does not exist"),
     ({"eval.limit": -1}, "config.eval.limit: expected >= 0, got -1"),
+    ({"eval.benchmarks": "gsm8k,gsm8k"}, "config.eval.benchmarks: 'gsm8k' listed twice"),
 ])
 def test_config_errors_are_reported_in_one_line(tmp_path, fields, message):
   c = _config(tmp_path, **fields)

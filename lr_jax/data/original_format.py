@@ -10,9 +10,13 @@ read by its `LightR_finetuning.py`:
   tokens         [str]: tokenizer.decode([id]) of each target id.
   token_ids      [int]: target token ids (the whole alpha mask in the original; our top-K here).
   weights        [float]: target probabilities, aligned with token_ids.
-  kl_divergence  float: KL(pE || pA) over the full vocabulary.
-The format holds no token ids of the context, no per-step statistics of unkept steps and no top-1
-tokens: an import knows KL only at kept steps (NaN elsewhere) and no top-1 tokens (-1).
+  kl_divergence  float: KL(pE || pA) over the full vocabulary (Infinity where pA is 0 at a token pE
+                 gives mass, as Python's json writes it).
+The format holds no token ids of the context (an import renders the prompt from prompt_id: the
+original's chat prompt, or the `--template` the samples were drawn with), no per-step statistics of
+unkept steps and no top-1 tokens: an import knows KL only at kept steps (NaN elsewhere) and no top-1
+tokens (-1), and as the exported weights are renormalised, it has no dropped target mass (0) and counts
+the ids it keeps as each step's mask size.
 """
 
 from __future__ import annotations
@@ -25,9 +29,12 @@ from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
+from lr_jax.data.prompts import render_prompt as render_template
 from lr_jax.data.store import TARGET_PAD_ID, SampleStore, TrajectoryRecord, write_file_atomic
+from lr_jax.eval.files import iter_lines
 
 ORIGINAL_SYSTEM_PROMPT = "Please reason step by step."
+ORIGINAL_TEMPLATE = "original"  # the original code's chat prompt (`original_prompt_text`)
 IMPORTED_FINISH_REASON = "imported"
 _FIELDS = ("prompt_id", "step", "prefix", "tokens", "token_ids", "weights", "kl_divergence")
 
@@ -125,11 +132,10 @@ def import_original(
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
   steps_by_prompt: dict[str, list[dict]] = {}
-  with open(path, encoding="utf-8") as f:
-    for line_index, line in enumerate(f):
-      if line.strip():
-        entry = _parse_line(line, where=f"{path}:{line_index + 1}")
-        steps_by_prompt.setdefault(entry["prompt_id"], []).append(entry)
+  for line_number, line in iter_lines(path):
+    if line.strip():
+      entry = _parse_line(line, where=f"{path}:{line_number}")
+      steps_by_prompt.setdefault(entry["prompt_id"], []).append(entry)
 
   records = []
   for prompt_id, entries in steps_by_prompt.items():
@@ -167,11 +173,11 @@ def _parse_line(line: str, *, where: str) -> dict:
           _is_int(t) and t >= 0 for t in entry["token_ids"]),
       "weights": isinstance(entry["weights"], list) and all(
           _is_number(w) and w >= 0 for w in entry["weights"]),
-      "kl_divergence": _is_number(entry["kl_divergence"]),
+      "kl_divergence": _is_number(entry["kl_divergence"]) or entry["kl_divergence"] == math.inf,
   }
   expected = {"prompt_id": "a non-empty string", "step": "an int >= 0", "prefix": "a string",
               "token_ids": "a list of ints >= 0", "weights": "a list of numbers >= 0",
-              "kl_divergence": "a number"}
+              "kl_divergence": "a number or Infinity"}
   for field, ok in checks.items():
     if not ok:
       raise ValueError(f"{where}: field {field!r} must be {expected[field]}")
@@ -264,6 +270,10 @@ def main(argv: list[str] | None = None) -> None:
   imp.add_argument("--store", required=True, help="the sample store folder to create (e.g. WORKDIR/samples)")
   imp.add_argument("--tokenizer", required=True, help="tokenizer folder of the expert")
   imp.add_argument("--top-k", type=int, default=32, help="K, the width of the stored sparse targets")
+  imp.add_argument("--template", default=ORIGINAL_TEMPLATE,
+                   help=f"prompt around each prompt_id: {ORIGINAL_TEMPLATE!r} (the original code's chat prompt) or "
+                        "a lr_jax.data.prompts template, e.g. the sampling run's config.prompt.template")
+  imp.add_argument("--system-prompt", default=None, help="system prompt of a lr_jax template (its default if unset)")
   args = parser.parse_args(argv)
   tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
   if args.command == "export":
@@ -271,10 +281,19 @@ def main(argv: list[str] | None = None) -> None:
     if args.problems:
       from lr_jax.data.problems import load_problems
       prompt_id_of = {p.id: p.question for p in load_problems(args.problems, n=None)}
-    n = export_original(SampleStore(args.store), args.output, tokenizer, prompt_id_of=prompt_id_of)
+    store = SampleStore(args.store)
+    n = export_original(store, args.output, tokenizer, prompt_id_of=prompt_id_of)
     print(f"wrote {n} kept steps to {args.output}")
+    if store.meta.get("template") is not None:  # the file keeps no prompt: say how to get it back
+      print(f"note: the store was sampled with template {store.meta['template']!r} and system prompt "
+            f"{store.meta.get('system_prompt')!r}; importing this file with --template/--system-prompt set so "
+            "gives the same contexts")
   else:
-    records = import_original(args.input, tokenizer, K=args.top_k)
+    def render(question: str) -> str:
+      return render_template(question, args.template, tokenizer=tokenizer, system_prompt=args.system_prompt)
+
+    records = import_original(args.input, tokenizer, K=args.top_k,
+                              render_prompt=None if args.template == ORIGINAL_TEMPLATE else render)
     store = SampleStore(args.store, meta={"source": "original LightReasoner JSONL", "file": os.path.abspath(args.input),
                                           "top_k": args.top_k, "scoring": "imported"})
     store.append(records)

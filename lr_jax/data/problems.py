@@ -5,7 +5,8 @@ source has one, the reference answer. Ids are stable across runs so that a resum
 which problems its store already holds:
   * JSONL: f"{file_stem}-{line_index}", line_index the 0-based physical line of the record
     (GSM8K's train.jsonl line 0 -> "train-0");
-  * TFDS:  f"{split}-{record_index}", record_index the position in the prepared split.
+  * TFDS:  f"{split}-{record_index}", record_index the position in the prepared split (the same ids
+    as the JSONL file's when it has no blank lines, as the shared files do not).
 
 Selection (`order`):
   * 'first':  the first n records in source order (what the original LightReasoner does:

@@ -6,9 +6,11 @@
   results.json       run_name, template, system_prompt, per benchmark {accuracy, num_correct, num_items},
                      and the average accuracy over benchmarks (unweighted, as the paper's "Avg.")
   results.md         the same as a markdown table, accuracies in percent
+  settings.json      what the completions depend on: template, system_prompt and the caller's `settings`
 Every file is written atomically. A benchmark whose .jsonl already holds exactly the requested items
 (same ids in the same order) is kept, not generated again, so a rerun after an interruption only redoes
-the unfinished benchmarks; use a new run_name after changing the model, template or prompt.
+the unfinished benchmarks. A rerun with other settings (another model, template or prompt) is refused
+(`SettingsChanged`): use a new run_name.
 
 `complete(prompts) -> completions` is the generator (greedy decoding is the caller's business); it gets
 all prompts of one benchmark at once and returns one `Completion` per prompt, in order.
@@ -26,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from lr_jax.data.prompts import render_prompt
+from lr_jax.errors import SettingsChanged
 from lr_jax.eval.benchmarks import EvalItem
 from lr_jax.eval.fewshot import fewshot_prefix
 from lr_jax.eval.files import iter_jsonl, write_jsonl_atomic, write_text_atomic
@@ -34,6 +37,7 @@ from lr_jax.eval.significance import mcnemar_exact, paired_bootstrap
 
 RESULTS_JSON = "results.json"
 RESULTS_MARKDOWN = "results.md"
+SETTINGS_JSON = "settings.json"
 ITEM_FIELDS = ("id", "benchmark", "question", "gold", "completion", "extracted", "correct", "tokens", "finish_reason")
 
 
@@ -48,17 +52,27 @@ class Completion:
 
 def evaluate(items: Sequence[EvalItem], complete: Callable[[list[str]], Sequence[Completion]],
              out_dir: str | os.PathLike, *, template: str, run_name: str, tokenizer: Any = None,
-             system_prompt: str | None = None, grade_timeout_s: float = DEFAULT_TIMEOUT_S,
-             num_workers: int | None = None) -> dict[str, Any]:
+             system_prompt: str | None = None, settings: Mapping[str, Any] | None = None,
+             grade_timeout_s: float = DEFAULT_TIMEOUT_S, num_workers: int | None = None) -> dict[str, Any]:
   """Prompts, generates, grades and records `items` (any mix of benchmarks); returns results.json's dict.
 
-  `template`, `tokenizer` and `system_prompt` go to `render_prompt`. Multiple-choice items (with
-  choices) get the MMLU-STEM 5-shot block and are graded by option letter, whatever their benchmark
-  label. Grading runs in `num_workers` processes with `grade_timeout_s` per check.
+  `template`, `tokenizer` and `system_prompt` go to `render_prompt`. `settings`: what else the
+  completions depend on (JSON values, e.g. the model and the token limit), checked against the run's
+  settings.json (`check_settings`). Multiple-choice items (with choices) get the MMLU-STEM 5-shot
+  block and are graded by option letter, whatever their benchmark label. Grading runs in
+  `num_workers` processes with `grade_timeout_s` per check.
   """
   if not items:
     raise ValueError("evaluate: no items given")
+  seen: set[tuple[str, str]] = set()
+  for item in items:
+    if (item.benchmark, item.id) in seen:
+      raise ValueError(f"evaluate: {item.benchmark} item {item.id!r} is given twice (a benchmark listed twice?)")
+    seen.add((item.benchmark, item.id))
   run_dir = Path(out_dir) / run_name
+  recorded = run_settings(template, system_prompt, settings)
+  check_settings(run_dir, recorded)
+  write_text_atomic(run_dir / SETTINGS_JSON, json.dumps(recorded, indent=1, sort_keys=True) + "\n")
   by_benchmark: dict[str, list[EvalItem]] = {}
   for item in items:
     by_benchmark.setdefault(item.benchmark, []).append(item)
@@ -82,6 +96,40 @@ def evaluate(items: Sequence[EvalItem], complete: Callable[[list[str]], Sequence
   write_text_atomic(run_dir / RESULTS_JSON, json.dumps(results, indent=1) + "\n")
   write_text_atomic(run_dir / RESULTS_MARKDOWN, results_markdown(results))
   return results
+
+
+def run_settings(template: str, system_prompt: str | None, settings: Mapping[str, Any] | None = None) -> dict:
+  """The settings.json of a run: template, system_prompt and `settings`, as JSON stores them."""
+  return json.loads(json.dumps({"template": template, "system_prompt": system_prompt, **(settings or {})}))
+
+
+def check_settings(run_dir: str | os.PathLike, recorded: Mapping[str, Any]) -> None:
+  """Raises `SettingsChanged` if `run_dir` holds a run made with other settings (`run_settings`); an
+  entry its settings.json lacks (an older version's) is not checked."""
+  path = Path(run_dir) / SETTINGS_JSON
+  if not path.is_file():
+    return
+  with open(path, encoding="utf-8") as f:
+    stored = json.load(f)
+  changed = [f"{key}: stored {stored[key]!r}, now {recorded.get(key, '<absent>')!r}" for key in sorted(stored)
+             if stored[key] != recorded.get(key, "<absent>")]
+  if changed:
+    raise SettingsChanged(f"{run_dir} was evaluated with other settings ({'; '.join(changed)}); use another run "
+                          f"name or a fresh workdir")
+
+
+def finished(out_dir: str | os.PathLike, run_name: str, items: Sequence[EvalItem]) -> bool:
+  """Whether run `run_name` holds results of exactly `items`: the same benchmarks, each with the same
+  ids in the same order (`evaluate` would generate nothing)."""
+  run_dir = Path(out_dir) / run_name
+  if not (run_dir / RESULTS_JSON).is_file():
+    return False
+  by_benchmark: dict[str, list[str]] = {}
+  for item in items:
+    by_benchmark.setdefault(item.benchmark, []).append(item.id)
+  if set(_read_results(run_dir)["benchmarks"]) != set(by_benchmark):
+    return False
+  return all(_record_ids(run_dir / f"{name}.jsonl") == ids for name, ids in by_benchmark.items())
 
 
 def results_markdown(results: Mapping[str, Any]) -> str:
@@ -161,6 +209,10 @@ def _run_benchmark(benchmark: str, items: list[EvalItem], complete: Callable[[li
            "completion": completion.text, "extracted": grade.extracted, "correct": grade.correct,
            "tokens": completion.num_tokens, "finish_reason": completion.finish_reason}
           for item, completion, grade in zip(items, completions, grades)]
+
+
+def _record_ids(path: Path) -> list[Any] | None:
+  return [record.get("id") for _, record in iter_jsonl(path)] if path.is_file() else None
 
 
 def _finished_records(path: Path, items: list[EvalItem]) -> list[dict[str, Any]] | None:

@@ -16,7 +16,9 @@ import jax
 
 from lr_jax.data.prompts import default_stop_strings
 from lr_jax.eval.benchmarks import BENCHMARKS, default_path, items_from_records, load_benchmark
-from lr_jax.eval.harness import Completion, compare_runs, comparison_markdown, evaluate
+from lr_jax.eval.files import write_text_atomic
+from lr_jax.eval.harness import (Completion, check_settings, compare_runs, comparison_markdown, evaluate, finished,
+                                  run_settings)
 from lr_jax.export import load_peft_adapter
 from lr_jax.generation.api import generate_batched
 from lr_jax.stages import common
@@ -57,6 +59,10 @@ def check_benchmarks(spec: str, data_dir: str) -> None:
   entries = [s.strip() for s in spec.split(",") if s.strip()]
   if not entries:
     raise ValueError("config.eval.benchmarks: no benchmark given")
+  labels = [entry.split("=", 1)[0] for entry in entries]
+  repeated = sorted({label for label in labels if labels.count(label) > 1})
+  if repeated:
+    raise ValueError(f"config.eval.benchmarks: {', '.join(map(repr, repeated))} listed twice")
   for entry in entries:
     if entry.startswith("tfds:"):
       continue
@@ -99,17 +105,6 @@ def _completer(pretrained, tokenizer, config, layout):
   return complete
 
 
-def _done(run_dir: str, items) -> bool:
-  path = os.path.join(run_dir, "results.json")
-  if not os.path.isfile(path):
-    return False
-  got = common.read_json(path)["benchmarks"]
-  want = {}
-  for it in items:
-    want[it.benchmark] = want.get(it.benchmark, 0) + 1
-  return all(b in got and got[b]["num_items"] == n for b, n in want.items())
-
-
 def run(config, workdir: common.Workdir, writer) -> dict:
   items = parse_benchmarks(config.eval.benchmarks, config.eval.data_dir, config.eval.limit)
   models = [m.strip() for m in config.eval.models.split(",") if m.strip()]
@@ -119,7 +114,10 @@ def run(config, workdir: common.Workdir, writer) -> dict:
   summary, skipped = {}, True
   for name in models:
     run_dir = os.path.join(workdir.eval, name)
-    if _done(run_dir, items):
+    source = config.amateur if name == "amateur" else config.expert
+    settings = {"model": source, "dtype": config.dtype, "max_new_tokens": config.eval.max_new_tokens}
+    check_settings(run_dir, run_settings(config.eval.template, system_prompt, settings))
+    if finished(workdir.eval, name, items):
       summary[name] = common.read_json(os.path.join(run_dir, "results.json"))["average"]
       continue
     skipped = False
@@ -127,7 +125,6 @@ def run(config, workdir: common.Workdir, writer) -> dict:
       raise FileNotFoundError(f"{adapter}: no trained adapter; run the distill stage first")
     if layout is None:
       layout = common.make_layout(config.mesh.eval, "sample")
-    source = config.amateur if name == "amateur" else config.expert
     pretrained = common.load_model(source, config.dtype, layout, attention=config.get("attention", "auto"),
                                    decode_attention=config.get("decode_attention", "auto"),
                                    fuse_decode_projections=config.get("fuse_decode_projections", True))
@@ -137,13 +134,12 @@ def run(config, workdir: common.Workdir, writer) -> dict:
     common.log("eval: %s (%s) on %d items", name, source, len(items))
     results = evaluate(items, _completer(pretrained, tokenizer, config, layout), workdir.eval,
                        template=config.eval.template, run_name=name, tokenizer=tokenizer,
-                       system_prompt=system_prompt)
+                       system_prompt=system_prompt, settings=settings)
     summary[name] = results["average"]
     for b, r in results["benchmarks"].items():
       writer.write("eval", models.index(name), {f"{name}/{b}": r["accuracy"]})
   if "base" in models and "tuned" in models and common.is_main_process():
     comparison = compare_runs(os.path.join(workdir.eval, "base"), os.path.join(workdir.eval, "tuned"))
     common.write_json(os.path.join(workdir.eval, "comparison.json"), comparison)
-    with open(os.path.join(workdir.eval, "comparison.md"), "w") as f:
-      f.write(comparison_markdown(comparison))
+    write_text_atomic(os.path.join(workdir.eval, "comparison.md"), comparison_markdown(comparison))
   return {"skipped": skipped, **{f"average_{k}": v for k, v in summary.items()}}

@@ -171,6 +171,39 @@ def test_bad_original_lines_raise_one_line_errors_naming_file_line_and_field(tok
   assert "\n" not in str(info.value)
 
 
+def test_a_line_that_is_not_utf8_is_named(tokenizer, tmp_path):
+  good = {"prompt_id": "q", "step": 1, "prefix": " a", "tokens": ["b"], "token_ids": [2], "weights": [1.0],
+          "kl_divergence": 0.5}
+  path = tmp_path / "original.jsonl"
+  path.write_bytes(json.dumps(good).encode() + b'\n{"prompt_id": "\xff"}\n')
+  with pytest.raises(ValueError, match=r"original\.jsonl:2: not UTF-8 text \(invalid start byte at byte 15\)"):
+    import_original(path, tokenizer)
+
+
+def test_an_infinite_kl_round_trips_as_json_writes_it(tokenizer, tmp_path):
+  record = _record(tokenizer, "train-0", [1, 4], seed=7)
+  record.kl[1] = record.all_kl[4] = np.inf  # the amateur gives 0 where the expert does not
+  export_original([record], tmp_path / "inf.jsonl", tokenizer)
+  assert "Infinity" in (tmp_path / "inf.jsonl").read_text()
+  (back,) = import_original(tmp_path / "inf.jsonl", tokenizer, K=4,
+                            render_prompt=lambda pid: original_prompt_text(tokenizer, QUESTIONS[pid]))
+  np.testing.assert_array_equal(back.kl, record.kl)
+
+
+def test_command_line_import_renders_the_sampling_runs_template(tokenizer, tmp_path):
+  from lr_jax.data.original_format import main
+  from lr_jax.data.prompts import render_prompt
+
+  records = [_record(tokenizer, "train-0", [1, 2], seed=8)]
+  SampleStore(tmp_path / "store", meta={"K": 4}).append(records)
+  main(["export", "--store", str(tmp_path / "store"), "--output", str(tmp_path / "orig.jsonl"),
+        "--tokenizer", str(QWEN_TOKENIZER)])
+  main(["import", "--input", str(tmp_path / "orig.jsonl"), "--store", str(tmp_path / "imported"),
+        "--tokenizer", str(QWEN_TOKENIZER), "--top-k", "4", "--template", "qwen25-math-cot"])
+  (back,) = SampleStore(tmp_path / "imported").iter_records()
+  assert back.prompt_ids.tolist() == _encode(tokenizer, render_prompt("train-0", "qwen25-math-cot"))
+
+
 def test_command_line_export_then_import_gives_a_trainable_store_with_the_same_targets(tokenizer, tmp_path):
   from lr_jax.data.original_format import main
 

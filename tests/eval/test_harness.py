@@ -8,7 +8,8 @@ import pytest
 
 from lr_jax.eval.benchmarks import BENCHMARKS, CHOICE_LETTERS, EvalItem, load_benchmark
 from lr_jax.eval.grade import main as grade_main
-from lr_jax.eval.harness import ITEM_FIELDS, Completion, compare_runs, comparison_markdown, evaluate
+from lr_jax.errors import SettingsChanged
+from lr_jax.eval.harness import ITEM_FIELDS, Completion, compare_runs, comparison_markdown, evaluate, finished
 
 ITEMS_PER_BENCHMARK = 20
 
@@ -81,6 +82,28 @@ def test_rerun_with_other_items_generates_again(items, tmp_path):
   evaluate(gsm8k[:5], FakeModel(gsm8k, 20), tmp_path, template="qwen25-math-cot", run_name="r", num_workers=1)
   results = evaluate(gsm8k, FakeModel(gsm8k, 0), tmp_path, template="qwen25-math-cot", run_name="r", num_workers=1)
   assert results["benchmarks"]["gsm8k"]["num_items"] == 20 and results["average"] == 0.0
+
+
+def test_rerun_with_other_settings_is_refused_and_finished_tells_exact_item_sets(items, tmp_path):
+  gsm8k = [item for item in items if item.benchmark == "gsm8k"]
+  evaluate(gsm8k, FakeModel(gsm8k, 20), tmp_path, template="qwen25-math-cot", run_name="r", num_workers=1,
+           settings={"model": "expert", "max_new_tokens": 64})
+  assert json.loads((tmp_path / "r" / "settings.json").read_text()) == {
+      "max_new_tokens": 64, "model": "expert", "system_prompt": None, "template": "qwen25-math-cot"}
+  for change, name in (({"template": "question-answer"}, "template"), ({"settings": {"model": "expert"}},
+                                                                       "max_new_tokens")):
+    kwargs = {"template": "qwen25-math-cot", "settings": {"model": "expert", "max_new_tokens": 64}, **change}
+    with pytest.raises(SettingsChanged, match=rf"r was evaluated with other settings \({name}: stored"):
+      evaluate(gsm8k, _refuse, tmp_path, run_name="r", num_workers=1, **kwargs)
+  assert finished(tmp_path, "r", gsm8k)
+  assert not finished(tmp_path, "r", gsm8k[:5])  # other ids
+  assert not finished(tmp_path, "r", gsm8k + [dataclasses.replace(gsm8k[0], benchmark="other")])  # other set
+  assert not finished(tmp_path, "new", gsm8k)
+
+
+def test_an_item_given_twice_is_refused(items, tmp_path):
+  with pytest.raises(ValueError, match=r"gsm8k item '0' is given twice"):
+    evaluate(items[:2] + items[:1], _refuse, tmp_path, template="qwen25-math-cot", run_name="x")
 
 
 def test_complete_returning_the_wrong_count_is_a_one_line_error(items, tmp_path):
