@@ -13,7 +13,9 @@ the unfinished benchmarks. A rerun with other settings (another model, template 
 (`SettingsChanged`): use a new run_name.
 
 `complete(prompts) -> completions` is the generator (greedy decoding is the caller's business); it gets
-all prompts of one benchmark at once and returns one `Completion` per prompt, in order.
+a benchmark's prompts `GENERATION_CHUNK` at a time and returns one `Completion` per prompt, in order.
+Each chunk's completions are saved (<benchmark>.partial.jsonl) before the next starts, so an
+interruption loses at most one chunk of generation; the file is removed once the benchmark is graded.
 """
 from __future__ import annotations
 
@@ -38,6 +40,8 @@ from lr_jax.eval.significance import mcnemar_exact, paired_bootstrap
 RESULTS_JSON = "results.json"
 RESULTS_MARKDOWN = "results.md"
 SETTINGS_JSON = "settings.json"
+PARTIAL_SUFFIX = ".partial.jsonl"
+GENERATION_CHUNK = 1024  # prompts per `complete` call: the most generation an interruption can lose
 ITEM_FIELDS = ("id", "benchmark", "question", "gold", "completion", "extracted", "correct", "tokens", "finish_reason")
 
 
@@ -81,10 +85,12 @@ def evaluate(items: Sequence[EvalItem], complete: Callable[[list[str]], Sequence
     path = run_dir / f"{benchmark}.jsonl"
     records = _finished_records(path, bench_items)
     if records is None:
-      records = _run_benchmark(benchmark, bench_items, complete, template=template, tokenizer=tokenizer,
+      partial = run_dir / f"{benchmark}{PARTIAL_SUFFIX}"
+      records = _run_benchmark(benchmark, bench_items, complete, partial, template=template, tokenizer=tokenizer,
                                system_prompt=system_prompt, grade_timeout_s=grade_timeout_s,
                                num_workers=num_workers)
       write_jsonl_atomic(path, records)
+      partial.unlink(missing_ok=True)
     else:
       logging.info("evaluate: %s already done in %s; kept", benchmark, path)
     num_correct = sum(bool(record["correct"]) for record in records)
@@ -196,19 +202,35 @@ def comparison_markdown(comparison: Mapping[str, Any]) -> str:
 
 
 def _run_benchmark(benchmark: str, items: list[EvalItem], complete: Callable[[list[str]], Sequence[Completion]],
-                   *, template: str, tokenizer: Any, system_prompt: str | None, grade_timeout_s: float,
+                   partial: Path, *, template: str, tokenizer: Any, system_prompt: str | None, grade_timeout_s: float,
                    num_workers: int | None) -> list[dict[str, Any]]:
   prompts = [render_prompt(item.question, template, tokenizer=tokenizer, system_prompt=system_prompt,
                            fewshot=fewshot_prefix(item)) for item in items]
-  completions = list(complete(prompts))
-  if len(completions) != len(prompts) or not all(isinstance(c, Completion) for c in completions):
-    raise ValueError(f"evaluate: complete() returned {len(completions)} results for {len(prompts)} "
-                     f"{benchmark} prompts; expected one Completion per prompt")
+  completions = _saved_completions(partial, items)
+  for start in range(len(completions), len(prompts), GENERATION_CHUNK):
+    chunk_prompts = prompts[start:start + GENERATION_CHUNK]
+    chunk = list(complete(chunk_prompts))
+    if len(chunk) != len(chunk_prompts) or not all(isinstance(c, Completion) for c in chunk):
+      raise ValueError(f"evaluate: complete() returned {len(chunk)} results for {len(chunk_prompts)} {benchmark} "
+                       f"prompts; expected one Completion per prompt")
+    completions += chunk
+    write_jsonl_atomic(partial, [{"id": item.id, **dataclasses.asdict(c)} for item, c in zip(items, completions)])
   grades = grade_items(items, [c.text for c in completions], timeout_s=grade_timeout_s, num_workers=num_workers)
   return [{"id": item.id, "benchmark": benchmark, "question": item.question, "gold": item.gold,
            "completion": completion.text, "extracted": grade.extracted, "correct": grade.correct,
            "tokens": completion.num_tokens, "finish_reason": completion.finish_reason}
           for item, completion, grade in zip(items, completions, grades)]
+
+
+def _saved_completions(partial: Path, items: list[EvalItem]) -> list[Completion]:
+  """The completions an interrupted run saved for a prefix of `items` (none if they are of other items)."""
+  if not partial.is_file():
+    return []
+  saved = [record for _, record in iter_jsonl(partial)]
+  if [record.get("id") for record in saved] != [item.id for item in items[:len(saved)]]:
+    logging.warning("evaluate: %s holds completions of other items; generating again", partial)
+    return []
+  return [Completion(record["text"], record["num_tokens"], record["finish_reason"]) for record in saved]
 
 
 def _record_ids(path: Path) -> list[Any] | None:

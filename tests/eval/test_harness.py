@@ -9,6 +9,7 @@ import pytest
 from lr_jax.eval.benchmarks import BENCHMARKS, CHOICE_LETTERS, EvalItem, load_benchmark
 from lr_jax.eval.grade import main as grade_main
 from lr_jax.errors import SettingsChanged
+from lr_jax.eval import harness
 from lr_jax.eval.harness import ITEM_FIELDS, Completion, compare_runs, comparison_markdown, evaluate, finished
 
 ITEMS_PER_BENCHMARK = 20
@@ -75,6 +76,29 @@ def test_rerun_keeps_finished_benchmarks_without_generating(items, tmp_path):
   first = evaluate(items, FakeModel(items, 20), tmp_path, template="qwen25-math-cot", run_name="r", num_workers=2)
   again = evaluate(items, _refuse, tmp_path, template="qwen25-math-cot", run_name="r", num_workers=2)
   assert again == first
+
+
+def test_a_benchmark_interrupted_during_generation_resumes_after_its_saved_chunks(items, tmp_path, monkeypatch):
+  monkeypatch.setattr(harness, "GENERATION_CHUNK", 6)
+  gsm8k = [item for item in items if item.benchmark == "gsm8k"]
+  whole = evaluate(gsm8k, FakeModel(gsm8k, 7), tmp_path, template="qwen25-math-cot", run_name="whole", num_workers=1)
+  model, calls = FakeModel(gsm8k, 7), []
+
+  def interrupted(prompts):
+    calls.append(len(prompts))
+    if len(calls) == 3:
+      raise KeyboardInterrupt
+    return model(prompts)
+
+  with pytest.raises(KeyboardInterrupt):
+    evaluate(gsm8k, interrupted, tmp_path, template="qwen25-math-cot", run_name="r", num_workers=1)
+  assert len((tmp_path / "r" / "gsm8k.partial.jsonl").read_text().splitlines()) == 12
+  calls.clear()
+  resumed = evaluate(gsm8k, lambda prompts: calls.append(len(prompts)) or model(prompts), tmp_path,
+                     template="qwen25-math-cot", run_name="r", num_workers=1)
+  assert calls == [6, 2] and resumed["benchmarks"] == whole["benchmarks"]
+  assert (tmp_path / "r" / "gsm8k.jsonl").read_text() == (tmp_path / "whole" / "gsm8k.jsonl").read_text()
+  assert not (tmp_path / "r" / "gsm8k.partial.jsonl").exists()
 
 
 def test_rerun_with_other_items_generates_again(items, tmp_path):
