@@ -135,6 +135,9 @@ def import_original(
   for line_number, line in iter_lines(path):
     if line.strip():
       entry = _parse_line(line, where=f"{path}:{line_number}")
+      if entry["token_ids"] and max(entry["token_ids"]) >= len(tokenizer):
+        raise ValueError(f"{path}:{line_number}: field 'token_ids' holds {max(entry['token_ids'])}, beyond the "
+                         f"tokenizer's {len(tokenizer)} ids")
       steps_by_prompt.setdefault(entry["prompt_id"], []).append(entry)
 
   records = []

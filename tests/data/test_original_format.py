@@ -161,6 +161,8 @@ def test_steps_whose_text_does_not_round_trip_become_their_own_trajectory(tokeni
       "kl_divergence": 1.0}, r"original\.jsonl:2: field 'weights' must match"),
     ({"prompt_id": "q", "step": 1, "prefix": " a", "tokens": [], "token_ids": [1], "weights": [1.0],
       "kl_divergence": 1.0}, r"original\.jsonl:2: field 'step' repeats an earlier step"),
+    ({"prompt_id": "q", "step": 2, "prefix": " a", "tokens": [], "token_ids": [10**6], "weights": [1.0],
+      "kl_divergence": 1.0}, r"original\.jsonl:2: field 'token_ids' holds 1000000, beyond the tokenizer's"),
 ])
 def test_bad_original_lines_raise_one_line_errors_naming_file_line_and_field(tokenizer, tmp_path, line, message):
   good = {"prompt_id": "q", "step": 1, "prefix": " a", "tokens": ["b"], "token_ids": [2], "weights": [1.0],
