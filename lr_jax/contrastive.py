@@ -134,7 +134,11 @@ def _checked_batch(batch: dict[str, jax.Array], rows: int) -> tuple[jax.Array, .
                      f"completions {list(arrays[2].shape)} (mask {list(arrays[3].shape)}) need one batch size B, "
                      f"P >= 1 and T >= 1")
   for key, x in zip(BATCH_KEYS[::2], arrays[::2]):
-    if not isinstance(x, jax.core.Tracer) and x.size and not 0 <= int(x.min()) <= int(x.max()) < rows:
+    try:
+      lo, hi = (int(x.min()), int(x.max())) if x.size else (0, 0)
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError):
+      continue  # traced (under jit): the values are not known here
+    if not 0 <= lo <= hi < rows:
       raise ValueError(f"contrastive_step: batch[{key!r}] holds ids outside [0, {rows}), the rows both models hold")
   return arrays
 
