@@ -40,7 +40,8 @@ def render_prompt(question: str, template: str, *, tokenizer: Any = None,
     template: a name in TEMPLATES or a custom string containing "{question}".
     tokenizer: a Hugging Face tokenizer with a chat template; required for 'chat' only.
     system_prompt: system message of the chat templates; None means DEFAULT_SYSTEM_PROMPT and "" means
-      no system message (with 'chat', the tokenizer's template may then insert its own default). Templates without a system turn ('question-answer', custom) do not use it.
+      no system message (with 'chat', the tokenizer's template may then insert its own default).
+      Templates without a system turn ('question-answer', custom) do not use it.
     fewshot: worked examples placed before the question, separated from it by a blank line.
 
   Raises:

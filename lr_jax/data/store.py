@@ -168,8 +168,9 @@ class SampleStore:
 
   With `meta` the store is opened for writing: it is created if absent, every entry of its stored
   meta must equal `meta`'s (else `SettingsChanged`; entries a store of an older version lacks are
-  not checked), and the process's shard is repaired (see the module docstring). Without `meta` it is opened
-  read-only and must exist; process_count then defaults to the one its shards were written with.
+  not checked), and the process's shard is repaired (see the module docstring). Without `meta` it
+  is opened read-only and must exist; process_count then defaults to the one its shards were
+  written with.
   """
 
   def __init__(self, path: str | os.PathLike, process_index: int = 0, process_count: int | None = None,

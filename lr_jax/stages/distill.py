@@ -1,9 +1,9 @@
 """The distillation stage: LoRA-tune the expert on the stored contrastive targets.
 
 Packs the sample store into updates of `steps_per_update` kept steps (one row per trajectory, or
-per part of one that an update boundary splits: one forward a row), runs `distill_step`, checkpoints with Orbax every `checkpoint_every` updates
-and resumes from the newest readable checkpoint. Ends with the adapter as a PEFT folder
-(workdir/checkpoints/final_adapter) and DONE.json.
+per part of one that an update boundary splits: one forward a row), runs `distill_step`,
+checkpoints with Orbax every `checkpoint_every` updates and resumes from the newest readable
+checkpoint. Ends with the adapter as a PEFT folder (workdir/checkpoints/final_adapter) and DONE.json.
 """
 from __future__ import annotations
 

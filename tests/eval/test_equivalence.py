@@ -84,7 +84,8 @@ def test_case_list_has_at_least_100_cases_of_both_verdicts():
 
 @pytest.mark.parametrize("raw, normalized", [
     ("\\$1,200.00", "1,200"), ("\\dfrac12", "\\frac{1}{2}"), ("x = 3", "3"), ("\\left( 1, 2 \\right)", "(1,2)"),
-    ("5\\text{ cm}", "5"), ("12 apples", "12"), ("-1./3", "-\\frac{1}{3}"), ("1,000", "1,000"), ("\\pi r", "\\pi r"), ("-.5", "-0.5"), ("7/8", "\\frac{7}{8}"),
+    ("5\\text{ cm}", "5"), ("12 apples", "12"), ("-1./3", "-\\frac{1}{3}"), ("1,000", "1,000"),
+    ("\\pi r", "\\pi r"), ("-.5", "-0.5"), ("7/8", "\\frac{7}{8}"),
     ("\\begin{bmatrix}1\\end{bmatrix}", "\\begin{pmatrix}1\\end{pmatrix}"), ("\\sqrt3", "\\sqrt{3}"),
 ])
 def test_normalize_answer_writes_each_form_one_way(raw, normalized):
@@ -92,7 +93,8 @@ def test_normalize_answer_writes_each_form_one_way(raw, normalized):
 
 
 @pytest.mark.parametrize("text, value", [
-    ("42", 42.0), ("-0.25", -0.25), ("1,234.5", 1234.5), ("1,23", None), ("1e3", 1000.0), ("\\frac{3}{4}", 0.75), ("-\\frac{1}{4}", -0.25),
+    ("42", 42.0), ("-0.25", -0.25), ("1,234.5", 1234.5), ("1,23", None),
+    ("1e3", 1000.0), ("\\frac{3}{4}", 0.75), ("-\\frac{1}{4}", -0.25),
     ("2\\times10^{3}", 2000.0), ("1.5\\cdot10^{-2}", 0.015), ("\\frac{1}{0}", None), ("x", None), ("2\\pi", None),
 ])
 def test_to_number_reads_plain_numbers_only(text, value):
