@@ -31,7 +31,7 @@ import numpy as np
 
 from lr_jax.data.prompts import render_prompt as render_template
 from lr_jax.data.store import TARGET_PAD_ID, SampleStore, TrajectoryRecord, write_file_atomic
-from lr_jax.eval.files import iter_lines
+from lr_jax.eval.files import iter_jsonl
 
 ORIGINAL_SYSTEM_PROMPT = "Please reason step by step."
 ORIGINAL_TEMPLATE = "original"  # the original code's chat prompt (`original_prompt_text`)
@@ -132,13 +132,12 @@ def import_original(
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
   steps_by_prompt: dict[str, list[dict]] = {}
-  for line_number, line in iter_lines(path):
-    if line.strip():
-      entry = _parse_line(line, where=f"{path}:{line_number}")
-      if entry["token_ids"] and max(entry["token_ids"]) >= len(tokenizer):
-        raise ValueError(f"{path}:{line_number}: field 'token_ids' holds {max(entry['token_ids'])}, beyond the "
-                         f"tokenizer's {len(tokenizer)} ids")
-      steps_by_prompt.setdefault(entry["prompt_id"], []).append(entry)
+  for line_number, entry in iter_jsonl(path):
+    entry = _check_entry(entry, where=f"{path}:{line_number}")
+    if entry["token_ids"] and max(entry["token_ids"]) >= len(tokenizer):
+      raise ValueError(f"{path}:{line_number}: field 'token_ids' holds {max(entry['token_ids'])}, beyond the "
+                       f"tokenizer's {len(tokenizer)} ids")
+    steps_by_prompt.setdefault(entry["prompt_id"], []).append(entry)
 
   records = []
   for prompt_id, entries in steps_by_prompt.items():
@@ -158,13 +157,8 @@ def import_original(
   return records
 
 
-def _parse_line(line: str, *, where: str) -> dict:
-  try:
-    entry = json.loads(line)
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-  if not isinstance(entry, dict):
-    raise ValueError(f"{where}: expected a JSON object, got {type(entry).__name__}")
+def _check_entry(entry: dict, *, where: str) -> dict:
+  """`entry` (one line's object) checked, with `where` (file:line) added for later messages."""
   for field in _FIELDS:
     if field not in entry:
       raise ValueError(f"{where}: missing field {field!r}")
