@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 # jax.distributed.initialize() reads the TPU environment itself (LR_JAX_DISTRIBUTED=1).
 # The checkout as it is here: tracked and new (not ignored) files, without deleted ones.
 git ls-files -z --cached --others --exclude-standard |
-  while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done |
+  while IFS= read -r -d '' f; do if [ -e "$f" ]; then printf '%s\0' "$f"; fi; done |
   tar --null -czf /tmp/lr_jax_src.tgz -T -
 gcloud compute tpus tpu-vm scp /tmp/lr_jax_src.tgz "$name":lr_jax_src.tgz --zone="$zone" --worker=all
 gcloud compute tpus tpu-vm ssh "$name" --zone="$zone" --worker=all --command="

@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from lr_jax.contrastive_math import ContrastiveTargets, contrastive_targets
@@ -117,30 +118,33 @@ BATCH_KEYS = ("prompt_tokens", "prompt_mask", "completion_tokens", "completion_m
 
 
 def _checked_batch(batch: dict[str, jax.Array], rows: int) -> tuple[jax.Array, ...]:
-  """The batch's four arrays, after one-line errors for what would score the wrong positions: shapes
-  and dtypes always (static under jit), ids within both models' `rows` where the ids are concrete."""
+  """The batch's four arrays (integer 0/1 masks made bool), after one-line errors for what would
+  score the wrong positions: shapes and dtypes always (static under jit), and, where the values are
+  concrete, ids outside both models' `rows` at unmasked positions (padding may hold any id)."""
   missing = [k for k in BATCH_KEYS if k not in batch]
   if missing:
     raise ValueError(f"contrastive_step: batch lacks {missing}; it needs {list(BATCH_KEYS)}")
-  arrays = tuple(batch[k] for k in BATCH_KEYS)
-  for key, x in zip(BATCH_KEYS, arrays):
-    kind = jnp.bool_ if key.endswith("mask") else jnp.integer
-    if jnp.ndim(x) != 2 or not jnp.issubdtype(x.dtype, kind):
-      raise ValueError(f"contrastive_step: batch[{key!r}] should be a 2-D {'bool' if kind is jnp.bool_ else 'int'} "
-                       f"array [B, {'P' if key.startswith('prompt') else 'T'}], got {x.dtype} {list(jnp.shape(x))}")
+  arrays = [batch[k] for k in BATCH_KEYS]
+  for i, (key, x) in enumerate(zip(BATCH_KEYS, arrays)):
+    is_mask = key.endswith("mask")
+    if jnp.ndim(x) != 2 or not (jnp.issubdtype(x.dtype, jnp.integer) or is_mask and x.dtype == jnp.bool_):
+      raise ValueError(f"contrastive_step: batch[{key!r}] should be a 2-D {'bool' if is_mask else 'int'} array "
+                       f"[B, {'P' if key.startswith('prompt') else 'T'}], got {x.dtype} {list(jnp.shape(x))}")
+    if is_mask and x.dtype != jnp.bool_:
+      arrays[i] = x.astype(bool)
   (b, p), (b2, t) = arrays[0].shape, arrays[2].shape
   if arrays[1].shape != (b, p) or arrays[3].shape != (b2, t) or b != b2 or p < 1 or t < 1:
     raise ValueError(f"contrastive_step: prompts {list(arrays[0].shape)} (mask {list(arrays[1].shape)}) and "
                      f"completions {list(arrays[2].shape)} (mask {list(arrays[3].shape)}) need one batch size B, "
                      f"P >= 1 and T >= 1")
-  for key, x in zip(BATCH_KEYS[::2], arrays[::2]):
+  for key, ids, mask in ((BATCH_KEYS[0], arrays[0], arrays[1]), (BATCH_KEYS[2], arrays[2], arrays[3])):
     try:
-      lo, hi = (int(x.min()), int(x.max())) if x.size else (0, 0)
-    except (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError):
+      used = np.asarray(ids)[np.asarray(mask)]
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
       continue  # traced (under jit): the values are not known here
-    if not 0 <= lo <= hi < rows:
+    if used.size and not 0 <= used.min() <= used.max() < rows:
       raise ValueError(f"contrastive_step: batch[{key!r}] holds ids outside [0, {rows}), the rows both models hold")
-  return arrays
+  return tuple(arrays)
 
 
 def make_contrastive_step(expert_graphdef: nnx.GraphDef, amateur_graphdef: nnx.GraphDef,

@@ -183,7 +183,7 @@ def expand_user_paths(config: ml_collections.ConfigDict) -> None:
     node = config
     for parent in parents:
       node = node[parent]
-    if isinstance(node[name], str) and node[name].startswith("~"):
+    if isinstance(node.get(name), str) and node[name].startswith("~"):
       node[name] = os.path.expanduser(node[name])
 
 

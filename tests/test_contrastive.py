@@ -161,8 +161,8 @@ def test_tokenizer_pair_differing_only_in_special_tokens_is_accepted_with_warnin
     (lambda b: b.update(prompt_tokens=b["prompt_tokens"][:, :0], prompt_mask=b["prompt_mask"][:, :0]),
      "need one batch size B, P >= 1 and T >= 1"),
     (lambda b: b.update(completion_tokens=b["completion_tokens"][:2]), "need one batch size B"),
-    (lambda b: b.update(completion_mask=b["completion_mask"].astype(np.int32)),
-     "batch['completion_mask'] should be a 2-D bool array [B, T], got int32 [3, 9]"),
+    (lambda b: b.update(completion_mask=b["completion_mask"].astype(np.float32)),
+     "batch['completion_mask'] should be a 2-D bool array [B, T], got float32 [3, 9]"),
     (lambda b: b.update(prompt_tokens=b["prompt_tokens"].astype(np.float32)), "should be a 2-D int array [B, P]"),
     (lambda b: b["completion_tokens"].__setitem__((0, 0), VOCAB), f"holds ids outside [0, {VOCAB})"),
 ])
@@ -174,6 +174,19 @@ def test_a_batch_that_would_score_wrong_positions_is_refused_in_one_line(pair, c
   with pytest.raises(ValueError) as error:
     contrastive_step(nnx.split(e), nnx.split(a), batch)
   assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_integer_masks_and_any_pad_id_at_masked_positions_score_as_before(pair):
+  e = nnx.split(from_pretrained(pair[0], dtype=jnp.float32).model)
+  a = nnx.split(from_pretrained(pair[1], dtype=jnp.float32).model)
+  batch = _batch(np.random.default_rng(0))
+  want = contrastive_step(e, a, batch)
+  other = {**batch, "prompt_mask": batch["prompt_mask"].astype(np.int32),
+           "prompt_tokens": np.where(batch["prompt_mask"], batch["prompt_tokens"], -1),
+           "completion_tokens": np.where(batch["completion_mask"], batch["completion_tokens"], -1)}
+  got = contrastive_step(e, a, other)
+  np.testing.assert_array_equal(np.asarray(got.kept), np.asarray(want.kept))
+  np.testing.assert_allclose(np.asarray(got.kl), np.asarray(want.kl), rtol=1e-6, atol=1e-6)
 
 
 def test_config_out_of_range_is_refused():

@@ -120,6 +120,8 @@ def test_a_leading_tilde_in_path_fields_is_expanded(tmp_path, monkeypatch):
   pipeline.expand_user_paths(c)
   assert (c.data.tfds_dir, c.eval.data_dir, c.expert) == (f"{tmp_path}/tfds", f"{tmp_path}/data",
                                                           "Qwen/Qwen2.5-Math-1.5B")
+  del c.data["tfds_dir"]  # an optional field a config may leave out
+  pipeline.expand_user_paths(c)
 
 
 def test_stage_selection_keeps_pipeline_order():

@@ -45,7 +45,7 @@ _TEXT_WRAPPER_RE = re.compile(rf"{_TEXT_COMMANDS}\{{([^{{}}]*)\}}")
 _NUMBER_THEN_WORDS_RE = re.compile(r"(-?[\d.,:]*\d)\s+(?!(?:and|or)\b)(?:[aApP]\.[mM]\.?|[a-zA-Z]{2,}[a-zA-Z .'/]*)")
 _ASSIGNMENT_RE = re.compile(r"\s*(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?\w+\}?)?\s*(?:=|\\in(?![a-zA-Z]))\s*(.+)")
 _THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
-_NUMBER_DOT_RE = re.compile(r"(\d)\.(?!\d)")
+_NUMBER_DOT_RE = re.compile(r"(\d)\.(?=$|[eE][-+]?\d|[^\w\\])")  # "5." "1.e5" "-1./3"; not "0.\overline{3}"
 _FRAC_ARG = r"(\{[^{}]*\}|\d)"
 _FRAC_SHORTHAND_RE = re.compile(rf"\\frac{_FRAC_ARG}{_FRAC_ARG}")
 _SQRT_SHORTHAND_RE = re.compile(r"\\sqrt(\d+)")

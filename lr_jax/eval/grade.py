@@ -142,7 +142,7 @@ def _line_gold(line: Mapping[str, Any], benchmark: str, where: str) -> str:
     gold = line["gold"]
     if not isinstance(gold, (str, int, float)) or isinstance(gold, bool):
       raise ValueError(f"{where}: field 'gold' should be a string or number, got {type(gold).__name__}")
-    if benchmark in MULTIPLE_CHOICE and str(gold).strip().upper() not in CHOICE_LETTERS:
+    if benchmark in MULTIPLE_CHOICE and str(gold).strip().upper() not in tuple(CHOICE_LETTERS):
       raise ValueError(f"{where}: field 'gold' of a {benchmark} line should be a letter "
                        f"{', '.join(CHOICE_LETTERS)}, got {gold!r}")
     return str(gold)

@@ -51,8 +51,8 @@ def map_with_deadline(fn: Callable[[Task], Result], tasks: Sequence[Task], *, de
   """
   if deadline_s <= 0:
     raise ValueError(f"deadline_s must be > 0, got {deadline_s}")
-  if num_workers is not None and num_workers < 1:
-    raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+  if num_workers is not None and num_workers < 0:
+    raise ValueError(f"num_workers must be >= 0 (0: the CPUs available), got {num_workers}")
   if not tasks:
     return []
   context = multiprocessing.get_context("forkserver")

@@ -201,8 +201,9 @@ def run(config, workdir: common.Workdir, writer) -> dict:
                                 list(gen.finish_reasons), scored))
       kept = float(np.sum(scored.kept[:len(chunk_problems)]))
       steps = float(sum(map(len, completions)))
-      # steps go on from the batches a resumed run found stored, so metrics of two runs do not collide
-      writer.write("sample", -(-len(done) // global_batch) + b,
+      # steps go on from the batches a resumed run found stored (this process's shard: `bs` rows a
+      # batch), so metrics of two runs do not collide
+      writer.write("sample", -(-len(done) // bs) + b,
                    {"kept_ratio": kept / max(steps, 1.0), "new_tokens": steps, **timing})
     if scoring == LOCKSTEP:
       common.log("sample: lockstep generation and scoring %.1fs", seconds["lockstep_seconds"])

@@ -128,10 +128,11 @@ def test_command_line_reports_a_bad_line_in_one_line(tmp_path, capsys):
 
 def test_command_line_refuses_a_multiple_choice_gold_that_is_no_letter(tmp_path, capsys):
   source = tmp_path / "mmlu.jsonl"
-  _write_lines(source, [{"benchmark": "mmlu_stem", "completion": "\\boxed{C}", "gold": 2}])
-  assert main(["--input", str(source)]) == 2
-  error = capsys.readouterr().err.strip()
-  assert "mmlu.jsonl:1" in error and "should be a letter A, B, C, D, got 2" in error and "\n" not in error
+  for gold in (2, "AB", ""):
+    _write_lines(source, [{"benchmark": "mmlu_stem", "completion": "\\boxed{C}", "gold": gold}])
+    assert main(["--input", str(source)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "mmlu.jsonl:1" in error and f"should be a letter A, B, C, D, got {gold!r}" in error and "\n" not in error
 
 
 def test_python_dash_m_entry_point_grades_in_worker_processes(tmp_path):

@@ -40,8 +40,8 @@ def test_exception_in_a_worker_is_raised_in_the_caller():
     map_with_deadline(math.sqrt, [4.0, -1.0], deadline_s=30, on_failure=_failed, num_workers=1)
 
 
-def test_a_worker_count_below_one_is_refused():
-  with pytest.raises(ValueError, match="num_workers must be >= 1, got -1"):
+def test_a_negative_worker_count_is_refused():
+  with pytest.raises(ValueError, match=r"num_workers must be >= 0 \(0: the CPUs available\), got -1"):
     map_with_deadline(abs, [1], deadline_s=1, on_failure=_failed, num_workers=-1)
 
 
