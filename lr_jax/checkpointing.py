@@ -17,7 +17,6 @@ wanted now: a checkpoint saved on one mesh restores onto any other, or onto one 
 """
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Mapping
@@ -26,7 +25,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from lr_jax.errors import SettingsChanged
+from lr_jax.errors import SettingsChanged, check_unchanged
 
 
 class Checkpointer:
@@ -66,10 +65,11 @@ class Checkpointer:
     naming the entries, and the step is left where it is.
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    expect = expect or {}
     for step in reversed(self.all_steps()):
       try:
         meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-        _check_settings(meta, expect or {}, os.path.join(self.directory, str(step)))
+        check_unchanged(meta, expect, os.path.join(self.directory, str(step)), keys=[k for k in expect if k in meta])
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
         restored = self._manager.restore(step, args=args)
         return restored.state, restored.meta
@@ -97,15 +97,6 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
-
-
-def _check_settings(meta: Mapping[str, Any], expect: Mapping[str, Any], where: str) -> None:
-  expected = json.loads(json.dumps(dict(expect)))  # tuples -> lists, as the meta was stored
-  changed = [f"{key}: checkpoint {meta[key]!r}, now {value!r}" for key, value in expected.items()
-             if key in meta and meta[key] != value]
-  if changed:
-    raise SettingsChanged(f"{where} was written with other settings ({'; '.join(changed)}); rerun with the "
-                          f"checkpoint's settings, or start in a fresh workdir")
 
 
 def _free_name(path: str) -> str:

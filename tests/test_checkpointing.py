@@ -190,8 +190,8 @@ def test_a_checkpoint_of_other_settings_is_refused_by_name_and_left_in_place(mod
   ckpt.wait()
   with pytest.raises(SettingsChanged) as error:
     ckpt.restore(state, expect={"num_updates": 2, "lora": {"rank": 4, "targets": ("q_proj",)}})
-  assert str(error.value) == (f"{directory}/1 was written with other settings (num_updates: checkpoint 6, now 2); "
-                              "rerun with the checkpoint's settings, or start in a fresh workdir")
+  assert str(error.value) == (f"{directory}/1 was written with other settings (num_updates: saved 6, now 2); "
+                              "rerun with the saved settings, or use a fresh workdir")
   assert ckpt.all_steps() == [1] and not os.path.exists(os.path.join(directory, "1.corrupt"))
   # the same settings (tuples as the JSON meta stores them), and entries an older checkpoint lacks, pass
   _, meta = ckpt.restore(state, expect={"num_updates": 6, "lora": {"rank": 4, "targets": ("q_proj",)}, "seed": 3})

@@ -139,7 +139,7 @@ def test_run_killed_during_distillation_resumes_to_the_same_result(finished_run,
   changed = subprocess.run(_cmd(workdir, xla_cache, "--config.stages=demo,distill", "--config.distill.updates=7"),
                            cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
   error = changed.stderr.strip().splitlines()[-1]
-  assert changed.returncode == 1 and error.startswith("lr_jax: config error: ") and "num_updates: checkpoint" in error
+  assert changed.returncode == 1 and error.startswith("lr_jax: config error: ") and "num_updates: saved" in error
   _run(workdir, xla_cache, "--config.stages=demo,distill")
 
   def adapter(root):

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from lr_jax.errors import SettingsChanged
+from lr_jax.errors import check_unchanged
 
 TARGET_PAD_ID = -1  # target_ids entry of an unused top-K slot; its target_weights entry is 0.
 META_FILE = "meta.json"
@@ -256,11 +256,8 @@ class SampleStore:
     if not os.path.exists(meta_path):
       _write_json(meta_path, given)
     stored = _read_json(meta_path)  # Re-read: another process may have created it first.
-    for key in sorted(stored):  # a key only given was not recorded by the version that wrote the store
-      stored_value, given_value = stored[key], given.get(key, "<absent>")
-      if stored_value != given_value:
-        raise SettingsChanged(f"sample store {self.path}: meta key {key!r} differs: stored {stored_value!r}, "
-                              f"given {given_value!r}")
+    # A key only given was not recorded by the version that wrote the store: not checked.
+    check_unchanged(stored, given, f"sample store {self.path}")
     return stored
 
   def _shard_paths(self) -> list[str]:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from lr_jax.data.prompts import render_prompt
-from lr_jax.errors import SettingsChanged
+from lr_jax.errors import check_unchanged
 from lr_jax.eval.benchmarks import EvalItem
 from lr_jax.eval.fewshot import fewshot_prefix
 from lr_jax.eval.files import iter_jsonl, write_jsonl_atomic, write_text_atomic
@@ -105,8 +105,8 @@ def evaluate(items: Sequence[EvalItem], complete: Callable[[list[str]], Sequence
 
 
 def run_settings(template: str, system_prompt: str | None, settings: Mapping[str, Any] | None = None) -> dict:
-  """The settings.json of a run: template, system_prompt and `settings`, as JSON stores them."""
-  return json.loads(json.dumps({"template": template, "system_prompt": system_prompt, **(settings or {})}))
+  """The settings.json of a run: template, system_prompt and `settings`."""
+  return {"template": template, "system_prompt": system_prompt, **(settings or {})}
 
 
 def check_settings(run_dir: str | os.PathLike, recorded: Mapping[str, Any]) -> None:
@@ -116,12 +116,7 @@ def check_settings(run_dir: str | os.PathLike, recorded: Mapping[str, Any]) -> N
   if not path.is_file():
     return
   with open(path, encoding="utf-8") as f:
-    stored = json.load(f)
-  changed = [f"{key}: stored {stored[key]!r}, now {recorded.get(key, '<absent>')!r}" for key in sorted(stored)
-             if stored[key] != recorded.get(key, "<absent>")]
-  if changed:
-    raise SettingsChanged(f"{run_dir} was evaluated with other settings ({'; '.join(changed)}); use another run "
-                          f"name or a fresh workdir")
+    check_unchanged(json.load(f), recorded, str(run_dir))
 
 
 def finished(out_dir: str | os.PathLike, run_name: str, items: Sequence[EvalItem]) -> bool:

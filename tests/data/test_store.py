@@ -113,9 +113,9 @@ def test_reopening_with_another_process_count_is_refused(tmp_path):
 def test_meta_differing_from_the_stored_one_is_refused_naming_the_key(tmp_path):
   SampleStore(tmp_path / "s", meta=META)
   SampleStore(tmp_path / "s", meta={**META, "special_ids": [151643, 151645]})  # Tuple == list in JSON.
-  with pytest.raises(SettingsChanged, match=r"meta key 'beta' differs: stored 0.4, given 0.5$"):
+  with pytest.raises(SettingsChanged, match=r"s was written with other settings \(beta: saved 0.4, now 0.5\)"):
     SampleStore(tmp_path / "s", meta={**META, "beta": 0.5})
-  with pytest.raises(SettingsChanged, match=r"meta key 'K' differs: stored 4, given '<absent>'$"):
+  with pytest.raises(SettingsChanged, match=r"\(K: saved 4, now '<absent>'\)"):
     SampleStore(tmp_path / "s", meta={k: v for k, v in META.items() if k != "K"})
   # a key the stored meta lacks was not recorded by the version that wrote the store: not checked
   SampleStore(tmp_path / "s", meta={**META, "data": {"path": "train.jsonl"}})

@@ -117,7 +117,7 @@ def test_rerun_with_other_settings_is_refused_and_finished_tells_exact_item_sets
   for change, name in (({"template": "question-answer"}, "template"), ({"settings": {"model": "expert"}},
                                                                        "max_new_tokens")):
     kwargs = {"template": "qwen25-math-cot", "settings": {"model": "expert", "max_new_tokens": 64}, **change}
-    with pytest.raises(SettingsChanged, match=rf"r was evaluated with other settings \({name}: stored"):
+    with pytest.raises(SettingsChanged, match=rf"r was written with other settings \({name}: saved"):
       evaluate(gsm8k, _refuse, tmp_path, run_name="r", num_workers=1, **kwargs)
   assert finished(tmp_path, "r", gsm8k)
   assert not finished(tmp_path, "r", gsm8k[:5])  # other ids
