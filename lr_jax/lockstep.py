@@ -21,6 +21,7 @@ max_new_tokens, K top-k target slots, V vocabulary, D hidden.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from typing import Sequence
@@ -134,13 +135,17 @@ def lockstep_decode(expert_graphdef: nnx.GraphDef, amateur_graphdef: nnx.GraphDe
   def unfinished(s: LockstepState):
     return (s.step < max_new_tokens) & ~jnp.all(s.finished)
 
-  def step(s: LockstepState) -> LockstepState:
-    expert_hidden, expert_cache = decode_step(*expert, s.expert_cache, s.last, s.positions)
-    amateur_hidden, amateur_cache = decode_step(*amateur, s.amateur_cache, s.last, s.positions)
-    s = s.replace(expert_cache=expert_cache, amateur_cache=amateur_cache, positions=s.positions + 1)
-    return _record_step(s, expert_hidden, amateur_hidden, expert, amateur, spec, layout)
+  return jax.lax.while_loop(unfinished, functools.partial(lockstep_next, expert, amateur, spec=spec), s)
 
-  return jax.lax.while_loop(unfinished, step, s)
+
+def lockstep_next(expert: tuple[nnx.GraphDef, nnx.State], amateur: tuple[nnx.GraphDef, nnx.State], s: LockstepState,
+                  *, spec: LockstepSpec) -> LockstepState:
+  """One step of `lockstep_decode`'s loop: both models take each row's latest token, the next is
+  scored and appended. The models' projections are used as they are (fused or not)."""
+  expert_hidden, expert_cache = decode_step(*expert, s.expert_cache, s.last, s.positions)
+  amateur_hidden, amateur_cache = decode_step(*amateur, s.amateur_cache, s.last, s.positions)
+  s = s.replace(expert_cache=expert_cache, amateur_cache=amateur_cache, positions=s.positions + 1)
+  return _record_step(s, expert_hidden, amateur_hidden, expert, amateur, spec, nnx.merge(*expert).layout)
 
 
 lockstep_jit = jax.jit(lockstep_decode, static_argnums=(0, 1), static_argnames=("spec",))
@@ -209,7 +214,11 @@ def contrastive_decode(expert: tuple[nnx.GraphDef, nnx.State], amateur: tuple[nn
 
 
 # Memory model of `default_sampling_batch`.
-USABLE_MEMORY_FRACTION = 0.5  # of the device memory: headroom for XLA's temporaries and fragmentation
+# Of the device memory; the rest is headroom for fragmentation. The per-row terms below already
+# overestimate what XLA holds: 49 MB a row of the 1.5B/0.5B pair at 384 slots, against 23-28 MB
+# in XLA:TPU's memory analysis of the compiled lockstep loop on a v5e (bench/tpu_hlo.py) and ~31 MB
+# in the H200's measured peak at 256 rows (bench/RESULTS.md).
+USABLE_MEMORY_FRACTION = 0.8
 CHUNK_MEMORY_SHARE = 0.125  # of the usable memory left after weights, for one chunk of LM-head rows
 LOGIT_COPIES = 4  # float32 [rows, V] per chunk row: both models' logits and their vocabulary slices
 MAX_BATCH, MIN_CHUNK, MAX_CHUNK = 256, 16, 1024
@@ -225,9 +234,11 @@ def default_sampling_batch(expert_cfg: ModelConfig, amateur_cfg: ModelConfig, vo
   """Rows per device and scoring chunk for sampling, from the models' shapes and the device memory.
 
   Memory model (bytes on one device; weights replicated, as under the 'sample' rules), with
-  usable = USABLE_MEMORY_FRACTION * device_memory_bytes - weights of both models (plus a second copy
-  of their layer weights with `scanned_layers`, which teacher-forced scoring stacks for its scan, and
-  of their q/k/v and gate/up kernels with `fused_projections`, which decode loops concatenate):
+  usable = USABLE_MEMORY_FRACTION * device_memory_bytes - weights of both models - the copies a
+  program makes of them: with `scanned_layers` (teacher-forced scoring), the layer weights its scan
+  stacks (generation, a separate program before it, copies only a subset of the expert's: its fused
+  kernels); else, with `fused_projections`, the q/k/v and gate/up kernels both models' decode loops
+  concatenate:
     chunk rows: LOGIT_COPIES float32 `[V]` rows each, within CHUNK_MEMORY_SHARE of usable;
     batch rows: both KV caches over `max_len` slots, one forward's activations over `max_len`
       tokens (3 MLP-wide and 4 hidden-wide vectors per token, float32 attention scores per head),
@@ -250,9 +261,9 @@ def default_sampling_batch(expert_cfg: ModelConfig, amateur_cfg: ModelConfig, vo
   cfgs = (expert_cfg, amateur_cfg)
   heads_vocab = max(vocab, *(c.vocab_size for c in cfgs))
   weights = sum(c.num_params() for c in cfgs) * param_bytes
-  if scanned_layers:
+  if scanned_layers:  # the stacked layers; generation's fused expert kernels (a subset) are gone by then
     weights += sum(c.num_params(include_head=False) - c.vocab_size * c.hidden_size for c in cfgs) * param_bytes
-  if fused_projections:
+  elif fused_projections:
     weights += sum(c.num_layers * c.hidden_size * ((c.num_heads + 2 * c.num_kv_heads) * c.head_dim
                                                    + 2 * c.intermediate_size) for c in cfgs) * param_bytes
   usable = USABLE_MEMORY_FRACTION * device_memory_bytes - weights

@@ -172,11 +172,21 @@ def test_default_batch_shrinks_for_longer_sequences_and_float32_weights():
 
 def test_default_batch_counts_the_fused_projection_copies():
   """Decode loops hold a copy of both models' q/k/v and gate/up kernels (~2.2 GB here)."""
-  assert default_sampling_batch(QWEN_1_5B, QWEN_0_5B, 151665, 384, 16 * 2**30)[0] < \
-      default_sampling_batch(QWEN_1_5B, QWEN_0_5B, 151665, 384, 16 * 2**30, fused_projections=False)[0]
-  assert default_sampling_batch(QWEN_1_5B, QWEN_0_5B, 151665, 384, 8 * 2**30, fused_projections=False)[0] >= 1
+  assert default_sampling_batch(QWEN_1_5B, QWEN_0_5B, 151665, 384, 10 * 2**30)[0] < \
+      default_sampling_batch(QWEN_1_5B, QWEN_0_5B, 151665, 384, 10 * 2**30, fused_projections=False)[0]
+  assert default_sampling_batch(QWEN_1_5B, QWEN_0_5B, 151665, 384, 6 * 2**30, fused_projections=False)[0] >= 1
   with pytest.raises(ValueError, match="config.fuse_decode_projections=False"):
-    default_sampling_batch(QWEN_1_5B, QWEN_0_5B, 151665, 384, 8 * 2**30)
+    default_sampling_batch(QWEN_1_5B, QWEN_0_5B, 151665, 384, 6 * 2**30)
+
+
+def test_teacher_forced_batch_does_not_add_the_fused_copy_to_the_stacked_one():
+  """Teacher-forced sampling generates (the expert's fused kernels, ~1.6 GB) and then scores (both
+  models' stacked layers, ~3.3 GB) in separate programs: only the stacked copy counts, so a 16 GiB
+  chip (TPU v5e) gets a batch; before, their sum left it none."""
+  scanned = functools.partial(default_sampling_batch, QWEN_1_5B, QWEN_0_5B, 151665, 384, 16 * 2**30,
+                              scanned_layers=True)
+  assert scanned() == scanned(fused_projections=False)
+  assert scanned()[0] >= 8
 
 
 def test_default_batch_refuses_a_device_that_cannot_hold_the_weights():

@@ -12,6 +12,7 @@ the `(graphdef, state)` that `fused_for_decoding` returns inside the same jit, b
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import flax
 import jax
@@ -171,37 +172,40 @@ def start_decoding(graphdef: nnx.GraphDef, state: nnx.State, tokens: jax.Array, 
       step=jnp.ones((), jnp.int32))
 
 
+def decode_next(graphdef: nnx.GraphDef, state: nnx.State, s: DecodeState, *, spec: DecodeSpec) -> DecodeState:
+  """One step of `decode_until`: feeds each row's latest token and appends the next (pad_id, log-prob
+  0, for a finished row). The model's projections are used as they are (fused or not)."""
+  hidden, cache = decode_step(graphdef, state, s.cache, s.last, s.positions)
+  token, logprob = _choose(next_token_logits(graphdef, state, hidden, spec.valid_vocab), s.keys, s.step, spec)
+  active = ~s.finished
+  token = jnp.where(active, token, spec.pad_id)
+  logprob = jnp.where(active, logprob, 0.0)
+  return s.replace(
+      cache=cache,
+      tokens=jax.lax.dynamic_update_slice_in_dim(s.tokens, token[:, None], s.step, axis=1),
+      logprobs=jax.lax.dynamic_update_slice_in_dim(s.logprobs, logprob[:, None], s.step, axis=1),
+      num_tokens=s.num_tokens + active.astype(jnp.int32),
+      last=token,
+      positions=s.positions + 1,
+      finished=s.finished | (active & _is_eos(token, spec)),
+      step=s.step + 1)
+
+
 def decode_until(graphdef: nnx.GraphDef, state: nnx.State, decode_state: DecodeState, until: jax.Array,
                  *, spec: DecodeSpec) -> DecodeState:
-  """Decodes one token per step until `step == until` (int32 scalar <= N) or every row finished.
+  """Decodes one token per step (`decode_next`) until `step == until` (int32 scalar <= N) or every row
+  finished.
 
   A `lax.while_loop`: the compiled loop does not depend on `until`, so the caller can stop early
   (e.g. every few steps to check stop strings on the host) without recompiling. The model's
   projections are fused first (`fused_for_decoding`), once per call.
   """
-
   graphdef, state = fused_for_decoding(graphdef, state)
 
   def unfinished(s: DecodeState):
     return (s.step < until) & ~jnp.all(s.finished)
 
-  def step(s: DecodeState) -> DecodeState:
-    hidden, cache = decode_step(graphdef, state, s.cache, s.last, s.positions)
-    token, logprob = _choose(next_token_logits(graphdef, state, hidden, spec.valid_vocab), s.keys, s.step, spec)
-    active = ~s.finished
-    token = jnp.where(active, token, spec.pad_id)
-    logprob = jnp.where(active, logprob, 0.0)
-    return s.replace(
-        cache=cache,
-        tokens=jax.lax.dynamic_update_slice_in_dim(s.tokens, token[:, None], s.step, axis=1),
-        logprobs=jax.lax.dynamic_update_slice_in_dim(s.logprobs, logprob[:, None], s.step, axis=1),
-        num_tokens=s.num_tokens + active.astype(jnp.int32),
-        last=token,
-        positions=s.positions + 1,
-        finished=s.finished | (active & _is_eos(token, spec)),
-        step=s.step + 1)
-
-  return jax.lax.while_loop(unfinished, step, decode_state)
+  return jax.lax.while_loop(unfinished, functools.partial(decode_next, graphdef, state, spec=spec), decode_state)
 
 
 start_jit = jax.jit(start_decoding, static_argnums=(0,), static_argnames=("spec",))
