@@ -16,7 +16,8 @@ the slice's chips. It compiles each with XLA:TPU and reads off, per chip:
     no HBM figure on a TPU: it also counts the weights' async prefetches into on-chip memory (VMEM)
     and the reads from there, ~3-4x a decode step's HBM traffic,
   - collectives: kind, how many one call runs (known loop trip counts applied), bytes they produce,
-  - the largest float32 buffer (no `[B, T, V]` logits), and every custom call (no GPU kernel).
+  - the largest float32 array shape in the program (shapes are per chip: none may reach a chip's
+    `[B, T, V]` logits), and every custom call (no GPU kernel).
 
 Figures are the compiler's estimates for the target, not timings.
 
@@ -33,7 +34,7 @@ Targets (TARGETS), each at the config's mesh over all chips of the slice:
 Needs libtpu, not a TPU: in a separate environment,
   pip install "jax[tpu]==$(python -c 'import jax; print(jax.__version__)')" -r requirements.txt
   JAX_PLATFORMS=cpu PYTHONPATH=. python bench/tpu_hlo.py --tpu v5e-8,v6e-8,v4-8,v5p-8 --out /tmp/tpu_hlo
-(~6 minutes a slice on 2 cores). libtpu's warnings that it cannot tell the accelerator type or the
+(~5 minutes a slice on 2 cores). libtpu's warnings that it cannot tell the accelerator type or the
 worker hostnames are harmless here; it admits one process at a time unless
 ALLOW_MULTIPLE_LIBTPU_LOAD=1 is set.
 `--tpu cpu --smoke` runs the same path on this host's CPU devices with tiny shapes (the test).
@@ -89,6 +90,7 @@ TPUS = {
 
 @dataclasses.dataclass(frozen=True)
 class Workload:
+  """The model pair and the stages' sizes (configs/qwen_math.py's, or tiny ones for --smoke)."""
   expert: Any
   amateur: Any
   prompt_bucket: int
@@ -190,7 +192,7 @@ def lockstep_target(w: Workload, chip: Chip, devices) -> Target:
   per_chip = batch // layout.data_size
   return Target(loop, args, {"batch": batch, "rows_per_chip": per_chip, "chunk": chunk,
                              "tokens": (w.prompt_bucket, w.sample_new_tokens), "mesh": "sample (-1, 1, 1)",
-                             "bsv_elements": batch * w.sample_new_tokens * w.expert.vocab_size,
+                             "bsv_elements": per_chip * w.sample_new_tokens * w.expert.vocab_size,
                              "token_bytes": sum(suite.decode_step_bytes(c, per_chip, spec.slots)
                                                 for c in (w.expert, w.amateur))}, step)
 
@@ -212,7 +214,8 @@ def teacher_forced_target(w: Workload, chip: Chip, devices) -> Target:
 
   return Target(*program(True), {"batch": batch, "rows_per_chip": batch // layout.data_size, "chunk": chunk,
                                  "tokens": (p, t), "mesh": "sample (-1, 1, 1)",
-                                 "bsv_elements": batch * t * w.expert.vocab_size, "token_bytes": 0},
+                                 "bsv_elements": batch // layout.data_size * t * w.expert.vocab_size,
+                                 "token_bytes": 0},
                 lambda compiled: program(False))
 
 
@@ -246,7 +249,7 @@ def distill_target(w: Workload, chip: Chip, devices) -> Target:
   return Target(make_distill_step(graphdef, config, layout), (state, frozen, batch), {
       "batch": tokens[0] * tokens[1], "rows_per_chip": tokens[0] * tokens[1] // layout.data_size,
       "tokens": (tokens[2],), "mesh": "train (1, -1, 1)",
-      "bsv_elements": tokens[0] * tokens[1] * tokens[2] * w.expert.vocab_size})
+      "bsv_elements": tokens[0] * tokens[1] // layout.data_size * tokens[2] * w.expert.vocab_size})
 
 
 def generate_target(w: Workload, chip: Chip, devices) -> Target:
@@ -268,10 +271,11 @@ def generate_target(w: Workload, chip: Chip, devices) -> Target:
     fused_graphdef, fused_state = fused_abstract(graphdef, state)
     return jax.jit(functools.partial(decode_next, fused_graphdef, spec=spec)), (fused_state, first)
 
+  per_chip = b // layout.data_size
   return Target(jax.jit(functools.partial(decode_until, graphdef, spec=spec), donate_argnums=1), (state, first, seed),
-                {"batch": b, "rows_per_chip": b // layout.data_size, "tokens": (p, w.eval_new_tokens),
-                 "mesh": "eval (-1, 1, 1)", "bsv_elements": b * w.eval_new_tokens * w.expert.vocab_size,
-                 "token_bytes": suite.decode_step_bytes(w.expert, b // layout.data_size, spec.slots)}, step)
+                {"batch": b, "rows_per_chip": per_chip, "tokens": (p, w.eval_new_tokens), "mesh": "eval (-1, 1, 1)",
+                 "bsv_elements": per_chip * w.eval_new_tokens * w.expert.vocab_size,
+                 "token_bytes": suite.decode_step_bytes(w.expert, per_chip, spec.slots)}, step)
 
 
 TARGET_FNS = {"lockstep": lockstep_target, "teacher_forced": teacher_forced_target, "distill": distill_target,
@@ -352,7 +356,7 @@ def floors(c: dict[str, float], chip: Chip, hbm_bytes: float = 0.0) -> dict[str,
 
 
 def analyse(target: str, w: Workload, chip: Chip, devices, out_dir: str, name: str) -> dict[str, Any]:
-  """Compiles one target (and its per-token step) for the slice; its row of the summary."""
+  """Compiles one target (and the program its cost is taken from) for the slice; its row of the summary."""
   t0 = time.perf_counter()
   t = TARGET_FNS[target](w, chip, devices)
   compiled = t.fn.lower(*t.args).compile()
