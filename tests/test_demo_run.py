@@ -127,10 +127,13 @@ def test_run_killed_during_distillation_resumes_to_the_same_result(finished_run,
   metrics = workdir / "metrics.jsonl"
   proc = subprocess.Popen(_cmd(workdir, xla_cache, "--config.stages=demo,distill"), cwd=REPO_ROOT, env=_env(),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+  # past the first checkpoint (every 20 updates), and that one committed: saves run in the
+  # background, and a kill before one is renamed into place leaves nothing to resume from
+  first_checkpoint = workdir / "checkpoints" / "orbax" / "20"
   deadline = time.time() + 300
   while time.time() < deadline:
     lines = metrics.read_text().splitlines() if metrics.exists() else []
-    if sum('"stage": "distill"' in l for l in lines) >= 25:  # past the first checkpoint (every 20)
+    if sum('"stage": "distill"' in l for l in lines) >= 25 and first_checkpoint.is_dir():
       break
     time.sleep(0.2)
   os.killpg(proc.pid, signal.SIGKILL)
