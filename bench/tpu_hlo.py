@@ -30,6 +30,10 @@ Targets (TARGETS), each at the config's mesh over all chips of the slice:
                    on q, v, no remat, unrolled layers
   generate         evaluation decoding: the `decode_until` loop after `start_decoding`, mesh.eval
                    (-1, 1, 1), 64 rows, prompt bucket 256 + 2048 new tokens
+`--model 7b`: the math-7b variant's expert (Qwen2.5-Math-7B shape, untied embeddings), distilled with
+remat, sampled and evaluated with its weights split four ways over 'tensor' (mesh (-1, 1, 4)); a
+token's HBM floor then divides the weights and caches by four (the amateur's 2 kv heads do not
+split: an underestimate of its share).
 
 Needs libtpu, not a TPU: in a separate environment,
   pip install "jax[tpu]==$(python -c 'import jax; print(jax.__version__)')" -r requirements.txt
@@ -100,12 +104,20 @@ class Workload:
   distill_half_len: int
   eval_batch: int
   eval_new_tokens: int
+  sample_mesh: tuple[int, int, int] = (-1, 1, 1)  # (data, fsdp, tensor) of sampling and evaluation
+  distill_remat: bool = False
 
 
 FULL = Workload(expert=suite.FULL.expert, amateur=suite.FULL.amateur, prompt_bucket=256, sample_new_tokens=128,
                 problems=1000, distill_rows=16, distill_half_len=128, eval_batch=64, eval_new_tokens=2048)
+# configs/qwen_math.py:math-7b (remat on), its weights split four ways over 'tensor' for sampling
+FULL_7B = dataclasses.replace(
+    FULL, expert=dataclasses.replace(suite.qwen2(152064, 3584, 28, 28, 4, 128, 18944, 10000.0),
+                                     tie_word_embeddings=False),
+    sample_mesh=(-1, 1, 4), distill_remat=True)
 SMOKE = Workload(expert=suite.SMOKE.expert, amateur=suite.SMOKE.amateur, prompt_bucket=16, sample_new_tokens=8,
                  problems=16, distill_rows=8, distill_half_len=8, eval_batch=8, eval_new_tokens=8)
+WORKLOADS = {"1.5b": FULL, "7b": FULL_7B}
 
 
 @dataclasses.dataclass
@@ -149,12 +161,14 @@ def rows(layout, shape, dtype) -> jax.ShapeDtypeStruct:
 
 
 def sampling_batch(w: Workload, chip: Chip, ways: int, *, scanned: bool) -> tuple[int, int]:
-  """(global batch, scoring chunk) as the sample stage picks them for this chip's memory."""
+  """(global batch, scoring chunk) as the sample stage picks them for this chip's memory, over
+  `ways` data-parallel devices."""
   from lr_jax.generation.engine import bucket_size, output_slots
   from lr_jax.lockstep import default_sampling_batch
   per_device, chunk = default_sampling_batch(w.expert, w.amateur, w.expert.vocab_size,
                                              w.prompt_bucket + output_slots(w.sample_new_tokens), chip.hbm_bytes,
-                                             scanned_layers=scanned, fused_projections=True)
+                                             scanned_layers=scanned, fused_projections=True,
+                                             tensor_ways=w.sample_mesh[2])
   return min(per_device, bucket_size(-(-w.problems // ways))) * ways, chunk
 
 
@@ -173,13 +187,13 @@ def lockstep_target(w: Workload, chip: Chip, devices) -> Target:
   from lr_jax.generation.engine import output_slots
   from lr_jax.lockstep import LockstepSpec, lockstep_decode, lockstep_next
   from lr_jax.sharding import Layout, make_mesh
-  layout = Layout.create(make_mesh((-1, 1, 1), devices), "sample")
+  layout = Layout.create(make_mesh(w.sample_mesh, devices), "sample")
   batch, chunk = sampling_batch(w, chip, layout.data_size, scanned=False)
   eg, es = abstract_model(w.expert, layout)
   ag, as_ = abstract_model(w.amateur, layout)
   out_len = output_slots(w.sample_new_tokens)
-  spec = LockstepSpec(config=ContrastiveConfig(chunk_size=chunk), vocab=w.expert.vocab_size, eos_ids=(0,),
-                      pad_id=0, slots=w.prompt_bucket + out_len, out_len=out_len)
+  spec = LockstepSpec(config=ContrastiveConfig(chunk_size=chunk), vocab=min(w.expert.vocab_size, w.amateur.vocab_size),
+                      eos_ids=(0,), pad_id=0, slots=w.prompt_bucket + out_len, out_len=out_len)
   loop = jax.jit(functools.partial(lockstep_decode, eg, ag, spec=spec))
   args = (es, as_, rows(layout, (batch, w.prompt_bucket), jnp.int32), rows(layout, (batch, w.prompt_bucket), bool),
           jax.ShapeDtypeStruct((), jnp.int32))
@@ -191,16 +205,16 @@ def lockstep_target(w: Workload, chip: Chip, devices) -> Target:
 
   per_chip = batch // layout.data_size
   return Target(loop, args, {"batch": batch, "rows_per_chip": per_chip, "chunk": chunk,
-                             "tokens": (w.prompt_bucket, w.sample_new_tokens), "mesh": "sample (-1, 1, 1)",
+                             "tokens": (w.prompt_bucket, w.sample_new_tokens), "mesh": f"sample {w.sample_mesh}",
                              "bsv_elements": per_chip * w.sample_new_tokens * w.expert.vocab_size,
                              "token_bytes": sum(suite.decode_step_bytes(c, per_chip, spec.slots)
-                                                for c in (w.expert, w.amateur))}, step)
+                                                for c in (w.expert, w.amateur)) / w.sample_mesh[2]}, step)
 
 
 def teacher_forced_target(w: Workload, chip: Chip, devices) -> Target:
   from lr_jax.contrastive import ContrastiveConfig, make_contrastive_step
   from lr_jax.sharding import Layout, make_mesh
-  layout = Layout.create(make_mesh((-1, 1, 1), devices), "sample")
+  layout = Layout.create(make_mesh(w.sample_mesh, devices), "sample")
   batch, chunk = sampling_batch(w, chip, layout.data_size, scanned=True)
   p, t = w.prompt_bucket, w.sample_new_tokens
   data = {"prompt_tokens": rows(layout, (batch, p), jnp.int32), "prompt_mask": rows(layout, (batch, p), bool),
@@ -213,7 +227,7 @@ def teacher_forced_target(w: Workload, chip: Chip, devices) -> Target:
     return make_contrastive_step(eg, ag, ContrastiveConfig(chunk_size=chunk)), (es, as_, data)
 
   return Target(*program(True), {"batch": batch, "rows_per_chip": batch // layout.data_size, "chunk": chunk,
-                                 "tokens": (p, t), "mesh": "sample (-1, 1, 1)",
+                                 "tokens": (p, t), "mesh": f"sample {w.sample_mesh}",
                                  "bsv_elements": batch // layout.data_size * t * w.expert.vocab_size,
                                  "token_bytes": 0},
                 lambda compiled: program(False))
@@ -229,7 +243,7 @@ def distill_target(w: Workload, chip: Chip, devices) -> Target:
   lora = LoRAConfig(targets=("q_proj", "v_proj"), rank=8, alpha=16.0, dropout=0.05)
 
   def build():
-    model = Transformer(w.expert, dtype=jnp.bfloat16, layout=layout, rngs=nnx.Rngs(0))
+    model = Transformer(w.expert, dtype=jnp.bfloat16, layout=layout, remat=w.distill_remat, rngs=nnx.Rngs(0))
     apply_lora(model, lora, rngs=nnx.Rngs(0))
     return model
 
@@ -256,7 +270,7 @@ def generate_target(w: Workload, chip: Chip, devices) -> Target:
   from lr_jax.generation.engine import DecodeSpec, decode_next, decode_until, output_slots, start_decoding
   from lr_jax.generation.sampling import SamplingConfig
   from lr_jax.sharding import Layout, make_mesh
-  layout = Layout.create(make_mesh((-1, 1, 1), devices), "sample")
+  layout = Layout.create(make_mesh(w.sample_mesh, devices), "sample")
   graphdef, state = abstract_model(w.expert, layout)
   out_len = output_slots(w.eval_new_tokens)
   spec = DecodeSpec(sampling=SamplingConfig(), eos_ids=(0,), pad_id=0, valid_vocab=None,
@@ -273,9 +287,10 @@ def generate_target(w: Workload, chip: Chip, devices) -> Target:
 
   per_chip = b // layout.data_size
   return Target(jax.jit(functools.partial(decode_until, graphdef, spec=spec), donate_argnums=1), (state, first, seed),
-                {"batch": b, "rows_per_chip": per_chip, "tokens": (p, w.eval_new_tokens), "mesh": "eval (-1, 1, 1)",
+                {"batch": b, "rows_per_chip": per_chip, "tokens": (p, w.eval_new_tokens),
+                 "mesh": f"eval {w.sample_mesh}",
                  "bsv_elements": per_chip * w.eval_new_tokens * w.expert.vocab_size,
-                 "token_bytes": suite.decode_step_bytes(w.expert, per_chip, spec.slots)}, step)
+                 "token_bytes": suite.decode_step_bytes(w.expert, per_chip, spec.slots) / w.sample_mesh[2]}, step)
 
 
 TARGET_FNS = {"lockstep": lockstep_target, "teacher_forced": teacher_forced_target, "distill": distill_target,
@@ -434,6 +449,8 @@ def main(argv=None) -> dict[str, Any]:
   p.add_argument("--out", default="tpu_hlo_out")
   p.add_argument("--tpu", default="v5e-8", help=f"comma-separated subset of {', '.join(TPUS)}, or cpu")
   p.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated subset of {', '.join(TARGETS)}")
+  p.add_argument("--model", choices=sorted(WORKLOADS), default="1.5b",
+                 help="the expert of configs/qwen_math.py (1.5b) or of its math-7b variant")
   p.add_argument("--smoke", action="store_true", help="tiny shapes (with --tpu cpu: the test)")
   args = p.parse_args(argv)
   names = [t for t in args.tpu.split(",") if t]
@@ -444,9 +461,9 @@ def main(argv=None) -> dict[str, Any]:
   for t in targets:
     if t not in TARGET_FNS:
       p.error(f"--targets: unknown target {t!r}; known: {', '.join(TARGETS)}")
-  w = SMOKE if args.smoke else FULL
+  w = SMOKE if args.smoke else WORKLOADS[args.model]
   os.makedirs(args.out, exist_ok=True)
-  results: dict[str, Any] = {"jax": jax.__version__, "smoke": args.smoke, "tpus": {},
+  results: dict[str, Any] = {"jax": jax.__version__, "smoke": args.smoke, "model": args.model, "tpus": {},
                              "chips": {n: dataclasses.asdict(TPUS[n]) for n in names if n in TPUS}}
   for name in names:
     devices, chip = topology_devices(name)

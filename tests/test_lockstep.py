@@ -189,6 +189,20 @@ def test_teacher_forced_batch_does_not_add_the_fused_copy_to_the_stacked_one():
   assert scanned()[0] >= 8
 
 
+def test_a_tensor_axis_splits_the_weights_so_a_7b_expert_fits_a_16_gib_chip():
+  """Qwen2.5-Math-7B beside the 0.5B amateur: 17 GB of bf16 weights, replicated, cannot fit a TPU v5e
+  chip; split four ways over 'tensor' (28 heads, 4 kv heads) they can, and the error says so."""
+  qwen_7b = dataclasses.replace(QWEN_1_5B, vocab_size=152064, hidden_size=3584, num_heads=28, num_kv_heads=4,
+                                intermediate_size=18944, tie_word_embeddings=False)
+  with pytest.raises(ValueError, match=r"config.mesh.sample = \(-1, 1, T\), T > 1"):
+    default_sampling_batch(qwen_7b, QWEN_0_5B, 151665, 384, 16 * 2**30)
+  batch, chunk = default_sampling_batch(qwen_7b, QWEN_0_5B, 151665, 384, 16 * 2**30, tensor_ways=4)
+  assert batch >= 16 and chunk >= MIN_CHUNK
+  # the 1.5B pair gains too, though its 2 kv heads do not split four ways (its caches stay whole)
+  assert default_sampling_batch(QWEN_1_5B, QWEN_0_5B, 151665, 384, 10 * 2**30, tensor_ways=4)[0] > \
+      default_sampling_batch(QWEN_1_5B, QWEN_0_5B, 151665, 384, 10 * 2**30)[0]
+
+
 def test_default_batch_refuses_a_device_that_cannot_hold_the_weights():
   with pytest.raises(ValueError, match="cannot hold both models"):
     default_sampling_batch(QWEN_1_5B, QWEN_0_5B, 151665, 384, 4 * 2**30)

@@ -109,7 +109,8 @@ def batch_and_chunk(config, expert_cfg: ModelConfig, amateur_cfg: ModelConfig, v
   per_device, auto_chunk = default_sampling_batch(expert_cfg, amateur_cfg, valid_vocab, max_len, memory,
                                                   param_bytes=jnp.dtype(common.dtype_of(config.dtype)).itemsize,
                                                   scanned_layers=scanned,
-                                                  fused_projections=config.get("fuse_decode_projections", True))
+                                                  fused_projections=config.get("fuse_decode_projections", True),
+                                                  tensor_ways=layout.mesh.shape["tensor"])
   ways = layout.data_size
   if not batch:
     per_device = min(per_device, bucket_size(-(-num_problems // ways)))
