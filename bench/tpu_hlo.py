@@ -106,6 +106,7 @@ class Workload:
   eval_new_tokens: int
   sample_mesh: tuple[int, int, int] = (-1, 1, 1)  # (data, fsdp, tensor) of sampling and evaluation
   distill_remat: bool = False
+  sample_rows: int = 0  # sampling rows per chip; 0: what the sample stage picks for the chip's memory
 
 
 FULL = Workload(expert=suite.FULL.expert, amateur=suite.FULL.amateur, prompt_bucket=256, sample_new_tokens=128,
@@ -169,6 +170,8 @@ def sampling_batch(w: Workload, chip: Chip, ways: int, *, scanned: bool) -> tupl
                                              w.prompt_bucket + output_slots(w.sample_new_tokens), chip.hbm_bytes,
                                              scanned_layers=scanned, fused_projections=True,
                                              tensor_ways=w.sample_mesh[2])
+  if w.sample_rows:
+    return w.sample_rows * ways, chunk
   return min(per_device, bucket_size(-(-w.problems // ways))) * ways, chunk
 
 
@@ -451,6 +454,8 @@ def main(argv=None) -> dict[str, Any]:
   p.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated subset of {', '.join(TARGETS)}")
   p.add_argument("--model", choices=sorted(WORKLOADS), default="1.5b",
                  help="the expert of configs/qwen_math.py (1.5b) or of its math-7b variant")
+  p.add_argument("--sample-rows", type=int, default=0,
+                 help="sampling rows per chip (lockstep, teacher_forced); 0: the sample stage's choice")
   p.add_argument("--smoke", action="store_true", help="tiny shapes (with --tpu cpu: the test)")
   args = p.parse_args(argv)
   names = [t for t in args.tpu.split(",") if t]
@@ -461,7 +466,9 @@ def main(argv=None) -> dict[str, Any]:
   for t in targets:
     if t not in TARGET_FNS:
       p.error(f"--targets: unknown target {t!r}; known: {', '.join(TARGETS)}")
-  w = SMOKE if args.smoke else WORKLOADS[args.model]
+  if args.sample_rows < 0:
+    p.error(f"--sample-rows: expected >= 0, got {args.sample_rows}")
+  w = dataclasses.replace(SMOKE if args.smoke else WORKLOADS[args.model], sample_rows=args.sample_rows)
   os.makedirs(args.out, exist_ok=True)
   results: dict[str, Any] = {"jax": jax.__version__, "smoke": args.smoke, "model": args.model, "tpus": {},
                              "chips": {n: dataclasses.asdict(TPUS[n]) for n in names if n in TPUS}}

@@ -109,11 +109,18 @@ def test_smoke_compiles_every_target_on_the_cpu_mesh(tpu_hlo, tmp_path):
   assert (tmp_path / "cpu-distill.hlo.txt.gz").stat().st_size > 0
 
 
+def test_sample_rows_override_the_memory_based_choice(tpu_hlo, tmp_path):
+  rows = tpu_hlo.main(["--tpu", "cpu", "--smoke", "--targets", "lockstep", "--sample-rows", "3",
+                       "--out", str(tmp_path)])["tpus"]["cpu"]["lockstep"]
+  assert rows["rows_per_chip"] == 3 and rows["batch"] == 3 * 8
+
+
 def test_unknown_slice_or_target_is_refused(tpu_hlo, tmp_path, capsys):
-  for argv in (["--tpu", "v9-8"], ["--targets", "decode"]):
+  for argv in (["--tpu", "v9-8"], ["--targets", "decode"], ["--sample-rows", "-1"]):
     with pytest.raises(SystemExit):
       tpu_hlo.main(argv + ["--out", str(tmp_path)])
-    assert "unknown" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown" in err or "expected >= 0" in err
 
 
 def test_without_libtpu_the_script_exits_with_what_to_install(tpu_hlo, tmp_path):
