@@ -14,6 +14,8 @@ I/O). Sections, in order (each guarded: an error is recorded and the next sectio
                model's decode attention is the Pallas kernel (NVIDIA GPUs), each batch is timed with
                XLA's attention too, and the kernel is checked against `attend` on one layer's shapes
                and timed at each of a few Triton launch settings (slots per iteration, warps, stages).
+               On a Hopper GPU the largest batch is also timed with the projections through JAX's
+               Mosaic GPU matmul (`decode_gemm="mosaic"`).
   contrastive  `make_contrastive_step` on 64 trajectories of 128 + 128 tokens: trajectories/s, MFU
                (2 * trunk params * tokens for both trunks + 2 * D * V per scored position for both
                heads) over the measured and the nominal peak, and a check that no float32
@@ -86,6 +88,7 @@ from lr_jax.generation.sampling import SamplingConfig  # noqa: E402
 from lr_jax.models.config import ModelConfig  # noqa: E402
 from lr_jax.models.lora import LoRAConfig, apply_lora, split_trainable  # noqa: E402
 from lr_jax.models.transformer import Transformer  # noqa: E402
+from lr_jax.ops import hopper_gemm  # noqa: E402
 
 SECTIONS = ("ceilings", "generate", "contrastive", "lockstep", "distill", "torch", "projection")
 PAPER_HOURS_H200 = 0.5  # the original LightReasoner run (sampling + training) as the paper reports it
@@ -435,8 +438,10 @@ def section_generate(ctx: Context) -> dict[str, Any]:
   """Greedy generation at each batch with the model's decode attention ("auto": the Pallas kernel on
   NVIDIA GPUs) and, where that is the Pallas kernel, with XLA's attention too (speed-up, and the
   share of rows whose greedy tokens agree), and at the largest batch with the kernel's fastest
-  launch setting from the kernel check, where it beats the default by `TUNED_MIN_GAIN`, and with
-  the projections unfused (`Transformer.fuse_decode_projections` off: 5 GEMMs a layer, not 2)."""
+  launch setting from the kernel check, where it beats the default by `TUNED_MIN_GAIN`, with the
+  projections unfused (`Transformer.fuse_decode_projections` off: 5 GEMMs a layer, not 2), and on a
+  Hopper GPU with the projections through JAX's Mosaic GPU matmul (`decode_gemm="mosaic"`, the
+  modelled tilings of `lr_jax.ops.hopper_gemm`)."""
   s = ctx.shapes
   model = ctx.model("expert")
   pallas = model.pallas_decode(max(s.gen_batches), s.prompt_len + output_slots(s.new_tokens))
@@ -482,6 +487,20 @@ def section_generate(ctx: Context) -> dict[str, Any]:
       log(f"generate batch {batch} (separate projections): {sep['step_s'] * 1e3:.2f} ms/step, roofline "
           f"{sep.get('roofline_fraction', float('nan')) * 100:.1f}%: fused {sep['fused_speedup']:.2f}x; "
           f"rows agreeing {100 * sep['rows_agreeing']:.0f}%")
+    if batch == max(s.gen_batches) and model.fuse_decode_projections:
+      why = hopper_gemm.unavailable()
+      if why:
+        result["mosaic_gemms"] = f"not timed: {why}"
+      else:
+        try:
+          mosaic = row["mosaic_gemms"] = time_variant(ctx, model, batch, tokens, decode_gemm="mosaic")
+          mosaic["vs_xla_gemms"] = row["step_s"] / mosaic["step_s"]
+          log(f"generate batch {batch} (Mosaic GPU GEMMs): {mosaic['step_s'] * 1e3:.2f} ms/step, roofline "
+              f"{mosaic.get('roofline_fraction', float('nan')) * 100:.1f}%: {mosaic['vs_xla_gemms']:.2f}x XLA's GEMMs; "
+              f"rows agreeing {100 * mosaic['rows_agreeing']:.0f}%")
+        except Exception as e:  # noqa: BLE001  a kernel that fails here must not cost the other timings
+          row["mosaic_gemms"] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+          log(f"generate batch {batch} (Mosaic GPU GEMMs) failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
     result["batches"][str(batch)] = row
   return result
 
@@ -874,13 +893,17 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
                  f"({_fmt(g.get('roofline_fraction_written'), 100, '%')} of the slots written), "
                  f"compile {_fmt(g.get('compile_s'), unit=' s')}, {gen.get('decode_attention')} decode attention"
                  if "tokens_per_s" in g else g.get("note", "-")))
-    x, sep, t = (g.get(k) for k in ("xla_decode_attention", "separate_projections", "tuned_decode_launch"))
+    x, sep, t, mg = (g.get(k) for k in ("xla_decode_attention", "separate_projections", "tuned_decode_launch",
+                                        "mosaic_gemms"))
     if x:
       rows.append((f"generate batch {b}, XLA attention",
                    _variant(x, f"Pallas {_fmt(x['pallas_speedup'], unit='x', digits=2)}")))
     if sep:
       rows.append((f"generate batch {b}, separate projections",
                    _variant(sep, f"fused {_fmt(sep['fused_speedup'], unit='x', digits=2)}")))
+    if mg:
+      rows.append((f"generate batch {b}, Mosaic GPU GEMMs", f"failed: {mg['error'].splitlines()[0][:160]}"
+                   if "error" in mg else _variant(mg, f"{_fmt(mg['vs_xla_gemms'], unit='x', digits=2)} XLA's GEMMs")))
     if t:
       launch = t["launch"]
       rows.append((f"generate batch {b}, tuned kernel", _variant(

@@ -20,7 +20,9 @@ optimized HLO, per step:
   - the traffic floor: traffic / the target's bandwidth.
 
 Targets and their variants, each printed as a ratio to the first (the baseline) of its group:
-  decode_b64, decode_b256   `decode_until` (one step of the while loop), XLA's attention vs the Pallas kernel
+  decode_b64, decode_b256   `decode_until` (one step of the while loop), XLA's attention vs the Pallas kernel,
+                            and the Pallas kernel with the projections through JAX's Hopper matmul
+                            (`decode_gemm="mosaic"`: its calls count as custom-call launches)
   distill                   LoRA r 8 (q, v) update, 16 rows x 256 tokens, no remat:
                             unrolled+xla (baseline), unrolled+cudnn, scan+xla, scan+cudnn
   contrastive               teacher-forced `contrastive_step`, 64 x (128 + 128) tokens: xla, cudnn
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import dataclasses
 import functools
 import gzip
@@ -79,6 +82,7 @@ GPUS = {
     "h100": {"name": "NVIDIA H100 80GB HBM3", "bandwidth": 3_352_320_000_000, "memory": 84_929_347_584},
     "h200": {"name": "NVIDIA H200", "bandwidth": 4_800_000_000_000, "memory": 150_754_820_096},
 }
+SMS = 132  # an H100's or H200's streaming multiprocessors (core_count above)
 TARGETS = ("decode_b64", "decode_b256", "distill", "contrastive", "attention_mesh")
 _BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4, "s32": 4, "u32": 4,
           "f64": 8, "s64": 8, "u64": 8}
@@ -277,23 +281,42 @@ def _abstract(tree, sharding):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
-def decode_hlo(shapes: suite.Shapes, batch: int, decode_attention: str, sharding) -> str:
+@contextlib.contextmanager
+def as_on_hopper(sms: int = SMS):
+  """`lr_jax.ops.hopper_gemm` (and JAX's kernel) as on a Hopper GPU of `sms` SMs, for a deviceless
+  compile: here device 0 is the CPU."""
+  from jax.experimental.pallas.ops.gpu import hopper_matmul_mgpu as hm
+
+  from lr_jax.ops import hopper_gemm
+  saved = hopper_gemm.unavailable, hopper_gemm.num_sms, hm.get_num_sms
+  hopper_gemm.unavailable, hopper_gemm.num_sms, hm.get_num_sms = (lambda: None), (lambda: sms), (lambda: sms)
+  try:
+    yield
+  finally:
+    hopper_gemm.unavailable, hopper_gemm.num_sms, hm.get_num_sms = saved
+
+
+def decode_hlo(shapes: suite.Shapes, batch: int, decode_attention: str, sharding, decode_gemm: str = "xla") -> str:
+  """`decode_until` compiled with the given decode attention kernel, and the projections through
+  XLA's GEMMs or ("mosaic") JAX's Hopper matmul (`Transformer.decode_gemm`)."""
   from lr_jax.generation.engine import DecodeSpec, decode_until, output_slots, start_decoding
   from lr_jax.generation.sampling import SamplingConfig
   from lr_jax.models.transformer import Transformer
-  graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(
-      shapes.expert, dtype=jnp.bfloat16, decode_attention=decode_attention, rngs=nnx.Rngs(0))))
-  state = _abstract(state, sharding)
-  out_len = output_slots(shapes.new_tokens)
-  spec = DecodeSpec(sampling=SamplingConfig(), eos_ids=(), pad_id=0, valid_vocab=None,
-                    slots=shapes.prompt_len + out_len, out_len=out_len, return_logprobs=False)
-  prompt = jax.ShapeDtypeStruct((batch, shapes.prompt_len), jnp.int32, sharding=sharding)
-  scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=sharding)
-  first = _abstract(jax.eval_shape(functools.partial(start_decoding, graphdef, spec=spec), state, prompt,
-                                   prompt.update(dtype=jnp.bool_), jax.ShapeDtypeStruct((batch,), jnp.int32),
-                                   scalar), sharding)
-  decode = jax.jit(functools.partial(decode_until, graphdef, spec=spec), donate_argnums=1)
-  return decode.lower(state, first, scalar).compile().as_text()
+  with as_on_hopper() if decode_gemm == "mosaic" else contextlib.nullcontext():
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(
+        shapes.expert, dtype=jnp.bfloat16, decode_attention=decode_attention, decode_gemm=decode_gemm,
+        rngs=nnx.Rngs(0))))
+    state = _abstract(state, sharding)
+    out_len = output_slots(shapes.new_tokens)
+    spec = DecodeSpec(sampling=SamplingConfig(), eos_ids=(), pad_id=0, valid_vocab=None,
+                      slots=shapes.prompt_len + out_len, out_len=out_len, return_logprobs=False)
+    prompt = jax.ShapeDtypeStruct((batch, shapes.prompt_len), jnp.int32, sharding=sharding)
+    scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=sharding)
+    first = _abstract(jax.eval_shape(functools.partial(start_decoding, graphdef, spec=spec), state, prompt,
+                                     prompt.update(dtype=jnp.bool_), jax.ShapeDtypeStruct((batch,), jnp.int32),
+                                     scalar), sharding)
+    decode = jax.jit(functools.partial(decode_until, graphdef, spec=spec), donate_argnums=1)
+    return decode.lower(state, first, scalar).compile().as_text()
 
 
 def distill_hlo(shapes: suite.Shapes, scan: bool, attention: str, sharding) -> str:
@@ -346,8 +369,9 @@ def variants(target: str, shapes: suite.Shapes, devices) -> list[tuple[str, Call
             for m in ((1, 8, 1), (2, 2, 2), (4, 1, 2), (1, 2, 4))]
   if target.startswith("decode_b"):
     batch = int(target[len("decode_b"):])
-    return [(kernel, functools.partial(decode_hlo, shapes, batch, kernel, sharding), True)
-            for kernel in ("xla", "pallas")]
+    return [(kernel + ("+mosaic" if gemm == "mosaic" else ""),
+             functools.partial(decode_hlo, shapes, batch, kernel, sharding, gemm), True)
+            for kernel, gemm in (("xla", "xla"), ("pallas", "xla"), ("pallas", "mosaic"))]
   if target == "distill":
     return [(f"{'scan' if scan else 'unrolled'}+{attn}",
              functools.partial(distill_hlo, shapes, scan, attn, sharding), False)

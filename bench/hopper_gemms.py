@@ -12,19 +12,21 @@ q/k/v `[D, (H + 2K) Dh]`, o `[H Dh, D]`):
   chain   the timing chain's own work without a GEMM (`no_gemm`), which every row below includes
   xla     28 GEMMs, one per layer with weights of their own (so they stream from HBM as in a
           decode step, not from L2), through XLA's dot
-  mgpu    the same through the Mosaic GPU kernel, for the tilings of a small sweep that divide the
+  mgpu    the same through the Mosaic GPU kernel (`lr_jax.ops.hopper_gemm`, which
+          `Transformer(decode_gemm="mosaic")` calls), for the tilings of its sweep that divide the
           shape: per warpgroup tile_m 64|128 x tile_n 64|128, the CTA's two compute warpgroups side
           by side along M or N, k tiles of 64, up to 4 loads in flight (as many as fit in shared
           memory). At M = 256 the q/k/v, o and down projections have 12-64 output tiles for 132
           SMs, so K may be split: the kernel's body then runs on S groups of CTAs, one per slice of
-          K, into float32 partials that XLA sums. A model of the tile schedule (`estimate_seconds`)
-          picks each tiling's slices and orders the tilings; the --per-shape fastest modelled are
-          timed, each output checked against XLA's
+          K, into float32 partials that XLA sums. A model of the tile schedule
+          (`hopper_gemm.estimate_seconds`) picks each tiling's slices and orders the tilings; the
+          --per-shape fastest modelled are timed, each output checked against XLA's
 
 then one step's projections as bench/decode_gemms.py's `merged` variant runs them (norms, SwiGLU,
 residual adds), with each projection through whichever kernel was faster, against XLA's dot
 throughout: no timing chain there, so this is the figure that says whether the decode loop should
-call the kernel.
+call the kernel, and with which tilings (`Transformer(gemm_tilings=...)`; the accelerator suite
+times generation with the modelled ones).
 
 A row's time is that of one chain of 28 GEMMs, each GEMM's input taking one element of the
 previous one's output (`chain_loop`), / 28: (time of 2n chains - time of n) / n, with n chains in
@@ -40,8 +42,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
-import inspect
 import json
 import os
 import statistics
@@ -58,21 +58,10 @@ import numpy as np  # noqa: E402
 import accelerator_suite as suite  # noqa: E402
 import decode_gemms  # noqa: E402
 
-# (tile_m, tile_n) of each compute warpgroup, and the dimension along which the CTA's two sit.
-SWEEP = ((64, 64, "N"), (64, 128, "N"), (64, 64, "M"), (64, 128, "M"),
-         (128, 64, "N"), (128, 128, "N"), (128, 64, "M"), (128, 128, "M"))
-TILE_K = 64
-EPILOGUE_TILE = 64
+from lr_jax.ops import hopper_gemm  # noqa: E402
+
 LAYERS = 28
 MIXED_STEP_RESERVE_S = 30.0
-MAX_SPLITS = 8
-SMEM_BYTES = 232448  # shared memory a Hopper CTA may use (227 KiB)
-# Figures of the model that orders the sweep (an H100/H200 SXM; for ordering only, nothing is
-# reported against them): dense bf16 peak, HBM bandwidth (an H100's; an H200 has 4.8 TB/s) and the
-# L2-to-shared-memory bandwidth of all SMs together (an assumption: not published).
-PEAK_FLOPS = 989e12
-HBM_BYTES_PER_S = 3.35e12
-L2_BYTES_PER_S = 10e12
 
 
 def gemm_shapes(cfg) -> dict[str, tuple[int, int]]:
@@ -82,108 +71,24 @@ def gemm_shapes(cfg) -> dict[str, tuple[int, int]]:
   return dict(sorted(shapes.items(), key=lambda kv_: -kv_[1][0] * kv_[1][1]))
 
 
-def stages(cta_m: int, cta_n: int, splits: int) -> int:
-  """Loads in flight (at most 4) whose buffers, with the epilogue's (two warpgroups x two 64 x 64
-  slots, float32 partials when K is split), fit in shared memory; 0 if none does."""
-  epilogue = 2 * 2 * EPILOGUE_TILE * EPILOGUE_TILE * (4 if splits > 1 else 2)
-  per_stage = (cta_m + cta_n) * TILE_K * 2
-  return max((s for s in range(2, 5) if s * per_stage + epilogue + 1024 <= SMEM_BYTES), default=0)
+def tilings(m: int, k: int, n: int, num_sms: int, most: int = len(hopper_gemm.SWEEP)) -> list[dict]:
+  """`hopper_gemm.tilings` as rows of the results: the tiling's fields, its output tiles and its
+  modelled time (`est_us`), fastest modelled first."""
+  return [{**dataclasses.asdict(t), "tiles": (m // t.cta[0]) * (n // t.cta[1]), "est_us": s * 1e6}
+          for t, s in hopper_gemm.tilings(m, k, n, num_sms, most)]
 
 
-def estimate_seconds(m: int, k: int, n: int, cta_m: int, cta_n: int, splits: int, num_sms: int) -> float:
-  """Modelled time of an `[m, k] @ [k, n]` GEMM in `cta_m x cta_n` CTA tiles with K in `splits`
-  slices: each slice's group of num_sms // splits CTAs covers the tiles in rounds; a tile runs at
-  its SM's share of the peak or of the L2 bandwidth times the tile's arithmetic intensity
-  (cta_m cta_n / (cta_m + cta_n) FLOP per byte loaded), whichever is lower; the whole takes no
-  less than reading the weights once from HBM; split, it also writes and reads float32 partials."""
-  ctas = num_sms // splits
-  rounds = -(-((m // cta_m) * (n // cta_n)) // ctas)
-  rate = min(PEAK_FLOPS, L2_BYTES_PER_S * cta_m * cta_n / (cta_m + cta_n)) / num_sms
-  compute = rounds * 2 * cta_m * cta_n * (k // splits) / rate
-  partials = 0.0 if splits == 1 else 2 * splits * m * n * 4 / HBM_BYTES_PER_S
-  return max(compute, k * n * 2 / HBM_BYTES_PER_S) + partials
+def tiling_of(row: dict) -> hopper_gemm.Tiling:
+  return hopper_gemm.Tiling(**{f.name: row[f.name] for f in dataclasses.fields(hopper_gemm.Tiling)})
 
 
-def tilings(m: int, k: int, n: int, num_sms: int, most: int = len(SWEEP)) -> list[dict]:
-  """Of the sweep's tilings that divide an `[m, k] @ [k, n]` GEMM, the `most` with the lowest
-  `estimate_seconds`, fastest first, each with the number of K slices (whole k tiles, >= 4 a slice,
-  at most MAX_SPLITS) and of loads in flight (`stages`) that the model and shared memory favour:
-  at M = 256 the q/k/v, o and down projections have too few output tiles to fill 132 SMs whole."""
-  out = []
-  k_tiles = k // TILE_K
-  for tile_m, tile_n, wg in SWEEP:
-    cta_m, cta_n = tile_m * (1 + (wg == "M")), tile_n * (1 + (wg == "N"))
-    if m % cta_m or n % cta_n or k % TILE_K:
-      continue
-    options = [s for s in range(1, min(MAX_SPLITS, num_sms) + 1)
-               if k_tiles % s == 0 and (s == 1 or k_tiles // s >= 4) and stages(cta_m, cta_n, s)]
-    if not options:
-      continue
-    splits = min(options, key=lambda s: estimate_seconds(m, k, n, cta_m, cta_n, s, num_sms))
-    out.append({"tile_m": tile_m, "tile_n": tile_n, "wg_dimension": wg, "splits": splits,
-                "stages": stages(cta_m, cta_n, splits), "tiles": (m // cta_m) * (n // cta_n),
-                "est_us": estimate_seconds(m, k, n, cta_m, cta_n, splits, num_sms) * 1e6})
-  return sorted(out, key=lambda t: t["est_us"])[:most]
+def name(row: dict) -> str:
+  return tiling_of(row).name
 
 
-def name(tiling: dict) -> str:
-  split = f" k/{tiling['splits']}" if tiling["splits"] > 1 else ""
-  stages_ = f" {tiling['stages']} stages" if tiling["stages"] != 4 else ""
-  return f"{tiling['tile_m']}x{tiling['tile_n']}/{tiling['wg_dimension']}{split}{stages_}"
-
-
-def hopper_unavailable() -> str | None:
-  """Why the Mosaic GPU kernel cannot run here, or None."""
-  device = jax.devices()[0]
-  if device.platform != "gpu" or not str(getattr(device, "compute_capability", "")).startswith("9"):
-    return f"needs an NVIDIA Hopper GPU (compute capability 9.x); device 0 is {device.device_kind}"
-  if importlib.util.find_spec("jax.experimental.pallas.ops.gpu.hopper_matmul_mgpu") is None:
-    return f"jax {jax.__version__} has no jax.experimental.pallas.ops.gpu.hopper_matmul_mgpu"
-  return None
-
-
-def mgpu_matmul(tiling: dict, num_sms: int):
-  """Jitted `fn(a, b) = a @ b` through the Mosaic GPU kernel with `tiling` on `num_sms` SMs: bf16
-  `[M, N]` out, float32 accumulation; jitted, so a caller's trace lowers the kernel once however
-  often it calls it. With `splits` S > 1 the kernel's body runs on S groups of CTAs, group s on
-  the s-th slice of K into float32 partials `[S, M, N]`, which XLA sums. TuningConfig's fields and
-  the kernel's signature have changed between jax versions: fields this jax lacks are left out (a
-  mismatch then surfaces as the kernel's own error) and the `c` operand is passed only where the
-  kernel takes one."""
-  from jax.experimental.pallas.ops.gpu import hopper_matmul_mgpu as hm
-  wanted = {"tile_m": tiling["tile_m"], "tile_n": tiling["tile_n"], "tile_k": TILE_K,
-            "max_concurrent_steps": tiling["stages"], "epi_tile_m": EPILOGUE_TILE, "epi_tile_n": EPILOGUE_TILE,
-            "wg_dimension": hm.MatmulDimension[tiling["wg_dimension"]]}
-  fields = {f.name for f in dataclasses.fields(hm.TuningConfig)}
-  config = hm.TuningConfig(**{k: v for k, v in wanted.items() if k in fields})
-  splits = tiling["splits"]
-  if splits == 1:
-    if "c" in inspect.signature(hm.matmul).parameters:
-      return jax.jit(lambda a, b: hm.matmul(a, b, None, config))
-    return jax.jit(lambda a, b: hm.matmul(a, b, config))
-
-  import jax.experimental.pallas as pl
-  import jax.experimental.pallas.mosaic_gpu as plgpu
-  takes_c = "c_gmem" in inspect.signature(hm.kernel).parameters
-
-  @jax.jit
-  def matmul(a, b):
-    (m, k), n = a.shape, b.shape[1]
-    part = k // splits
-
-    def body(a_gmem, b_gmem, out_gmem):
-      s = jax.lax.axis_index("split")
-      refs = (a_gmem.at[:, pl.ds(s * part, part)], b_gmem.at[pl.ds(s * part, part), :])
-      hm.kernel(*refs, *((None,) if takes_c else ()), out_gmem.at[s], config)
-
-    partials = plgpu.kernel(
-        body, out_type=jax.ShapeDtypeStruct((splits, m, n), jnp.float32),
-        grid=(splits, num_sms // splits), grid_names=("split", "cluster_grid"),
-        cluster=(1,), cluster_names=("cluster",), num_threads=3, thread_name="wg",
-        compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup))(a, b)
-    return partials.sum(0).astype(a.dtype)
-
-  return matmul
+def mgpu_matmul(row: dict, num_sms: int):
+  """The jitted kernel of a row's tiling (`hopper_gemm.matmul`)."""
+  return hopper_gemm.matmul(tiling_of(row), num_sms)
 
 
 def chain_loop(matmul, steps: int):
@@ -302,7 +207,7 @@ def main(argv=None) -> dict:
   cfg = (suite.SMOKE if args.smoke else suite.FULL).expert
   device = jax.devices()[0]
   num_sms = getattr(device, "core_count", 0) or 1
-  unavailable = hopper_unavailable()
+  unavailable = hopper_gemm.unavailable()
   results = {"device": str(device.device_kind), "jax": jax.__version__, "num_sms": num_sms,
              "mgpu_unavailable": unavailable, "batches": {}}
 

@@ -36,6 +36,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
                                 # in bf16, else XLA; "xla" forces XLA
   c.fuse_decode_projections = True  # decode loops: q/k/v and gate/up as one GEMM each (1.21x a step on an
                                     # H200) over a copy of those weights (+1.7 GB for the 1.5B expert)
+  c.decode_gemm = "xla"         # those projections in decode loops: XLA's GEMMs, or "mosaic": JAX's Hopper
+                                # matmul (one H100/H200; bench/hopper_gemms.py says whether it is faster)
   c.seed = 0
   c.stages = "sample,distill,eval,export,report"
   c.compilation_cache_dir = "~/.cache/lr_jax/xla"  # JAX's persistent compilation cache: a rerun, a resumed

@@ -111,7 +111,7 @@ def contrastive_step(expert: tuple[nnx.GraphDef, nnx.State], amateur: tuple[nnx.
   args = _checked_batch(batch, rows)
   he = step_hidden(eg, es, *args)
   ha = step_hidden(ag, as_, *args)
-  return score_hidden(eg, es, ag, as_, he, ha, batch["completion_mask"], config)
+  return score_hidden(eg, es, ag, as_, he, ha, args[3], config)
 
 
 BATCH_KEYS = ("prompt_tokens", "prompt_mask", "completion_tokens", "completion_mask")

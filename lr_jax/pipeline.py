@@ -9,7 +9,8 @@ import jax
 import ml_collections
 
 from lr_jax import sharding
-from lr_jax.models.transformer import ATTENTION_KERNELS, DECODE_KERNELS
+from lr_jax.models.transformer import ATTENTION_KERNELS, DECODE_GEMMS, DECODE_KERNELS
+from lr_jax.ops import hopper_gemm
 from lr_jax.stages import common
 
 STAGE_ORDER = ("demo", "sample", "distill", "eval", "export", "report")
@@ -43,6 +44,23 @@ def stages_of(config) -> list[str]:
   return sorted(stages, key=STAGE_ORDER.index)
 
 
+def _check_decode_gemm(config) -> None:
+  gemm = config.get("decode_gemm", "xla")
+  if gemm not in DECODE_GEMMS:
+    raise ConfigError(f"config.decode_gemm: {gemm!r} is not one of {', '.join(DECODE_GEMMS)}")
+  if gemm != "mosaic":
+    return
+  why = hopper_gemm.unavailable()
+  if why is None and jax.device_count() > 1:
+    why = f"runs on one device; this job has {jax.device_count()}"
+  if why is None and not config.get("fuse_decode_projections", True):
+    why = "runs the fused projections: needs config.fuse_decode_projections = True"
+  if why is None and config.dtype not in ("bfloat16", "float16"):
+    why = f"needs config.dtype bfloat16 or float16, not {config.dtype}"
+  if why:
+    raise ConfigError(f"config.decode_gemm: 'mosaic' (the Hopper Mosaic GPU matmul) {why}; use 'xla'")
+
+
 def check_config(config, stages: list[str]) -> None:
   """Raises ConfigError (one line) for anything that would fail later, before loading a model."""
   if config.dtype not in common.DTYPES:
@@ -53,6 +71,7 @@ def check_config(config, stages: list[str]) -> None:
   if not isinstance(config.get("fuse_decode_projections", True), bool):
     raise ConfigError(f"config.fuse_decode_projections: expected True or False, got "
                       f"{config.get('fuse_decode_projections')!r}")
+  _check_decode_gemm(config)
   needs_models = any(s in stages for s in ("sample", "distill", "eval", "export"))
   if needs_models and "demo" not in stages:
     for role in ("expert", "amateur"):
@@ -104,6 +123,9 @@ def _check_sample(config) -> None:
   for field, least in (("batch_size", 0), ("chunk_size", 0), ("max_new_tokens", 1)):
     if s[field] < least:
       raise ConfigError(f"config.sample.{field}: expected >= {least}, got {s[field]}")
+  n = config.data.num_problems
+  if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+    raise ConfigError(f"config.data.num_problems: expected an integer >= 1 (or None: all), got {n!r}")
   if config.data.order not in ORDERS:
     raise ConfigError(f"config.data.order: {config.data.order!r} is not one of {', '.join(ORDERS)}")
   try:

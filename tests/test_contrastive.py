@@ -186,9 +186,11 @@ def test_integer_masks_and_any_pad_id_at_masked_positions_score_as_before(pair):
   batch = _batch(np.random.default_rng(0))
   want = contrastive_step(e, a, batch)
   other = {**batch, "prompt_mask": batch["prompt_mask"].astype(np.int32),
+           "completion_mask": batch["completion_mask"].astype(np.int32),
            "prompt_tokens": np.where(batch["prompt_mask"], batch["prompt_tokens"], -1),
            "completion_tokens": np.where(batch["completion_mask"], batch["completion_tokens"], -1)}
   got = contrastive_step(e, a, other)
+  assert got.kept.dtype == jnp.bool_
   np.testing.assert_array_equal(np.asarray(got.kept), np.asarray(want.kept))
   np.testing.assert_allclose(np.asarray(got.kl), np.asarray(want.kl), rtol=1e-6, atol=1e-6)
 

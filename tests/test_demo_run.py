@@ -114,6 +114,19 @@ def test_rerun_of_a_finished_run_does_nothing(finished_run, xla_cache):
   assert "nothing to do" in log
 
 
+def test_rerun_of_a_finished_run_with_other_settings_is_refused(finished_run, xla_cache):
+  """A finished stage is skipped only for the settings it was run with: another LoRA rank (the
+  distill stage's) or export dtype (the export stage's) is refused in one line naming the setting."""
+  for extra, stage, key in (("--config.distill.lora_rank=4", "checkpoints", "lora: saved"),
+                            ("--config.export.dtype=float16", "export", "dtype: saved 'float32', now 'float16'")):
+    r = subprocess.run(_cmd(finished_run[0], xla_cache, extra), cwd=REPO_ROOT, env=_env(), capture_output=True,
+                       text=True, timeout=300)
+    error = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 1 and error.startswith("lr_jax: config error: "), error
+    assert f"{os.path.join(finished_run[0], stage, 'DONE.json')} was written with other settings" in error
+    assert key in error, error
+
+
 def test_run_killed_during_distillation_resumes_to_the_same_result(finished_run, tmp_path, xla_cache):
   """Killed and restarted with the first run's compilation cache: the resumed process loads the
   executables the first run compiled, and still ends bitwise equal."""

@@ -20,7 +20,7 @@ from lr_jax.export import ADAPTER_CONFIG, export_merged, export_peft, load_peft_
 from lr_jax.models import from_pretrained
 from lr_jax.models.lora import TARGETS, LoRAConfig, LoRAParam, apply_lora
 from lr_jax.sharding import Layout, make_mesh
-from tests.helpers import hf_logits, jax_logits, load_hf, make_tiny_hf, random_ids
+from tests.helpers import edit_config, hf_logits, jax_logits, load_hf, make_tiny_hf, random_ids
 
 torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")
@@ -77,6 +77,19 @@ def test_merged_export_loads_in_transformers_with_equal_logits_and_shards_past_t
   assert_logits_close(ours, ref)
   # the export changed something: the base model's logits are far from the tuned ones
   assert max_diff(hf_logits(load_hf(base_dir), ids), ref) > 1e-2
+
+
+def test_merged_export_writes_its_dtype_under_both_config_names(base_dir, tmp_path):
+  """A source config of transformers < 4.56 names the dtype "torch_dtype": both names then say the
+  export's, so neither old nor new tools load a float32 export as bfloat16."""
+  source = str(tmp_path / "old")
+  shutil.copytree(base_dir, source)
+  edit_config(source, torch_dtype="bfloat16")
+  out = str(tmp_path / "merged")
+  export_merged(tuned_model(base_dir, LoRAConfig()), out, source_dir=source, dtype="float32")
+  with open(os.path.join(out, "config.json")) as f:
+    cfg = json.load(f)
+  assert (cfg["dtype"], cfg["torch_dtype"]) == ("float32", "float32")
 
 
 def test_peft_export_loads_with_peftmodel_with_equal_logits(base_dir, tmp_path):

@@ -67,6 +67,7 @@ def test_valid_config_passes_the_checks(tmp_path):
     ({"decode_attention": "triton"}, "config.decode_attention: 'triton' is not one of auto, xla, pallas"),
     ({"expert": "/no/such/model"}, "config.expert: /no/such/model is not a checkpoint folder"),
     ({"data.path": "/no/such.jsonl"}, "config.data.path: /no/such.jsonl does not exist"),
+    ({"data.num_problems": 0}, "config.data.num_problems: expected an integer >= 1 (or None: all), got 0"),
     ({"sample.batch_size": 12}, "batch size 12 of stage sample is not divisible by the 8 data-parallel ways"),
     ({"mesh.train": (3, -1, 1)}, "config.mesh.train: mesh shape (3, -1, 1) does not divide 8 devices"),
     ({"distill.lora_targets": ("qproj",)}, "config.distill: LoRAConfig.targets: ['qproj'] must be a non-empty"),
@@ -104,6 +105,36 @@ def test_a_non_boolean_fuse_decode_projections_is_refused(tmp_path):
   c.fuse_decode_projections = "yes"
   with pytest.raises(pipeline.ConfigError, match="config.fuse_decode_projections: expected True or False, got 'yes'"):
     pipeline.check_config(c, pipeline.stages_of(c))
+
+
+def test_decode_gemm_is_checked_before_any_model_loads(tmp_path, monkeypatch):
+  """'mosaic' where it cannot run is refused in one line saying why: here (CPU) for the device;
+  with the kernel available, for a job of 8 devices, unfused projections or float32 weights."""
+  from lr_jax.ops import hopper_gemm
+  c = _config(tmp_path)
+  pipeline.check_config(c, pipeline.stages_of(c))  # "xla", qwen_math's default
+  del c["decode_gemm"]
+  pipeline.check_config(c, pipeline.stages_of(c))  # absent: "xla"
+  c.decode_gemm = "xla"
+
+  def refused(message, **fields):
+    d = c.copy_and_resolve_references()
+    d.update(decode_gemm="mosaic", **fields)
+    with pytest.raises(pipeline.ConfigError, match=message) as e:
+      pipeline.check_config(d, pipeline.stages_of(d))
+    assert "\n" not in str(e.value) and str(e.value).endswith("; use 'xla'")
+
+  c.decode_gemm = "cutlass"
+  with pytest.raises(pipeline.ConfigError, match="config.decode_gemm: 'cutlass' is not one of xla, mosaic"):
+    pipeline.check_config(c, pipeline.stages_of(c))
+  refused(r"config.decode_gemm: 'mosaic' \(the Hopper Mosaic GPU matmul\) needs an NVIDIA Hopper GPU")
+  monkeypatch.setattr(hopper_gemm, "unavailable", lambda: None)
+  refused("runs on one device; this job has 8")
+  monkeypatch.setattr(pipeline.jax, "device_count", lambda: 1)
+  refused("needs config.fuse_decode_projections = True", fuse_decode_projections=False)
+  refused("needs config.dtype bfloat16 or float16, not float32", dtype="float32")
+  c.decode_gemm = "mosaic"
+  pipeline.check_config(c, pipeline.stages_of(c))
 
 
 def test_amateur_larger_than_expert_is_refused(tmp_path):

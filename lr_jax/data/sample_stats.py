@@ -97,12 +97,13 @@ def compute_stats(records: Iterable[TrajectoryRecord], beta: float) -> dict[str,
 
 
 def write_stats(stats: dict[str, Any], out_dir: str | os.PathLike) -> None:
-  """Writes stats.json and kl_hist.png (the KL histogram, beta marked) into out_dir, atomically."""
+  """Writes kl_hist.png (the KL histogram, beta marked), then stats.json, into out_dir, each
+  atomically: stats.json, which tells the sample stage it is done, comes last."""
   out_dir = os.fspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
+  write_file_atomic(os.path.join(out_dir, KL_HIST_FILE), _kl_histogram_png(stats))
   text = json.dumps(stats, indent=1, sort_keys=True) + "\n"
   write_file_atomic(os.path.join(out_dir, STATS_FILE), text.encode("utf-8"))
-  write_file_atomic(os.path.join(out_dir, KL_HIST_FILE), _kl_histogram_png(stats))
 
 
 def _kl_histogram_png(stats: dict[str, Any]) -> bytes:

@@ -240,7 +240,13 @@ class SampleStore:
     """All committed records of all shards: shard by shard, each in the order it was appended."""
     for shard_path in self._shard_paths():
       for chunk in _read_manifest(shard_path)["chunks"]:
-        yield from _decode_chunk(os.path.join(shard_path, chunk["file"]))
+        chunk_path = os.path.join(shard_path, chunk["file"])
+        try:
+          records = list(_decode_chunk(chunk_path))
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+          raise ValueError(f"{chunk_path}: committed sample chunk is unreadable, damaged since it was written "
+                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+        yield from records
 
   def num_records(self) -> int:
     """The number of committed records over all shards."""

@@ -69,6 +69,12 @@ def is_equivalent(prediction: str, gold: str) -> bool:
   return _equivalent_normalized(pred, ref)
 
 
+def _replace_literals(text: str) -> str:
+  for old, new in _LITERAL_REPLACEMENTS:
+    text = text.replace(old, new)
+  return text
+
+
 def normalize_answer(answer: str) -> str:
   """Canonical text of an answer: math delimiters, \\text{}/units, $, %, degrees, \\left/\\right,
   "x =" prefixes and redundant spaces removed; \\dfrac, \\frac12, a/b and bmatrix/array written one
@@ -78,8 +84,9 @@ def normalize_answer(answer: str) -> str:
   for opening, closing in _MATH_DELIMITERS:
     if text.startswith(opening) and text.endswith(closing):
       text = text[len(opening):-len(closing)].strip()
-  for old, new in _LITERAL_REPLACEMENTS:
-    text = text.replace(old, new)
+  # Within the rows between LaTeX row breaks (two backslashes) only: a row break then a space keeps both
+  # backslashes; a backslash-space alone is a space.
+  text = "\\\\".join(_replace_literals(part) for part in text.split("\\\\"))
   text = re.sub(r"\\begin\{array\}\{[^{}]*\}", lambda _: _MATRIX_BEGIN, text)
   text = text.strip()
   unit = _TRAILING_UNIT_RE.fullmatch(text)

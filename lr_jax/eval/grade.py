@@ -8,7 +8,9 @@ expression costs one wrong verdict, never a hung run. Multiple-choice benchmarks
 Command line, for saved completions:
   python -m lr_jax.eval.grade --input FILE.jsonl [--output OUT.jsonl] [--timeout-s 5] [--workers N]
 Each input line holds "benchmark", "completion" and either "gold" or the benchmark's original record
-(under "record", or as the line's own fields). Output lines are the input lines plus "extracted" and
+(under "record", or as the line's own fields); a benchmark lr_jax has no reader for (a custom set's
+label, as in the eval stage's files) needs "gold", graded as math unless "multiple_choice" is true
+(the eval stage writes it on every line). Output lines are the input lines plus "extracted" and
 "correct" (default OUT: FILE.graded.jsonl); accuracy per benchmark and overall is printed.
 """
 from __future__ import annotations
@@ -137,37 +139,46 @@ def _raise_timeout(signum: int, frame: Any) -> None:
   raise _CheckTimeout()
 
 
-def _line_gold(line: Mapping[str, Any], benchmark: str, where: str) -> str:
+def _line_gold(line: Mapping[str, Any], benchmark: str, multiple_choice: bool, where: str) -> str:
   if "gold" in line:
     gold = line["gold"]
     if not isinstance(gold, (str, int, float)) or isinstance(gold, bool):
       raise ValueError(f"{where}: field 'gold' should be a string or number, got {type(gold).__name__}")
-    if benchmark in MULTIPLE_CHOICE and str(gold).strip().upper() not in tuple(CHOICE_LETTERS):
-      raise ValueError(f"{where}: field 'gold' of a {benchmark} line should be a letter "
+    if multiple_choice and str(gold).strip().upper() not in tuple(CHOICE_LETTERS):
+      raise ValueError(f"{where}: field 'gold' of a multiple-choice line should be a letter "
                        f"{', '.join(CHOICE_LETTERS)}, got {gold!r}")
     return str(gold)
+  if benchmark not in BENCHMARKS:
+    raise ValueError(f"{where}: benchmark {benchmark!r} is none of {', '.join(BENCHMARKS)}, so the line needs "
+                     f"its field 'gold'")
   record = line.get("record", line)
   if not isinstance(record, Mapping):
     raise ValueError(f"{where}: field 'record' should be the benchmark's original JSON object")
   return gold_from_record(benchmark, record, where)
 
 
-def _read_lines(path: str) -> tuple[list[dict[str, Any]], list[str], list[str], list[str]]:
-  lines, completions, golds, benchmarks = [], [], [], []
+def _read_lines(path: str) -> tuple[list[dict[str, Any]], list[str], list[str], list[str], list[bool]]:
+  """(lines, completions, golds, benchmarks, multiple-choice flags) of a file to grade."""
+  lines, completions, golds, benchmarks, choices = [], [], [], [], []
   for number, line in iter_jsonl(path):
     where = f"{path}:{number}"
     benchmark, completion = line.get("benchmark"), line.get("completion")
-    if benchmark not in BENCHMARKS:
-      raise ValueError(f"{where}: field 'benchmark' should be one of {', '.join(BENCHMARKS)}, got {benchmark!r}")
+    if not isinstance(benchmark, str) or not benchmark:
+      raise ValueError(f"{where}: field 'benchmark' should be a name such as {', '.join(BENCHMARKS)}, got "
+                       f"{benchmark!r}")
     if not isinstance(completion, str):
       raise ValueError(f"{where}: field 'completion' should be a string, got {type(completion).__name__}")
+    multiple_choice = line.get("multiple_choice", benchmark in MULTIPLE_CHOICE)
+    if not isinstance(multiple_choice, bool):
+      raise ValueError(f"{where}: field 'multiple_choice' should be true or false, got {multiple_choice!r}")
     lines.append(line)
     completions.append(completion)
-    golds.append(_line_gold(line, benchmark, where))
+    golds.append(_line_gold(line, benchmark, multiple_choice, where))
     benchmarks.append(benchmark)
+    choices.append(multiple_choice)
   if not lines:
     raise ValueError(f"{path}: no lines to grade")
-  return lines, completions, golds, benchmarks
+  return lines, completions, golds, benchmarks, choices
 
 
 def accuracy_lines(benchmarks: Sequence[str], correct: Sequence[bool]) -> list[str]:
@@ -189,11 +200,11 @@ def main(argv: Sequence[str] | None = None, print_fn: Callable[[str], None] = pr
   args = parser.parse_args(argv)
   output = args.output or str(Path(args.input).with_suffix("")) + ".graded.jsonl"
   try:
-    lines, completions, golds, benchmarks = _read_lines(args.input)
+    lines, completions, golds, benchmarks, choices = _read_lines(args.input)
   except (ValueError, FileNotFoundError) as e:
     print(f"grade: error: {e}", file=sys.stderr)
     return 2
-  grades = grade_many(completions, golds, benchmarks, timeout_s=args.timeout_s, num_workers=args.workers)
+  grades = _grade_in_pool(completions, golds, choices, args.timeout_s, args.workers)
   write_jsonl_atomic(output, [{**line, "gold": gold, "extracted": g.extracted, "correct": g.correct}
                               for line, gold, g in zip(lines, golds, grades)])
   for text in accuracy_lines(benchmarks, [g.correct for g in grades]):

@@ -213,7 +213,8 @@ def _run_benchmark(benchmark: str, items: list[EvalItem], complete: Callable[[li
   grades = grade_items(items, [c.text for c in completions], timeout_s=grade_timeout_s, num_workers=num_workers)
   return [{"id": item.id, "benchmark": benchmark, "question": item.question, "gold": item.gold,
            "completion": completion.text, "extracted": grade.extracted, "correct": grade.correct,
-           "tokens": completion.num_tokens, "finish_reason": completion.finish_reason}
+           "tokens": completion.num_tokens, "finish_reason": completion.finish_reason,
+           "multiple_choice": item.choices is not None}
           for item, completion, grade in zip(items, completions, grades)]
 
 

@@ -197,25 +197,27 @@ def load_state(folder: str, cfg: ModelConfig, abstract_state: nnx.State, dtype, 
 
 def from_pretrained(path_or_id: str, *, dtype=jnp.bfloat16, layout: Layout | None = None,
                     remat: bool = False, scan_layers: bool = False, attention: str = "auto",
-                    decode_attention: str = "auto", fuse_decode_projections: bool = True) -> Pretrained:
+                    decode_attention: str = "auto", fuse_decode_projections: bool = True,
+                    decode_gemm: str = "xla") -> Pretrained:
   """Loads a Qwen2/Llama HF checkpoint (local folder or hub id) into a `Transformer`.
 
   Args:
     path_or_id: a folder with config.json + safetensors, or a hub id such as "Qwen/Qwen2.5-0.5B".
     dtype: parameter and activation dtype (bf16, fp16 or fp32); stored tensors are converted.
     layout: mesh + sharding rules; parameters are placed per the rules. None: default device.
-    remat, scan_layers, attention, decode_attention, fuse_decode_projections: the `Transformer`
-      flags (rematerialise each layer in the backward pass; run cache-free forwards as one scan over
-      the layers; the attention kernel of cache-free forwards: "auto", "xla" or "cudnn"; that of
-      one-token decode steps: "auto", "xla" or "pallas"; fuse q/k/v and gate/up in decode loops).
-      All five can be changed on the model later.
+    remat, scan_layers, attention, decode_attention, fuse_decode_projections, decode_gemm: the
+      `Transformer` flags (rematerialise each layer in the backward pass; run cache-free forwards as
+      one scan over the layers; the attention kernel of cache-free forwards: "auto", "xla" or
+      "cudnn"; that of one-token decode steps: "auto", "xla" or "pallas"; fuse q/k/v and gate/up in
+      decode loops; their GEMMs: "xla" or "mosaic"). All six can be changed on the model later.
   """
   folder = resolve_checkpoint(path_or_id)
   cfg = ModelConfig.from_json(folder)
   abstract = nnx.eval_shape(lambda: Transformer(cfg, dtype=dtype, layout=layout, remat=remat,
                                                 scan_layers=scan_layers, attention=attention,
                                                 decode_attention=decode_attention,
-                                                fuse_decode_projections=fuse_decode_projections, rngs=nnx.Rngs(0)))
+                                                fuse_decode_projections=fuse_decode_projections,
+                                                decode_gemm=decode_gemm, rngs=nnx.Rngs(0)))
   graphdef, abstract_state = nnx.split(abstract)
   state = load_state(folder, cfg, abstract_state, dtype, layout)
   return Pretrained(nnx.merge(graphdef, state), cfg, folder)
@@ -263,6 +265,8 @@ def save_pretrained(tensors: dict[str, np.ndarray], cfg: ModelConfig, out_dir: s
       hf_config = {**json.load(f), **hf_config}
   if dtype_name:
     hf_config["dtype"] = dtype_name
+    if "torch_dtype" in hf_config:  # the field's name before transformers 4.56; older tools still read it
+      hf_config["torch_dtype"] = dtype_name
   _write_json(os.path.join(out_dir, "config.json"), hf_config)
   if source_dir:
     for name in AUX_FILES:

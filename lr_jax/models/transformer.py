@@ -26,11 +26,13 @@ from flax import nnx
 
 from lr_jax.models.config import ModelConfig
 from lr_jax.ops import decode_attention as decode_attention_ops
+from lr_jax.ops import hopper_gemm
 from lr_jax.sharding import Layout, constrain
 
 _MASKED = -1e30  # finite, so a fully padded query row gives a uniform (ignored) softmax instead of NaN
 ATTENTION_KERNELS = ("auto", "xla", "cudnn")  # cache-free forwards
 DECODE_KERNELS = ("auto", "xla", "pallas")  # one-token steps over a KV cache
+DECODE_GEMMS = ("xla", "mosaic")  # the fused projections of decode loops
 
 
 @flax.struct.dataclass
@@ -131,7 +133,9 @@ class Proj(nnx.Module):
   """A linear map `[..., *in_shape] -> [..., *out_shape]` with an optional bias and LoRA slot.
 
   `lora`, when set (see `lr_jax.models.lora`), is a module mapping the same input to a delta of
-  the output's shape; it is added to the frozen projection.
+  the output's shape; it is added to the frozen projection. `gemm`, when set (a
+  `hopper_gemm.Plan`, by `Transformer.fuse_projections`), runs the frozen product through the
+  Mosaic GPU kernel.
   """
 
   def __init__(self, in_shape, out_shape, in_axes, out_axes, *, bias: bool, dtype, rngs: nnx.Rngs):
@@ -141,11 +145,10 @@ class Proj(nnx.Module):
     self.kernel = nnx.Param(init.astype(dtype), logical_axes=(*in_axes, *out_axes))
     self.bias = nnx.Param(jnp.zeros(out_shape, dtype), logical_axes=out_axes) if bias else None
     self.lora = None
+    self.gemm = None
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    n = self.in_ndim
-    kernel = self.kernel[...]
-    y = jax.lax.dot_general(x, kernel, (((tuple(range(x.ndim - n, x.ndim))), tuple(range(n))), ((), ())))
+    y = _dot(x, self.kernel[...], self.in_ndim, self.gemm)
     if self.bias is not None:
       y = y + self.bias[...]
     return self.add_lora(x, y)
@@ -160,9 +163,13 @@ class Fused(nnx.Variable):
   the Params inside a jitted decode loop, never trained or saved."""
 
 
-def _dot(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """x `[..., D]` times kernel `[D, *out]` -> `[..., *out]`."""
-  return jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+def _dot(x: jax.Array, kernel: jax.Array, in_ndim: int = 1, gemm: hopper_gemm.Plan | None = None) -> jax.Array:
+  """x `[..., *In]` times kernel `[*In, *Out]` (`in_ndim` = len(In)) -> `[..., *Out]`: XLA's dot,
+  or the Mosaic GPU kernel of `gemm` where set."""
+  if gemm is not None:
+    return gemm.dot(x, kernel, in_ndim)
+  dims = (tuple(range(x.ndim - in_ndim, x.ndim)), tuple(range(in_ndim)))
+  return jax.lax.dot_general(x, kernel, (dims, ((), ())))
 
 
 def attend(q, k, v, q_slots, k_valid, layout):
@@ -230,12 +237,14 @@ class Attention(nnx.Module):
     self.v_proj = Proj((d,), (kv, dh), ("embed",), ("kv_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
     self.o_proj = Proj((h, dh), (d,), ("heads", "head_dim"), ("embed",), bias=cfg.o_bias, dtype=dtype, rngs=rngs)
     self.qkv = self.qkv_bias = None  # Fused, set by `fuse`
+    self.gemm = None
 
-  def fuse(self) -> None:
+  def fuse(self, gemm: hopper_gemm.Plan | None = None) -> None:
     """Sets `qkv`: the q, k and v kernels as one `[D, K, G + 2, Dh]` (per kv head, its G query heads,
     then its key and value, so a split along the kv heads keeps each group whole) and `qkv_bias`
-    `[K, G + 2, Dh]` likewise. Not where the layout splits the query heads but not the kv heads
-    (more 'tensor' ways than kv heads): the fused kernel would be replicated there."""
+    `[K, G + 2, Dh]` likewise; `gemm` (or XLA's dot) then runs it and the o projection. Not where
+    the layout splits the query heads but not the kv heads (more 'tensor' ways than kv heads): the
+    fused kernel would be replicated there."""
     h, kv = self.q_proj.kernel.shape[-2], self.k_proj.kernel.shape[-2]
     if self.layout is not None and self.layout.spec(("heads",), (h,)) != self.layout.spec(("kv_heads",), (kv,)):
       return
@@ -245,6 +254,7 @@ class Attention(nnx.Module):
                              axis=-2)
 
     w = grouped(self.q_proj.kernel[...], self.k_proj.kernel[...], self.v_proj.kernel[...])
+    self.gemm = self.o_proj.gemm = gemm
     # The attributes start as None, static; nnx.data makes the kernels part of the state.
     self.qkv = nnx.data(Fused(constrain(self.layout, w, ("embed", "kv_heads", None, "head_dim"))))
     if self.q_proj.bias is not None:
@@ -255,7 +265,7 @@ class Attention(nnx.Module):
     over `qkv` once `fuse` has set it, else one per projection."""
     if self.qkv is None:
       return self.q_proj(x), self.k_proj(x), self.v_proj(x)
-    y = _dot(x, self.qkv[...])  # [B, T, K, G + 2, Dh]
+    y = _dot(x, self.qkv[...], 1, self.gemm)  # [B, T, K, G + 2, Dh]
     if self.qkv_bias is not None:
       y = y + self.qkv_bias[...]
     b, t, kv, g2, dh = y.shape
@@ -305,17 +315,20 @@ class MLP(nnx.Module):
     self.up_proj = Proj((d,), (f,), ("embed",), ("mlp",), bias=False, dtype=dtype, rngs=rngs)
     self.down_proj = Proj((f,), (d,), ("mlp",), ("embed",), bias=False, dtype=dtype, rngs=rngs)
     self.gate_up = None  # Fused, set by `fuse`
+    self.gemm = None
 
-  def fuse(self) -> None:
-    """Sets `gate_up`: the gate and up kernels as one `[D, 2, F]`, for one GEMM."""
+  def fuse(self, gemm: hopper_gemm.Plan | None = None) -> None:
+    """Sets `gate_up`: the gate and up kernels as one `[D, 2, F]`, for one GEMM; `gemm` (or XLA's
+    dot) then runs it and the down projection."""
     w = jnp.stack([self.gate_proj.kernel[...], self.up_proj.kernel[...]], axis=1)
+    self.gemm = self.down_proj.gemm = gemm
     self.gate_up = nnx.data(Fused(constrain(self.layout, w, ("embed", None, "mlp"))))
 
   def __call__(self, x):
     if self.gate_up is None:
       g, u = self.gate_proj(x), self.up_proj(x)
     else:
-      y = _dot(x, self.gate_up[...])  # [B, T, 2, F]
+      y = _dot(x, self.gate_up[...], 1, self.gemm)  # [B, T, 2, F]
       g, u = self.gate_proj.add_lora(x, y[..., 0, :]), self.up_proj.add_lora(x, y[..., 1, :])
     h = jax.nn.silu(g) * u
     return self.down_proj(constrain(self.layout, h, ("batch", "length", "act_mlp")))
@@ -355,16 +368,26 @@ class Transformer(nnx.Module):
   gate/up projections as one GEMM each over kernels concatenated once before the loop
   (`fuse_projections`, `lr_jax.generation.engine.fused_for_decoding`); the copy costs memory while
   the loop runs (1.7 GB for Qwen2.5-Math-1.5B), so memory-bound setups can turn it off.
+  `decode_gemm` runs those fused projections and the o and down projections of decode loops
+  through XLA's dot ("xla", the default) or JAX's Hopper Mosaic GPU matmul ("mosaic",
+  `lr_jax.ops.hopper_gemm`: an H100/H200, one device, bf16/fp16, fused projections), with the
+  tilings of `gemm_tilings` (`((M, K, N), hopper_gemm.Tiling)` pairs) where given, else modelled.
   """
 
   def __init__(self, cfg: ModelConfig, *, dtype=jnp.bfloat16, layout: Layout | None = None,
                remat: bool = False, scan_layers: bool = False, attention: str = "auto",
-               decode_attention: str = "auto", fuse_decode_projections: bool = True, rngs: nnx.Rngs):
+               decode_attention: str = "auto", fuse_decode_projections: bool = True, decode_gemm: str = "xla",
+               gemm_tilings: tuple[tuple[tuple[int, int, int], hopper_gemm.Tiling], ...] = (), rngs: nnx.Rngs):
     if attention not in ATTENTION_KERNELS:
       raise ValueError(f"Transformer attention={attention!r}: expected one of {', '.join(ATTENTION_KERNELS)}")
     if decode_attention not in DECODE_KERNELS:
       raise ValueError(f"Transformer decode_attention={decode_attention!r}: expected one of "
                        f"{', '.join(DECODE_KERNELS)}")
+    if decode_gemm not in DECODE_GEMMS:
+      raise ValueError(f"Transformer decode_gemm={decode_gemm!r}: expected one of {', '.join(DECODE_GEMMS)}")
+    if decode_gemm == "mosaic" and not fuse_decode_projections:
+      raise ValueError("Transformer decode_gemm='mosaic' runs the fused projections: it needs "
+                       "fuse_decode_projections=True")
     self.config = cfg
     self.dtype = dtype
     self.layout = layout
@@ -374,6 +397,8 @@ class Transformer(nnx.Module):
     self.decode_attention = decode_attention
     self.decode_launch = decode_attention_ops.Launch()
     self.fuse_decode_projections = fuse_decode_projections
+    self.decode_gemm = decode_gemm
+    self.gemm_tilings = tuple(gemm_tilings)
     emb = jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.hidden_size), jnp.float32) * 0.02
     self.embed = nnx.Param(emb.astype(dtype), logical_axes=("vocab", "embed"))
     self.layers = nnx.List([DecoderLayer(cfg, dtype, layout, rngs) for _ in range(cfg.num_layers)])
@@ -462,10 +487,22 @@ class Transformer(nnx.Module):
     """Gives every layer fused projection kernels (`Attention.fuse`, `MLP.fuse`), which its forwards
     then use: 2 GEMMs where there were 5. A copy of those weights, so meant for a model merged inside
     a jitted decode loop, where they are built once per call (the fused kernels follow the Params
-    they were built from only until these change)."""
+    they were built from only until these change). With `decode_gemm="mosaic"` the fused, o and
+    down projections then run through the Mosaic GPU kernel; where it cannot run, this says why."""
+    gemm = None
+    if self.decode_gemm == "mosaic":
+      why = hopper_gemm.unavailable()
+      if jnp.dtype(self.dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+        why = f"needs bf16 or fp16 weights; this model is {jnp.dtype(self.dtype).name}"
+      elif self.layout is not None and self.layout.mesh.size > 1:
+        why = f"runs on one device; this model's mesh has {self.layout.mesh.size}"
+      if why:
+        raise ValueError(f"Transformer decode_gemm='mosaic' (the Hopper Mosaic GPU matmul) {why} "
+                         f"(use decode_gemm='xla')")
+      gemm = hopper_gemm.Plan(self.gemm_tilings)
     for layer in self.layers:
-      layer.attn.fuse()
-      layer.mlp.fuse()
+      layer.attn.fuse(gemm)
+      layer.mlp.fuse(gemm)
 
   def _scanned_layers(self, call, x, positions, inv_freq, valid, kernel) -> jax.Array:
     """The layers as one `lax.scan` over their stacked states: XLA compiles one layer, not L.

@@ -64,13 +64,20 @@ def make_layout(mesh_shape, rules: str) -> Layout:
 
 def load_model(path_or_id: str, dtype_name: str, layout: Layout | None, remat: bool = False,
                scan_layers: bool = False, attention: str = "auto", decode_attention: str = "auto",
-               fuse_decode_projections: bool = True) -> Pretrained:
-  """`from_pretrained` with the config's dtype name; `attention`, `decode_attention` and
-  `fuse_decode_projections` are the config's top-level fields (checked with the config, by
-  `pipeline.check_config`)."""
+               fuse_decode_projections: bool = True, decode_gemm: str = "xla") -> Pretrained:
+  """`from_pretrained` with the config's dtype name; `attention`, `decode_attention`,
+  `fuse_decode_projections` and `decode_gemm` are the config's top-level fields (checked with the
+  config, by `pipeline.check_config`; `kernel_flags`)."""
   return from_pretrained(path_or_id, dtype=dtype_of(dtype_name), layout=layout, remat=remat,
                          scan_layers=scan_layers, attention=attention, decode_attention=decode_attention,
-                         fuse_decode_projections=fuse_decode_projections)
+                         fuse_decode_projections=fuse_decode_projections, decode_gemm=decode_gemm)
+
+
+def kernel_flags(config) -> dict:
+  """The config's kernel fields, as `load_model`'s keywords (their defaults where a config lacks one)."""
+  return dict(attention=config.get("attention", "auto"), decode_attention=config.get("decode_attention", "auto"),
+              fuse_decode_projections=config.get("fuse_decode_projections", True),
+              decode_gemm=config.get("decode_gemm", "xla"))
 
 
 def load_tokenizer(path_or_id: str):

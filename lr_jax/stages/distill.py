@@ -14,12 +14,14 @@ import time
 
 import jax
 from flax import nnx
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from lr_jax.checkpointing import Checkpointer
 from lr_jax.data.packing import PackedUpdates, PackingConfig
 from lr_jax.data.store import SampleStore
 from lr_jax.distill import DistillConfig, init_train_state, make_distill_step, shard_batch
+from lr_jax.errors import check_unchanged
 from lr_jax.export import export_peft
 from lr_jax.models.lora import LoRAConfig, apply_lora, split_trainable
 from lr_jax.stages import common
@@ -32,8 +34,19 @@ def lora_config(config) -> LoRAConfig:
                     dropout=d.lora_dropout)
 
 
+def settings(config) -> dict:
+  """What the tuned adapter depends on in the config: a resumed checkpoint, and a finished stage that
+  a rerun skips, must have been made with the same."""
+  d = config.distill
+  return {"expert": config.expert, "dtype": config.dtype, "updates": d.updates,
+          "lora": dataclasses.asdict(lora_config(config)), "learning_rate": d.learning_rate, "grad_clip": d.grad_clip,
+          "steps_per_update": d.steps_per_update, "micro_batches": d.micro_batches, "seed": config.seed}
+
+
 def run(config, workdir: common.Workdir, writer) -> dict:
   if os.path.isfile(workdir.distill_done):
+    saved = common.read_json(workdir.distill_done).get("settings", {})  # none in a DONE.json of older versions
+    check_unchanged(saved, settings(config), workdir.distill_done)
     return {"skipped": True}
   d = config.distill
   records = list(SampleStore(workdir.samples).iter_records())
@@ -60,9 +73,8 @@ def run(config, workdir: common.Workdir, writer) -> dict:
   ckpt = Checkpointer(os.path.join(workdir.checkpoints, "orbax"), save_every=d.checkpoint_every,
                       keep=d.keep_checkpoints)
   # What a checkpoint's state depends on besides the weights: a resumed run must agree on all of it.
-  plan = {"num_updates": n_updates, "lora": dataclasses.asdict(lora), "learning_rate": d.learning_rate,
-          "grad_clip": d.grad_clip, "steps_per_update": d.steps_per_update, "micro_batches": d.micro_batches,
-          "seed": config.seed, "records": len(records), "kept_steps": kept}
+  plan = {**settings(config), "num_updates": n_updates, "records": len(records), "kept_steps": kept,
+          "valid_vocab": valid_vocab}
   start = 0
   restored = ckpt.restore(state, expect=plan)
   if restored is not None:
@@ -106,6 +118,8 @@ def run(config, workdir: common.Workdir, writer) -> dict:
   if common.is_main_process():
     export_peft(model, lora, os.path.join(workdir.checkpoints, ADAPTER_DIR), base_model_name_or_path=config.expert)
     common.write_json(workdir.distill_done, {"updates": n_updates, "kept_steps": kept, "epochs": epochs,
-                                             "records": len(records)})
+                                             "records": len(records), "settings": settings(config)})
+  if jax.process_count() > 1:  # the eval stage reads the adapter on every process
+    multihost_utils.sync_global_devices("lr_jax distill: adapter written")
   return {"updates": n_updates, "kept_steps": kept,
           "final_loss": None if metrics is None else float(metrics["loss"])}

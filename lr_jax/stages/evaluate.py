@@ -125,9 +125,7 @@ def run(config, workdir: common.Workdir, writer) -> dict:
       raise FileNotFoundError(f"{adapter}: no trained adapter; run the distill stage first")
     if layout is None:
       layout = common.make_layout(config.mesh.eval, "sample")
-    pretrained = common.load_model(source, config.dtype, layout, attention=config.get("attention", "auto"),
-                                   decode_attention=config.get("decode_attention", "auto"),
-                                   fuse_decode_projections=config.get("fuse_decode_projections", True))
+    pretrained = common.load_model(source, config.dtype, layout, **common.kernel_flags(config))
     if name == "tuned":
       load_peft_adapter(pretrained.model, adapter)
     tokenizer = common.load_tokenizer(source)

@@ -32,6 +32,7 @@ from lr_jax.data.prompts import render_prompt
 from lr_jax.data.sample_stats import compute_stats, write_stats
 from lr_jax.data.store import TARGET_PAD_ID, SampleStore, TrajectoryRecord
 from lr_jax.data.tokenizer_pair import check_tokenizer_pair
+from lr_jax.errors import SettingsChanged
 from lr_jax.generation.api import _agree_max, _fetch, _first_local_row, generate
 from lr_jax.generation.engine import MIN_PROMPT_BUCKET, bucket_size, output_slots
 from lr_jax.lockstep import contrastive_decode, default_sampling_batch, device_memory_bytes
@@ -130,6 +131,8 @@ def run(config, workdir: common.Workdir, writer) -> dict:
   problems = load_problems_from_spec(config.data.path, tfds_dir=config.data.get("tfds_dir", ""),
                                      n=config.data.num_problems, order=config.data.order,
                                      seed=config.seed, question_field=config.data.question_field)
+  if not problems:
+    raise ValueError(f"{config.data.path}: no problems to sample (an empty file or split?)")
   mine = problems[pi::pc]
   expert_tok = common.load_tokenizer(config.expert)
   amateur_tok = common.load_tokenizer(config.amateur)
@@ -147,10 +150,20 @@ def run(config, workdir: common.Workdir, writer) -> dict:
                    "seed": config.seed if config.data.order != "first" else None}}
   store = SampleStore(workdir.samples, pi, pc, meta=meta)
   done = store.done_ids()
+  unselected = sorted(done - {p.id for p in mine})
+  if unselected:  # the distill stage trains on every stored record
+    raise SettingsChanged(f"sample store {workdir.samples} holds {len(unselected)} problems (e.g. {unselected[0]}) "
+                          f"that config.data (num_problems = {config.data.num_problems}, order "
+                          f"{config.data.order!r}) no longer selects; rerun with the saved settings, or use a "
+                          f"fresh workdir")
   todo = [p for p in mine if p.id not in done]
-  prompt_ids = [expert_tok.encode(render_prompt(p.question, config.prompt.template, tokenizer=expert_tok,
-                                                system_prompt=config.prompt.system_prompt),
-                                  add_special_tokens=False) for p in todo or mine[:1] or problems[:1]]
+  prompt_ids = []
+  for p in todo or mine[:1] or problems[:1]:
+    prompt_ids.append(expert_tok.encode(render_prompt(p.question, config.prompt.template, tokenizer=expert_tok,
+                                                      system_prompt=config.prompt.system_prompt),
+                                        add_special_tokens=False))
+    if not prompt_ids[-1]:
+      raise ValueError(f"{config.data.path}: problem {p.id}: its prompt (config.prompt.template) renders to no tokens")
   layout = common.make_layout(config.mesh.sample, "sample")
   expert_cfg = ModelConfig.from_json(resolve_checkpoint(config.expert))
   amateur_cfg = ModelConfig.from_json(resolve_checkpoint(config.amateur))
@@ -168,8 +181,7 @@ def run(config, workdir: common.Workdir, writer) -> dict:
     common.log("sample: %d problems (%d already stored), %d batches of %d, %s scoring", len(problems), len(done),
                n_batches, global_batch, scoring)
     scan = config.sample.get("scan_layers", True)  # teacher-forced scoring only; decoding unrolls
-    kernels = dict(attention=config.get("attention", "auto"), decode_attention=config.get("decode_attention", "auto"),
-                   fuse_decode_projections=config.get("fuse_decode_projections", True))
+    kernels = common.kernel_flags(config)
     expert = common.load_model(config.expert, config.dtype, layout, scan_layers=scan, **kernels)
     amateur = common.load_model(config.amateur, config.dtype, layout, scan_layers=scan, **kernels)
     ccfg = dataclasses.replace(ccfg, valid_vocab=valid_vocab, chunk_size=chunk)

@@ -41,6 +41,7 @@ def test_smoke_run_fills_every_section_and_prints_the_table_last(suite, tmp_path
   assert gen["roofline_fraction_written"] == pytest.approx(
       gen["roofline_fraction"] * gen["step_bytes_written"] / gen["step_bytes"])
   sep = gen["separate_projections"]  # the largest batch again, projections unfused
+  assert sec["generate"]["mosaic_gemms"].startswith("not timed: needs an NVIDIA Hopper GPU")
   assert sep["all_rows_full_length"] and sep["fused_speedup"] > 0 and sep["first_tokens_agreeing"] >= 0.9
   con = sec["contrastive"]
   assert con["no_full_logits"]["largest_f32_below_bsv"] and 0 < con["mfu_vs_nominal"] < con["mfu_vs_measured"]
@@ -165,6 +166,34 @@ def test_smoke_run_with_pallas_decode_compares_it_with_xla(suite, tmp_path, monk
   assert rows["decode attention kernel vs XLA"].startswith("rel. error")
   assert "warps" in rows["decode attention kernel, fastest launch setting"]
   assert "the default; rows agreeing" in rows["generate batch 16, tuned kernel"]
+
+
+def test_generation_with_mosaic_gemms_is_timed_on_hopper_and_a_failure_recorded(suite, tmp_path, monkeypatch):
+  """As on a Hopper GPU: the largest batch is timed again with `decode_gemm="mosaic"` (here 16 rows,
+  which no tile of the kernel divides, so `hopper_gemm.dot` runs XLA's dot: the same tokens); a
+  kernel that fails is recorded and the section still succeeds."""
+  from lr_jax.ops import hopper_gemm
+  monkeypatch.setattr(hopper_gemm, "unavailable", lambda: None)
+  calls = []
+  dot = hopper_gemm.dot
+  monkeypatch.setattr(hopper_gemm, "dot", lambda *a, **k: calls.append(a[0].shape) or dot(*a, **k))
+  results = suite.main(["--smoke", "--out", str(tmp_path), "--sections", "ceilings,generate"])
+  row = results["sections"]["generate"]["batches"]["16"]
+  mosaic = row["mosaic_gemms"]
+  assert mosaic["all_rows_full_length"] and mosaic["vs_xla_gemms"] > 0 and mosaic["rows_agreeing"] == 1.0
+  assert calls and all(shape[0] == 16 for shape in calls)  # the decode loop's projections, 16 rows
+  assert "XLA's GEMMs; rows agreeing 100.0%" in dict(suite.summary_rows(results))["generate batch 16, Mosaic GPU GEMMs"]
+
+  def broken(*args, **kwargs):
+    raise RuntimeError("Mosaic GPU lowering failed")
+
+  monkeypatch.setattr(hopper_gemm, "dot", broken)
+  results = suite.main(["--smoke", "--out", str(tmp_path), "--sections", "generate"])
+  gen = results["sections"]["generate"]
+  assert gen["status"] == "ok" and gen["batches"]["16"]["tokens_per_s"] > 0
+  assert gen["batches"]["16"]["mosaic_gemms"]["error"] == "RuntimeError: Mosaic GPU lowering failed"
+  assert dict(suite.summary_rows(results))["generate batch 16, Mosaic GPU GEMMs"] == \
+      "failed: RuntimeError: Mosaic GPU lowering failed"
 
 
 def test_failing_decode_kernel_falls_back_to_xla_generation(suite, tmp_path, monkeypatch):

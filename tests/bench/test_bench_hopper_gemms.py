@@ -1,7 +1,7 @@
 """bench/hopper_gemms.py: on CPU it times XLA's rows and says why the Mosaic GPU kernel is skipped;
 the sweep's bookkeeping (which tilings, which is best, the mixed step) runs here with a stand-in for
-the kernel, and the kernel itself under Pallas' GPU interpreter, so the GPU call cannot trip on
-either."""
+the kernel (the kernel itself runs under Pallas' GPU interpreter in tests/ops/test_hopper_gemm.py),
+so the GPU call cannot trip on either."""
 from __future__ import annotations
 
 import json
@@ -29,54 +29,16 @@ def test_smoke_on_cpu_times_xla_and_says_why_mgpu_is_skipped(bench, tmp_path, ca
   assert "timing XLA's dot only" in capsys.readouterr().out
 
 
-def test_tilings_divide_the_shape_fastest_modelled_first(bench):
-  gate_up = bench.tilings(256, 1536, 17920, 132)
-  assert len(gate_up) == len(bench.SWEEP) and all(t["splits"] == 1 for t in gate_up)
-  assert [t["est_us"] for t in gate_up] == sorted(t["est_us"] for t in gate_up)
-  # CTA tiles of 128 x 128 and more load fewer bytes per FLOP than those 64 wide: they come first
-  def cta(t):
-    return t["tile_m"] * (1 + (t["wg_dimension"] == "M")), t["tile_n"] * (1 + (t["wg_dimension"] == "N"))
-  assert all(min(cta(t)) >= 128 for t in gate_up[:4]) and all(min(cta(t)) == 64 for t in gate_up[4:])
-  # 64 rows: only one warpgroup tile of 64 rows, the two warpgroups side by side along N
-  assert {(t["tile_m"], t["wg_dimension"]) for t in bench.tilings(64, 1536, 17920, 132)} == {(64, "N")}
-  assert bench.tilings(16, 1536, 17920, 132) == [] and bench.tilings(256, 1000, 17920, 132) == []
-  assert len(bench.tilings(256, 1536, 17920, 132, most=3)) == 3
-
-
-def test_the_model_restated(bench):
-  """gate/up, CTA 128 x 128: 280 tiles in 3 rounds of 132, each tile's 50.3 MFLOP at 64 FLOP per
-  byte of L2 traffic; down in 5 slices of K: 24 tiles in one round of 26 CTAs, plus writing and
-  reading 5 float32 partials; gate/up at 64 rows is floored by reading its weights from HBM."""
-  l2, hbm, sms = bench.L2_BYTES_PER_S, bench.HBM_BYTES_PER_S, 132
-  rate = min(bench.PEAK_FLOPS, l2 * 64) / sms
-  assert bench.estimate_seconds(256, 1536, 17920, 128, 128, 1, sms) == pytest.approx(3 * 2 * 128 * 128 * 1536 / rate)
-  down = 2 * 128 * 128 * 1792 / rate + 2 * 5 * 256 * 1536 * 4 / hbm
-  assert bench.estimate_seconds(256, 8960, 1536, 128, 128, 5, sms) == pytest.approx(down)
-  assert bench.estimate_seconds(64, 1536, 17920, 64, 128, 1, sms) == pytest.approx(1536 * 17920 * 2 / hbm)
-
-
-def test_skinny_projections_split_k(bench):
-  """At 256 rows down has 24 output tiles of 128 x 128 for 132 SMs: five slices of K (28 k tiles
-  each) fill 120 of them, and the model prefers that to whole K despite the partials; q/k/v and o
-  split too. Slices are whole k tiles, >= 4 each."""
-  down = bench.tilings(256, 8960, 1536, 132)[0]
-  assert (down["tile_m"] * down["tile_n"], down["tiles"], down["splits"]) == (128 * 64, 24, 5)
-  assert bench.name(down) in ("64x128/M k/5", "128x64/N k/5")
-  assert bench.estimate_seconds(256, 8960, 1536, 128, 128, 5, 132) < bench.estimate_seconds(
-      256, 8960, 1536, 128, 128, 1, 132) / 2
-  assert bench.tilings(256, 1536, 2048, 132)[0]["splits"] > 1 and bench.tilings(256, 1536, 1536, 132)[0]["splits"] > 1
-  for t in bench.tilings(256, 8960, 1536, 132) + bench.tilings(64, 8960, 1536, 132):
-    assert 140 % t["splits"] == 0 and 140 // t["splits"] >= 4, t
-
-
-def test_stages_fit_shared_memory(bench):
-  """Four 64-deep loads of a 128 x 256 CTA tile (192 KiB) fit beside bf16 epilogue buffers (32 KiB)
-  but not beside float32 ones (64 KiB), as the deviceless lowering for an H200 reported
-  (262,208 > 232,448 bytes): split-K tilings then keep three loads in flight."""
-  assert bench.stages(128, 256, splits=1) == 4 and bench.stages(128, 256, splits=2) == 3
-  assert bench.stages(64, 128, splits=2) == 4 and bench.stages(4096, 4096, splits=1) == 0
-  big = [t for t in bench.tilings(256, 8960, 1536, 132) if t["tile_m"] == t["tile_n"] == 128]
-  assert big and all(t["splits"] > 1 and t["stages"] == 3 and "3 stages" in bench.name(t) for t in big)
+def test_tiling_rows_are_the_librarys_tilings(bench):
+  """The sweep's rows are `lr_jax.ops.hopper_gemm.tilings` (tested in tests/ops/test_hopper_gemm.py)
+  with their output tiles and modelled time; a row's name and kernel are its tiling's."""
+  from lr_jax.ops import hopper_gemm
+  rows = bench.tilings(256, 8960, 1536, 132)
+  want = hopper_gemm.tilings(256, 8960, 1536, 132)
+  assert [bench.tiling_of(r) for r in rows] == [t for t, _ in want]
+  assert [r["est_us"] for r in rows] == pytest.approx([s * 1e6 for _, s in want])
+  assert rows[0]["tiles"] == 24 and bench.name(rows[0]) == want[0][0].name
+  assert bench.mgpu_matmul(rows[0], 132) is hopper_gemm.matmul(want[0][0], 132)
 
 
 def test_the_chain_loop_keeps_every_gemm_in_a_loop_of_known_trip_count(bench):
@@ -111,7 +73,7 @@ def test_sweep_keeps_the_fastest_correct_tiling_and_times_the_mixed_step(bench, 
     fn.seconds = 1e-6 if scale == 2.0 else 8e-6
     return fn
 
-  monkeypatch.setattr(bench, "hopper_unavailable", lambda: None)
+  monkeypatch.setattr(bench.hopper_gemm, "unavailable", lambda: None)
   monkeypatch.setattr(bench, "mgpu_matmul", fake_kernel)
   monkeypatch.setattr(bench, "chain_seconds", lambda mm, x, w, steps: bench.LAYERS * getattr(mm, "seconds", 1e-5))
   out = bench.main(["--smoke", "--batches", "128", "--steps", "2", "--per-shape", "8",
@@ -134,7 +96,7 @@ def test_tilings_past_the_budget_are_skipped_and_failures_are_recorded(bench, mo
   def failing(tiling, num_sms):
     raise ValueError("exceeds available shared memory\nsecond line")
 
-  monkeypatch.setattr(bench, "hopper_unavailable", lambda: None)
+  monkeypatch.setattr(bench.hopper_gemm, "unavailable", lambda: None)
   monkeypatch.setattr(bench, "mgpu_matmul", failing)
   out = bench.main(["--smoke", "--batches", "128", "--steps", "2"])
   row = out["batches"]["128"]["gemms"]["wgu"]
@@ -152,29 +114,3 @@ def test_tilings_past_the_budget_are_skipped_and_failures_are_recorded(bench, mo
   row = out["batches"]["128"]["gemms"]["wgu"]
   assert row["shape"] == [128, 64, 256] and all(t["skipped"] == "past --budget-seconds" for t in row["tilings"])
   assert "step" not in out["batches"]["128"]
-
-
-def test_the_real_kernel_through_mgpu_matmul_in_gpu_interpret_mode(bench, monkeypatch):
-  """JAX's Hopper kernel itself, run by Pallas' GPU interpreter on CPU (a private API in jax
-  0.10.2, hence the skip), through `mgpu_matmul`'s config and call: the two extreme tilings of
-  the sweep on a 4-SM grid, with K whole and split, give XLA's product."""
-  interpret = pytest.importorskip("jax._src.pallas.mosaic_gpu.interpret.params")
-  if not hasattr(interpret, "force_gpu_interpret_mode"):
-    pytest.skip("this jax has no force_gpu_interpret_mode")
-  import jax
-  import jax.numpy as jnp
-  from jax.experimental.pallas.ops.gpu import hopper_matmul_mgpu as hm
-  monkeypatch.setattr(hm, "get_num_sms", lambda: 4)  # a CPU device has no SM count
-  m, k, n = 256, 256, 256
-  a = jax.random.normal(jax.random.key(0), (m, k), jnp.bfloat16)
-  b = (jax.random.normal(jax.random.key(1), (k, n), jnp.float32) / k ** 0.5).astype(jnp.bfloat16)
-  tilings = {bench.name(t): t for t in bench.tilings(m, k, n, 4)}
-  assert len(tilings) == len(bench.SWEEP)
-  # CTA tiles 64 x 128 (8 of them) and 256 x 128 (2), whole K and in two slices (grid 2 x 2)
-  for name, cta, splits in (("64x64/N", (64, 128), 1), ("128x128/M", (256, 128), 1),
-                            ("64x64/N", (64, 128), 2), ("128x128/M", (256, 128), 2)):
-    tiling = {**tilings[name], "splits": splits, "stages": bench.stages(*cta, splits)}
-    with interpret.force_gpu_interpret_mode():
-      out = bench.mgpu_matmul(tiling, 4)(a, b)
-    assert out.shape == (m, n) and out.dtype == jnp.bfloat16
-    assert bench.rel_diff(out, a @ b) < 1e-3, (name, splits)  # partials summed in float32, rounded once

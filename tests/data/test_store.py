@@ -187,6 +187,16 @@ def test_reopening_drops_uncommitted_chunks_that_are_out_of_sequence_or_unreadab
   assert reopened.done_ids() == {"p1"}
 
 
+def test_a_committed_chunk_damaged_later_is_reported_naming_its_file(tmp_path):
+  path = tmp_path / "s"
+  SampleStore(path, meta=META).append([make_record(1)])
+  chunk = path / "shard-00000-of-00001" / "chunk-000000.npz"
+  chunk.write_bytes(chunk.read_bytes()[:100])
+  with pytest.raises(ValueError, match=rf"^{chunk}: committed sample chunk is unreadable, damaged since it was "
+                                       r"written \(BadZipFile: "):
+    list(SampleStore(path).iter_records())
+
+
 # --- A real SIGKILL at each window of the write protocol, then resume. ---
 
 _WRITER = textwrap.dedent('''

@@ -48,6 +48,10 @@ EQUIVALENT = [
     ("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", "\\begin{bmatrix}1&2\\\\3&4\\end{bmatrix}"),
     ("\\begin{pmatrix}\\frac12\\\\-1\\end{pmatrix}", "\\begin{pmatrix}0.5\\\\-1\\end{pmatrix}"),
     ("\\begin{array}{cc}1&0\\\\0&1\\end{array}", "\\begin{pmatrix}1&0\\\\0&1\\end{pmatrix}"),
+    # a row break followed by a space (71 MATH golds) is not a backslash-space
+    ("\\begin{pmatrix}-1\\\\2\\end{pmatrix}", "\\begin{pmatrix} -1 \\\\ 2 \\end{pmatrix}"),
+    ("\\begin{pmatrix} 5/3 \\\\ \\frac{4}{3} \\end{pmatrix}", "\\begin{pmatrix}\\frac53\\\\4/3\\end{pmatrix}"),
+    ("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", "\\begin{pmatrix} 1 & 2 \\\\\\ 3 & 4 \\end{pmatrix}"),
     # others
     ("\\infty", "\\infty"), ("\\text{east}", "east"), ("\\(\\frac{1}{4}\\)", "0.25"), ("\\[ 7 \\]", "7"),
 ]

@@ -116,6 +116,27 @@ def test_command_line_grades_gold_record_and_inline_record_lines(tmp_path):
   assert printed[:4] == ["gsm8k: 2/2 = 100.0%", "svamp: 0/1 = 0.0%", "mmlu_stem: 1/1 = 100.0%", "all: 3/4 = 75.0%"]
 
 
+def test_command_line_grades_the_eval_stages_lines_of_custom_sets(tmp_path, capsys):
+  """A custom set's label (`LABEL=READER:PATH`) is no benchmark lr_jax reads: its lines grade by
+  their "gold", as letters where "multiple_choice" says so; without a gold they are refused."""
+  source = tmp_path / "custom.jsonl"
+  _write_lines(source, [
+      {"benchmark": "arith_test", "completion": "\\boxed{\\frac{1}{2}}", "gold": "0.5", "multiple_choice": False},
+      {"benchmark": "quiz", "completion": "The answer is (B)", "gold": "B", "multiple_choice": True},
+      {"benchmark": "quiz", "completion": "The answer is (B)", "gold": "2"},
+  ])
+  printed = []
+  assert main(["--input", str(source)], print_fn=printed.append) == 0
+  with open(tmp_path / "custom.graded.jsonl", encoding="utf-8") as f:
+    graded = [json.loads(line) for line in f]
+  assert [(g["extracted"], g["correct"]) for g in graded] == [("\\frac{1}{2}", True), ("B", True), ("(B)", False)]  # the last as math
+  assert printed[:3] == ["arith_test: 1/1 = 100.0%", "quiz: 1/2 = 50.0%", "all: 2/3 = 66.7%"]
+  _write_lines(source, [{"benchmark": "arith_test", "completion": "1", "record": {"answer": "#### 1"}}])
+  assert main(["--input", str(source)]) == 2
+  assert capsys.readouterr().err.strip().endswith(f"benchmark 'arith_test' is none of {', '.join(BENCHMARKS)}, so the "
+                                                  f"line needs its field 'gold'")
+
+
 def test_command_line_reports_a_bad_line_in_one_line(tmp_path, capsys):
   source = tmp_path / "bad.jsonl"
   _write_lines(source, [{"benchmark": "gsm8k", "completion": "1", "gold": "1"}, {"completion": "2"}])

@@ -34,3 +34,43 @@ def test_a_set_batch_and_chunk_are_kept_and_a_small_problem_count_caps_the_defau
   assert sample.batch_and_chunk(_config(24, 40), QWEN_1_5B, QWEN_0_5B, 151665, 200, 5, layout) == (24, 40)
   batch, _ = sample.batch_and_chunk(_config(0, 0), QWEN_1_5B, QWEN_0_5B, 151665, 200, 20, layout)
   assert batch == 8 * 4  # 20 problems over 8 devices: 3 a device, up to a power of two
+
+
+def _stage_config(tmp_path, problems: str, template: str) -> ml_collections.ConfigDict:
+  from configs import qwen_math
+  from tests.helpers import make_tiny_hf
+  c = qwen_math.get_config()
+  c.expert = make_tiny_hf(tmp_path, name="expert", vocab_size=151936, num_layers=1)
+  c.amateur = c.expert
+  c.dtype, c.data.path, c.prompt.template = "float32", str(tmp_path / "problems.jsonl"), template
+  c.data.num_problems = None  # all (a count the file cannot meet is refused by the reader)
+  (tmp_path / "problems.jsonl").write_text(problems)
+  return c
+
+
+def test_bad_problems_are_refused_naming_the_file_and_problem(tmp_path):
+  """No problem at all, or one whose prompt renders to no tokens: one line naming the data file
+  (and the problem), before any model loads."""
+  from lr_jax.stages import common
+  c = _stage_config(tmp_path, "", "{question}")
+  with pytest.raises(ValueError, match=rf"^{c.data.path}: no problems to sample \(an empty file or split\?\)$"):
+    sample.run(c, common.Workdir(str(tmp_path / "run")), None)
+  (tmp_path / "problems.jsonl").write_text('{"question": "1+1?", "answer": "2"}\n{"question": "", "answer": "0"}\n')
+  with pytest.raises(ValueError, match=rf"^{c.data.path}: problem \S+: its prompt \(config.prompt.template\) "
+                                       r"renders to no tokens$"):
+    sample.run(c, common.Workdir(str(tmp_path / "run")), None)
+
+
+def test_a_store_holding_problems_the_config_no_longer_selects_is_refused(tmp_path, monkeypatch):
+  """Sampled with 2 problems, rerun with 1: the distill stage would train on the other too."""
+  from lr_jax.errors import SettingsChanged
+  from lr_jax.stages import common
+  c = _stage_config(tmp_path, "".join(f'{{"question": "{q}", "answer": "0"}}\n' for q in ("1+1?", "2+2?")),
+                    "{question}")
+  workdir = common.Workdir(str(tmp_path / "run"))
+  ids = [p.id for p in sample.load_problems_from_spec(c.data.path, n=2, order="first")]
+  monkeypatch.setattr(sample.SampleStore, "done_ids", lambda self: set(ids))  # as if both were sampled
+  c.data.num_problems = 1
+  with pytest.raises(SettingsChanged, match=rf"sample store {workdir.samples} holds 1 problems \(e.g. {ids[1]}\) "
+                                            r"that config.data \(num_problems = 1, order 'first'\) no longer selects"):
+    sample.run(c, workdir, None)
