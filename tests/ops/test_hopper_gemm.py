@@ -180,6 +180,10 @@ def test_refusals(monkeypatch):
   with pytest.raises(ValueError, match="needs fuse_decode_projections=True"):
     Transformer(TINY, decode_gemm="mosaic", fuse_decode_projections=False, rngs=nnx.Rngs(0))
   model = Transformer(TINY, dtype=jnp.bfloat16, decode_gemm="mosaic", rngs=nnx.Rngs(0))
+  model.fuse_decode_projections = False  # set later, as the attributes may be
+  with pytest.raises(ValueError, match="decode_gemm='mosaic' runs the fused projections"):
+    engine.fused_for_decoding(*nnx.split(model))
+  model.fuse_decode_projections = True
   with pytest.raises(ValueError, match=r"decode_gemm='mosaic' \(the Hopper Mosaic GPU matmul\) needs an NVIDIA "
                                        r"Hopper GPU \(compute capability 9.x\); device 0 is cpu \(use decode_gemm='xla'\)"):
     model.fuse_projections()
