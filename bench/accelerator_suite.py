@@ -156,6 +156,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--peak-tflops", type=float, default=989.0, help="nominal bf16 dense peak (H100/H200 SXM: 989)")
   p.add_argument("--repeats", type=int, default=None, help="timed calls per measurement (median reported)")
   p.add_argument("--torch-problems", type=int, default=None, help="problems in the PyTorch baseline")
+  p.add_argument("--gemm-tilings", default="",
+                 help="bench/hopper_gemms.py's results (JSON): the generation row with the Mosaic GPU GEMMs then "
+                      "runs each projection through the faster kernel it measured (else the modelled tilings)")
   p.add_argument("--torch-worker", default=None, help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   args.sections = tuple(s.strip() for s in args.sections.split(",") if s.strip())
@@ -493,7 +496,11 @@ def section_generate(ctx: Context) -> dict[str, Any]:
         result["mosaic_gemms"] = f"not timed: {why}"
       else:
         try:
-          mosaic = row["mosaic_gemms"] = time_variant(ctx, model, batch, tokens, decode_gemm="mosaic")
+          measured = measured_tilings(ctx.args.gemm_tilings, batch)
+          mosaic = row["mosaic_gemms"] = time_variant(ctx, model, batch, tokens, decode_gemm="mosaic",
+                                                      gemm_tilings=measured)
+          mosaic["tilings"] = ({"x".join(map(str, shape)): t.name if t else "xla" for shape, t in measured}
+                               if measured else "modelled")
           mosaic["vs_xla_gemms"] = row["step_s"] / mosaic["step_s"]
           log(f"generate batch {batch} (Mosaic GPU GEMMs): {mosaic['step_s'] * 1e3:.2f} ms/step, roofline "
               f"{mosaic.get('roofline_fraction', float('nan')) * 100:.1f}%: {mosaic['vs_xla_gemms']:.2f}x XLA's GEMMs; "
@@ -503,6 +510,22 @@ def section_generate(ctx: Context) -> dict[str, Any]:
           log(f"generate batch {batch} (Mosaic GPU GEMMs) failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
     result["batches"][str(batch)] = row
   return result
+
+
+def measured_tilings(path: str, batch: int) -> tuple:
+  """`Transformer(gemm_tilings=...)` from bench/hopper_gemms.py's results at `batch`; () (the
+  modelled tilings) without a file, or where it has none at that batch (logged)."""
+  if not path:
+    return ()
+  try:
+    with open(path) as f:
+      entry = json.load(f)["batches"].get(str(batch), {})
+    if "gemm_tilings" not in entry:
+      raise ValueError(f"no measured tilings at batch {batch}")
+    return tuple((tuple(shape), None if t is None else hopper_gemm.Tiling(**t)) for shape, t in entry["gemm_tilings"])
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    log(f"--gemm-tilings {path}: {type(e).__name__}: {e}; the modelled tilings are used")
+    return ()
 
 
 def mfu(flops: float, seconds: float, ctx: Context) -> dict[str, float | None]:

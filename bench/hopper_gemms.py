@@ -173,11 +173,23 @@ def sweep_gemm(row: dict, m: int, k: int, n: int, args, unavailable: str | None,
     write()
 
 
+def faster(gemms: dict) -> dict[str, dict | None]:
+  """Per projection of a batch: its best tiling where that beat XLA's dot, else None (XLA's)."""
+  return {w: row["best"] if row.get("best") and (row["best"]["vs_xla"] or 0) > 1 else None for w, row in gemms.items()}
+
+
+def gemm_tilings(gemms: dict) -> list:
+  """`faster` as `Transformer(gemm_tilings=...)` takes it, in JSON: [[M, K, N], tiling fields or
+  None] per projection (the accelerator suite's `measured_tilings` reads it back)."""
+  return [[row["shape"], None if t is None else dataclasses.asdict(tiling_of(t))]
+          for (w, row), t in zip(gemms.items(), faster(gemms).values())]
+
+
 def mixed_step(cfg, batch: int, gemms: dict, steps: int, num_sms: int) -> dict:
   """One step's projections (decode_gemms' merged variant) with XLA's dot throughout, and with each
   projection whose best tiling beat XLA through the Mosaic GPU kernel."""
   layers = decode_gemms.projections(cfg, merged=True)
-  chosen = {w: row["best"] for w, row in gemms.items() if row.get("best") and (row["best"]["vs_xla"] or 0) > 1}
+  chosen = {w: t for w, t in faster(gemms).items() if t is not None}
   matmuls = {w: mgpu_matmul(t, num_sms) for w, t in chosen.items()}
   x = jax.random.normal(jax.random.key(batch), (batch, cfg.hidden_size), jnp.bfloat16)
   q_width = cfg.num_heads * cfg.head_dim
@@ -230,6 +242,9 @@ def main(argv=None) -> dict:
         line += (f"; {name(t)} {t['us']:.1f} us {t['vs_xla'] or float('nan'):.2f}x" if "us" in t
                  else f"; {name(t)} {t.get('error') or t.get('skipped')}")
       print(line, flush=True)
+    if not unavailable:
+      entry["gemm_tilings"] = gemm_tilings(entry["gemms"])
+      write()
     if not unavailable and time.perf_counter() <= deadline:
       try:
         s = entry["step"] = mixed_step(cfg, batch, entry["gemms"], args.steps, num_sms)

@@ -371,13 +371,15 @@ class Transformer(nnx.Module):
   `decode_gemm` runs those fused projections and the o and down projections of decode loops
   through XLA's dot ("xla", the default) or JAX's Hopper Mosaic GPU matmul ("mosaic",
   `lr_jax.ops.hopper_gemm`: an H100/H200, one device, bf16/fp16, fused projections), with the
-  tilings of `gemm_tilings` (`((M, K, N), hopper_gemm.Tiling)` pairs) where given, else modelled.
+  tilings of `gemm_tilings` (`((M, K, N), hopper_gemm.Tiling | None)` pairs, None for XLA's dot)
+  where given, else modelled.
   """
 
   def __init__(self, cfg: ModelConfig, *, dtype=jnp.bfloat16, layout: Layout | None = None,
                remat: bool = False, scan_layers: bool = False, attention: str = "auto",
                decode_attention: str = "auto", fuse_decode_projections: bool = True, decode_gemm: str = "xla",
-               gemm_tilings: tuple[tuple[tuple[int, int, int], hopper_gemm.Tiling], ...] = (), rngs: nnx.Rngs):
+               gemm_tilings: tuple[tuple[tuple[int, int, int], hopper_gemm.Tiling | None], ...] = (),
+               rngs: nnx.Rngs):
     if attention not in ATTENTION_KERNELS:
       raise ValueError(f"Transformer attention={attention!r}: expected one of {', '.join(ATTENTION_KERNELS)}")
     if decode_attention not in DECODE_KERNELS:

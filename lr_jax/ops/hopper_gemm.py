@@ -11,8 +11,8 @@ A `Tiling` is the kernel's CTA tile and K split. At M = 256 rows the skinny proj
 o, down) have 12-64 output tiles for 132 SMs, so K may be split: the kernel body then runs on S
 groups of CTAs, one per slice of K, into float32 partials `[S, M, N]` that XLA sums and rounds
 once. `tilings` orders the tilings that divide a shape by a model of the tile schedule
-(`estimate_seconds`); `dot` takes the caller's measured tiling for a shape where it has one, else
-the model's first.
+(`estimate_seconds`); `dot` takes the caller's measured choice for a shape where it has one (a
+tiling, or None: XLA's dot was faster there), else the model's first.
 
 Shapes: an `[M, K] @ [K, N]` GEMM, M rows (batch x tokens), bf16 or fp16 operands, float32
 accumulation, output in the operands' dtype (as XLA's dot of bf16 operands on a GPU).
@@ -170,11 +170,14 @@ def matmul(tiling: Tiling, sms: int):
   return split_matmul
 
 
-def choose(m: int, k: int, n: int, measured: Mapping[tuple[int, int, int], Tiling] | None, sms: int) -> Tiling | None:
-  """The tiling for an `[m, k] @ [k, n]` GEMM: `measured[(m, k, n)]` where given, else the model's
-  fastest (`tilings`), None where no tiling divides the shape."""
+def choose(m: int, k: int, n: int, measured: Mapping[tuple[int, int, int], Tiling | None] | None,
+           sms: int) -> Tiling | None:
+  """The tiling for an `[m, k] @ [k, n]` GEMM: `measured[(m, k, n)]` where given (None: XLA's dot),
+  else the model's fastest (`tilings`); None also where no tiling divides the shape."""
   if measured and (m, k, n) in measured:
     tiling = measured[(m, k, n)]
+    if tiling is None:
+      return None
     (cta_m, cta_n), part = tiling.cta, k // tiling.splits
     if m % cta_m or n % cta_n or k % tiling.splits or part % TILE_K:
       raise ValueError(f"gemm_tilings: {tiling.name} (CTA tiles {cta_m} x {cta_n}, k tiles of {TILE_K} in "
@@ -187,19 +190,19 @@ def choose(m: int, k: int, n: int, measured: Mapping[tuple[int, int, int], Tilin
 @dataclasses.dataclass(frozen=True)
 class Plan:
   """What `Transformer(decode_gemm="mosaic")` hands its fused projections (hashable, static):
-  `measured` pairs `(M, K, N)` shapes with the tilings to use for them (e.g. the fastest
-  `bench/hopper_gemms.py` timed); any other shape gets the model's fastest."""
-  measured: tuple[tuple[tuple[int, int, int], Tiling], ...] = ()
+  `measured` pairs `(M, K, N)` shapes with the tiling to use for them, or None for XLA's dot (e.g.
+  what `bench/hopper_gemms.py` found fastest); any other shape gets the model's fastest."""
+  measured: tuple[tuple[tuple[int, int, int], Tiling | None], ...] = ()
 
   def dot(self, x: jax.Array, kernel: jax.Array, in_ndim: int) -> jax.Array:
     return dot(x, kernel, in_ndim, dict(self.measured))
 
 
 def dot(x: jax.Array, kernel: jax.Array, in_ndim: int,
-        measured: Mapping[tuple[int, int, int], Tiling] | None = None) -> jax.Array:
+        measured: Mapping[tuple[int, int, int], Tiling | None] | None = None) -> jax.Array:
   """x `[..., *In]` times kernel `[*In, *Out]` (`in_ndim` = len(In)) -> `[..., *Out]`: as one
-  `[M, prod(In)] @ [prod(In), prod(Out)]` through the kernel, or through XLA's dot where no tiling
-  divides that shape (e.g. a batch of 3 rows)."""
+  `[M, prod(In)] @ [prod(In), prod(Out)]` through the kernel (`choose`), or through XLA's dot where
+  `measured` says so or no tiling divides that shape (e.g. a batch of 3 rows)."""
   lead, inner, out = x.shape[:x.ndim - in_ndim], kernel.shape[:in_ndim], kernel.shape[in_ndim:]
   m, k, n = math.prod(lead), math.prod(inner), math.prod(out)
   sms = num_sms()

@@ -177,11 +177,19 @@ def test_generation_with_mosaic_gemms_is_timed_on_hopper_and_a_failure_recorded(
   calls = []
   dot = hopper_gemm.dot
   monkeypatch.setattr(hopper_gemm, "dot", lambda *a, **k: calls.append(a[0].shape) or dot(*a, **k))
-  results = suite.main(["--smoke", "--out", str(tmp_path), "--sections", "ceilings,generate"])
+  # bench/hopper_gemms.py's choice at batch 16: XLA's dot for q/k/v, the model's tilings elsewhere
+  measured = tmp_path / "hopper_gemms.json"
+  measured.write_text(json.dumps({"batches": {"16": {"gemm_tilings": [[[16, 64, 128], None]]}}}))
+  results = suite.main(["--smoke", "--out", str(tmp_path), "--sections", "ceilings,generate",
+                        "--gemm-tilings", str(measured)])
   row = results["sections"]["generate"]["batches"]["16"]
   mosaic = row["mosaic_gemms"]
   assert mosaic["all_rows_full_length"] and mosaic["vs_xla_gemms"] > 0 and mosaic["rows_agreeing"] == 1.0
+  assert mosaic["tilings"] == {"16x64x128": "xla"}
   assert calls and all(shape[0] == 16 for shape in calls)  # the decode loop's projections, 16 rows
+  assert suite.measured_tilings(str(tmp_path / "absent.json"), 16) == ()  # logged: the modelled tilings
+  assert suite.measured_tilings(str(measured), 64) == ()
+  assert suite.measured_tilings("", 16) == ()
   assert "XLA's GEMMs; rows agreeing 100.0%" in dict(suite.summary_rows(results))["generate batch 16, Mosaic GPU GEMMs"]
 
   def broken(*args, **kwargs):

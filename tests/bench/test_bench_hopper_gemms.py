@@ -4,6 +4,7 @@ the kernel (the kernel itself runs under Pallas' GPU interpreter in tests/ops/te
 so the GPU call cannot trip on either."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -85,6 +86,9 @@ def test_sweep_keeps_the_fastest_correct_tiling_and_times_the_mixed_step(bench, 
       assert t["rel_diff"] == (pytest.approx(1.0, rel=1e-2) if t["tile_n"] == 128 else 0.0), (w, t)
     assert row["best"]["tile_n"] == 64 and row["best"]["us"] == pytest.approx(8.0), w
     assert row["best"]["vs_xla"] == pytest.approx(10 / 8)
+  # what the suite's generation row runs with (`--gemm-tilings`): each shape's fastest correct tiling
+  assert entry["gemm_tilings"] == [[row["shape"], dataclasses.asdict(bench.tiling_of(row["best"]))]
+                                   for row in entry["gemms"].values()]
   step = entry["step"]
   assert set(step["kernels"]) == {"wqkv", "wo", "wgu", "wd"}
   assert step["xla_ms"] > 0 and step["mixed_ms"] > 0 and step["rel_diff"] < 1e-6
@@ -102,6 +106,7 @@ def test_tilings_past_the_budget_are_skipped_and_failures_are_recorded(bench, mo
   row = out["batches"]["128"]["gemms"]["wgu"]
   assert row["tilings"] and all(t["error"] == "ValueError: exceeds available shared memory" for t in row["tilings"])
   assert row["best"] is None and out["batches"]["128"]["step"]["kernels"] == {}
+  assert all(tiling is None for _, tiling in out["batches"]["128"]["gemm_tilings"])  # XLA's dot throughout
 
   def boom(*args, **kwargs):
     raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")
