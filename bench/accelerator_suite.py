@@ -443,8 +443,9 @@ def section_generate(ctx: Context) -> dict[str, Any]:
   share of rows whose greedy tokens agree), and at the largest batch with the kernel's fastest
   launch setting from the kernel check, where it beats the default by `TUNED_MIN_GAIN`, with the
   projections unfused (`Transformer.fuse_decode_projections` off: 5 GEMMs a layer, not 2), and on a
-  Hopper GPU with the projections through JAX's Mosaic GPU matmul (`decode_gemm="mosaic"`, the
-  modelled tilings of `lr_jax.ops.hopper_gemm`)."""
+  Hopper GPU with the projections through JAX's Mosaic GPU matmul (`decode_gemm="mosaic"`: each
+  projection through the kernel `--gemm-tilings` measured faster, else the modelled tiling of
+  `lr_jax.ops.hopper_gemm`)."""
   s = ctx.shapes
   model = ctx.model("expert")
   pallas = model.pallas_decode(max(s.gen_batches), s.prompt_len + output_slots(s.new_tokens))

@@ -82,7 +82,7 @@ GPUS = {
     "h100": {"name": "NVIDIA H100 80GB HBM3", "bandwidth": 3_352_320_000_000, "memory": 84_929_347_584},
     "h200": {"name": "NVIDIA H200", "bandwidth": 4_800_000_000_000, "memory": 150_754_820_096},
 }
-SMS = 132  # an H100's or H200's streaming multiprocessors (core_count above)
+SMS = 132  # an H100's or H200's streaming multiprocessors (core_count in _DEVICE_INFO)
 TARGETS = ("decode_b64", "decode_b256", "distill", "contrastive", "attention_mesh")
 _BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4, "s32": 4, "u32": 4,
           "f64": 8, "s64": 8, "u64": 8}

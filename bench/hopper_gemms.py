@@ -180,9 +180,12 @@ def faster(gemms: dict) -> dict[str, dict | None]:
 
 def gemm_tilings(gemms: dict) -> list:
   """`faster` as `Transformer(gemm_tilings=...)` takes it, in JSON: [[M, K, N], tiling fields or
-  None] per projection (the accelerator suite's `measured_tilings` reads it back)."""
+  None] per projection whose tilings were tried (timed or failed); one whose were all skipped (past
+  the budget) or that none divides is left out, so it keeps the modelled tiling. The accelerator
+  suite's `measured_tilings` reads it back."""
   return [[row["shape"], None if t is None else dataclasses.asdict(tiling_of(t))]
-          for (w, row), t in zip(gemms.items(), faster(gemms).values())]
+          for (w, row), t in zip(gemms.items(), faster(gemms).values())
+          if any("us" in tiling or "error" in tiling for tiling in row["tilings"])]
 
 
 def mixed_step(cfg, batch: int, gemms: dict, steps: int, num_sms: int) -> dict:

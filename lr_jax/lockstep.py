@@ -117,12 +117,13 @@ def lockstep_decode(expert_graphdef: nnx.GraphDef, amateur_graphdef: nnx.GraphDe
   Returns:
     the final `LockstepState`; steps at or past a row's `num_tokens` are zero / pad_id.
   """
+  layout = nnx.merge(expert_graphdef, expert_state).layout
+  b = tokens.shape[0]
+  # Prefill as `generate` does, with the models as given; the one-token steps with fused projections.
+  expert_hidden, expert_cache = prefill(expert_graphdef, expert_state, tokens, mask, spec.slots)
+  amateur_hidden, amateur_cache = prefill(amateur_graphdef, amateur_state, tokens, mask, spec.slots)
   expert = fused_for_decoding(expert_graphdef, expert_state)
   amateur = fused_for_decoding(amateur_graphdef, amateur_state)
-  layout = nnx.merge(*expert).layout
-  b = tokens.shape[0]
-  expert_hidden, expert_cache = prefill(*expert, tokens, mask, spec.slots)
-  amateur_hidden, amateur_cache = prefill(*amateur, tokens, mask, spec.slots)
   real = jnp.any(mask, axis=-1)
   s = LockstepState(
       expert_cache=expert_cache, amateur_cache=amateur_cache,

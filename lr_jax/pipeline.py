@@ -44,11 +44,12 @@ def stages_of(config) -> list[str]:
   return sorted(stages, key=STAGE_ORDER.index)
 
 
-def _check_decode_gemm(config) -> None:
+def _check_decode_gemm(config, decodes: bool) -> None:
+  """The value always; whether the kernel can run only for stages that decode (`decodes`)."""
   gemm = config.get("decode_gemm", "xla")
   if gemm not in DECODE_GEMMS:
     raise ConfigError(f"config.decode_gemm: {gemm!r} is not one of {', '.join(DECODE_GEMMS)}")
-  if gemm != "mosaic":
+  if gemm != "mosaic" or not decodes:
     return
   why = hopper_gemm.unavailable()
   if why is None and jax.device_count() > 1:
@@ -71,7 +72,7 @@ def check_config(config, stages: list[str]) -> None:
   if not isinstance(config.get("fuse_decode_projections", True), bool):
     raise ConfigError(f"config.fuse_decode_projections: expected True or False, got "
                       f"{config.get('fuse_decode_projections')!r}")
-  _check_decode_gemm(config)
+  _check_decode_gemm(config, decodes=any(s in stages for s in ("sample", "eval")))
   needs_models = any(s in stages for s in ("sample", "distill", "eval", "export"))
   if needs_models and "demo" not in stages:
     for role in ("expert", "amateur"):

@@ -135,6 +135,12 @@ def test_decode_gemm_is_checked_before_any_model_loads(tmp_path, monkeypatch):
   refused("needs config.dtype bfloat16 or float16, not float32", dtype="float32")
   c.decode_gemm = "mosaic"
   pipeline.check_config(c, pipeline.stages_of(c))
+  monkeypatch.setattr(hopper_gemm, "unavailable", lambda: "needs an NVIDIA Hopper GPU")
+  c.stages = "distill,export"
+  pipeline.check_config(c, pipeline.stages_of(c))  # no stage decodes: the kernel is not needed
+  c.decode_gemm = "Mosaic"
+  with pytest.raises(pipeline.ConfigError, match="config.decode_gemm: 'Mosaic' is not one of xla, mosaic"):
+    pipeline.check_config(c, pipeline.stages_of(c))  # a misspelt value still is refused
 
 
 def test_amateur_larger_than_expert_is_refused(tmp_path):

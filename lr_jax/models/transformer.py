@@ -400,7 +400,7 @@ class Transformer(nnx.Module):
     self.decode_launch = decode_attention_ops.Launch()
     self.fuse_decode_projections = fuse_decode_projections
     self.decode_gemm = decode_gemm
-    self.gemm_tilings = tuple(gemm_tilings)
+    self.gemm_tilings = hopper_gemm.checked_tilings(gemm_tilings)
     emb = jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.hidden_size), jnp.float32) * 0.02
     self.embed = nnx.Param(emb.astype(dtype), logical_axes=("vocab", "embed"))
     self.layers = nnx.List([DecoderLayer(cfg, dtype, layout, rngs) for _ in range(cfg.num_layers)])
@@ -492,6 +492,8 @@ class Transformer(nnx.Module):
     they were built from only until these change). With `decode_gemm="mosaic"` the fused, o and
     down projections then run through the Mosaic GPU kernel; where it cannot run, this says why."""
     gemm = None
+    if self.decode_gemm not in DECODE_GEMMS:
+      raise ValueError(f"Transformer.decode_gemm={self.decode_gemm!r}: expected one of {', '.join(DECODE_GEMMS)}")
     if self.decode_gemm == "mosaic":
       why = hopper_gemm.unavailable()
       if jnp.dtype(self.dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):

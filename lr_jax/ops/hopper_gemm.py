@@ -127,7 +127,8 @@ def unavailable() -> str | None:
 
 @functools.cache
 def matmul(tiling: Tiling, sms: int):
-  """Jitted `fn(a, b) = a @ b` through the kernel with `tiling` on `sms` SMs. Jitted (and cached),
+  """Jitted `fn(a, b) = a @ b` through the kernel with `tiling` on `sms` SMs (with K whole, JAX's
+  `matmul` reads the SM count itself: `sms` then only keys the cache). Jitted (and cached),
   so a caller's trace lowers each tiling once however often it calls it. TuningConfig's fields and
   the kernel's signature have changed between jax versions: fields this jax lacks are left out (a
   mismatch then surfaces as the kernel's own error) and the `c` operand is passed only where the
@@ -175,16 +176,31 @@ def choose(m: int, k: int, n: int, measured: Mapping[tuple[int, int, int], Tilin
   """The tiling for an `[m, k] @ [k, n]` GEMM: `measured[(m, k, n)]` where given (None: XLA's dot),
   else the model's fastest (`tilings`); None also where no tiling divides the shape."""
   if measured and (m, k, n) in measured:
-    tiling = measured[(m, k, n)]
-    if tiling is None:
-      return None
-    (cta_m, cta_n), part = tiling.cta, k // tiling.splits
-    if m % cta_m or n % cta_n or k % tiling.splits or part % TILE_K:
-      raise ValueError(f"gemm_tilings: {tiling.name} (CTA tiles {cta_m} x {cta_n}, k tiles of {TILE_K} in "
-                       f"{tiling.splits} slices) does not divide the [{m}, {k}] @ [{k}, {n}] GEMM it is given for")
-    return tiling
+    return measured[(m, k, n)]
   best = tilings(m, k, n, sms, 1)
   return best[0][0] if best else None
+
+
+def checked_tilings(pairs) -> tuple[tuple[tuple[int, int, int], Tiling | None], ...]:
+  """`pairs` of `(M, K, N)` and a `Tiling` or None (XLA's dot) as a hashable tuple, each tiling
+  checked to divide its GEMM; ValueError (one line, naming `gemm_tilings`) otherwise."""
+  out = []
+  for pair in pairs:
+    try:
+      shape, tiling = pair
+      m, k, n = (int(d) for d in shape)
+    except (TypeError, ValueError):
+      raise ValueError(f"gemm_tilings: expected ((M, K, N), Tiling or None) pairs, got {pair!r}") from None
+    if tiling is not None:
+      if not isinstance(tiling, Tiling) or tiling.wg_dimension not in ("M", "N") or tiling.splits < 1:
+        raise ValueError(f"gemm_tilings: {tiling!r} for [{m}, {k}] @ [{k}, {n}] is not a hopper_gemm.Tiling "
+                         f"(wg_dimension 'M' or 'N', splits >= 1) or None")
+      (cta_m, cta_n), part = tiling.cta, k // tiling.splits
+      if m % cta_m or n % cta_n or k % tiling.splits or part % TILE_K:
+        raise ValueError(f"gemm_tilings: {tiling.name} (CTA tiles {cta_m} x {cta_n}, k tiles of {TILE_K} in "
+                         f"{tiling.splits} slices) does not divide the [{m}, {k}] @ [{k}, {n}] GEMM it is given for")
+    out.append(((m, k, n), tiling))
+  return tuple(out)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -152,7 +152,7 @@ def run(config, workdir: common.Workdir, writer) -> dict:
   done = store.done_ids()
   unselected = sorted(done - {p.id for p in mine})
   if unselected:  # the distill stage trains on every stored record
-    raise SettingsChanged(f"sample store {workdir.samples} holds {len(unselected)} problems (e.g. {unselected[0]}) "
+    raise SettingsChanged(f"sample store {workdir.samples} holds {len(unselected)} problem(s) (e.g. {unselected[0]}) "
                           f"that config.data (num_problems = {config.data.num_problems}, order "
                           f"{config.data.order!r}) no longer selects; rerun with the saved settings, or use a "
                           f"fresh workdir")

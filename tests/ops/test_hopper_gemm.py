@@ -100,9 +100,22 @@ def test_choose_takes_a_measured_tiling_else_the_models_else_none():
       hopper_gemm.tilings(256, 8960, 1536, 132)[0][0]
   assert hopper_gemm.choose(3, 8960, 1536, None, 132) is None
   assert hopper_gemm.choose(256, 8960, 1536, {(256, 8960, 1536): None}, 132) is None  # measured: XLA's faster
+
+
+def test_given_tilings_are_made_hashable_and_checked():
+  """As JSON gives them (lists) they become a tuple a graphdef can hold; a tiling that does not
+  divide its GEMM, or no tiling at all, is refused in one line naming `gemm_tilings`."""
+  assert hopper_gemm.checked_tilings([[[64, 256, 256], None], [(64, 256, 512), Tiling(64, 64, "N")]]) == (
+      ((64, 256, 256), None), ((64, 256, 512), Tiling(64, 64, "N")))
+  hash(nnx.graphdef(Transformer(TINY, gemm_tilings=[([64, 256, 256], None)], rngs=nnx.Rngs(0))))
   with pytest.raises(ValueError, match=r"gemm_tilings: 64x64/M \(CTA tiles 128 x 64, k tiles of 64 in 1 slices\) "
                                        r"does not divide the \[64, 256\] @ \[256, 256\] GEMM it is given for"):
-    hopper_gemm.choose(64, 256, 256, {(64, 256, 256): Tiling(64, 64, "M")}, 132)
+    hopper_gemm.checked_tilings([((64, 256, 256), Tiling(64, 64, "M"))])
+  with pytest.raises(ValueError, match=r"gemm_tilings: \{'tile_m': 64\} for \[64, 256\] @ \[256, 256\] is not a "
+                                       r"hopper_gemm.Tiling"):
+    hopper_gemm.checked_tilings([((64, 256, 256), {"tile_m": 64})])
+  with pytest.raises(ValueError, match=r"gemm_tilings: expected \(\(M, K, N\), Tiling or None\) pairs, got \(64, 256\)"):
+    hopper_gemm.checked_tilings([(64, 256)])
 
 
 def test_dot_falls_back_to_xla_where_no_tiling_divides(monkeypatch):
@@ -184,6 +197,10 @@ def test_refusals(monkeypatch):
   with pytest.raises(ValueError, match="decode_gemm='mosaic' runs the fused projections"):
     engine.fused_for_decoding(*nnx.split(model))
   model.fuse_decode_projections = True
+  model.decode_gemm = "Mosaic"  # misspelt, after construction
+  with pytest.raises(ValueError, match="Transformer.decode_gemm='Mosaic': expected one of xla, mosaic"):
+    model.fuse_projections()
+  model.decode_gemm = "mosaic"
   with pytest.raises(ValueError, match=r"decode_gemm='mosaic' \(the Hopper Mosaic GPU matmul\) needs an NVIDIA "
                                        r"Hopper GPU \(compute capability 9.x\); device 0 is cpu \(use decode_gemm='xla'\)"):
     model.fuse_projections()

@@ -71,6 +71,6 @@ def test_a_store_holding_problems_the_config_no_longer_selects_is_refused(tmp_pa
   ids = [p.id for p in sample.load_problems_from_spec(c.data.path, n=2, order="first")]
   monkeypatch.setattr(sample.SampleStore, "done_ids", lambda self: set(ids))  # as if both were sampled
   c.data.num_problems = 1
-  with pytest.raises(SettingsChanged, match=rf"sample store {workdir.samples} holds 1 problems \(e.g. {ids[1]}\) "
+  with pytest.raises(SettingsChanged, match=rf"sample store {workdir.samples} holds 1 problem\(s\) \(e.g. {ids[1]}\) "
                                             r"that config.data \(num_problems = 1, order 'first'\) no longer selects"):
     sample.run(c, workdir, None)
