@@ -25,8 +25,9 @@ q/k/v `[D, (H + 2K) Dh]`, o `[H Dh, D]`):
 then one step's projections as bench/decode_gemms.py's `merged` variant runs them (norms, SwiGLU,
 residual adds), with each projection through whichever kernel was faster, against XLA's dot
 throughout: no timing chain there, so this is the figure that says whether the decode loop should
-call the kernel, and with which tilings (`Transformer(gemm_tilings=...)`; the accelerator suite
-times generation with the modelled ones).
+call the kernel, and with which tilings: each batch's `gemm_tilings` (per projection, the fastest
+correct tiling where it beat XLA's dot, else None) is what `Transformer(gemm_tilings=...)` takes,
+and what the accelerator suite times generation with (`--gemm-tilings`).
 
 A row's time is that of one chain of 28 GEMMs, each GEMM's input taking one element of the
 previous one's output (`chain_loop`), / 28: (time of 2n chains - time of n) / n, with n chains in
