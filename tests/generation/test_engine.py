@@ -144,7 +144,8 @@ def test_fused_projections_decode_as_the_separate_ones(tmp_path):
 
 def test_decode_loops_run_the_fused_gemms(tmp_path):
   """`decode_until` and `lockstep_decode` fuse before their loops: 3 fewer GEMMs a layer each step
-  (q/k/v 3 -> 1, gate/up 2 -> 1) when the models' `fuse_decode_projections` is on."""
+  (q/k/v 3 -> 1, gate/up 2 -> 1) when the models' `fuse_decode_projections` is on; prefill (in
+  `start_decoding`, and in `lockstep_decode` before it fuses) runs the models as given."""
   from lr_jax.contrastive import ContrastiveConfig
   from lr_jax.generation.engine import DecodeSpec, decode_until, start_decoding
   from lr_jax.generation.sampling import SamplingConfig
@@ -166,7 +167,7 @@ def test_decode_loops_run_the_fused_gemms(tmp_path):
   layers = 2
   (loop_fused, both_fused), (loop_separate, both_separate) = gemms(True), gemms(False)
   assert loop_separate - loop_fused == 3 * layers  # one decode step
-  assert both_separate - both_fused == 2 * 2 * 3 * layers  # two models, in prefill and in the step
+  assert both_separate - both_fused == 2 * 3 * layers  # two models, in the step (prefill runs as given)
 
 
 def test_qkv_stay_separate_where_the_layout_splits_query_heads_but_not_kv_heads(tmp_path):
