@@ -120,7 +120,8 @@ BATCH_KEYS = ("prompt_tokens", "prompt_mask", "completion_tokens", "completion_m
 def _checked_batch(batch: dict[str, jax.Array], rows: int) -> tuple[jax.Array, ...]:
   """The batch's four arrays (integer 0/1 masks made bool), after one-line errors for what would
   score the wrong positions: shapes and dtypes always (static under jit), and, where the values are
-  concrete, ids outside both models' `rows` at unmasked positions (padding may hold any id)."""
+  concrete, ids outside both models' `rows` at unmasked positions (padding may hold any id) and
+  prompts that are not left-padded."""
   missing = [k for k in BATCH_KEYS if k not in batch]
   if missing:
     raise ValueError(f"contrastive_step: batch lacks {missing}; it needs {list(BATCH_KEYS)}")
@@ -144,6 +145,12 @@ def _checked_batch(batch: dict[str, jax.Array], rows: int) -> tuple[jax.Array, .
       continue  # traced (under jit): the values are not known here
     if used.size and not 0 <= used.min() <= used.max() < rows:
       raise ValueError(f"contrastive_step: batch[{key!r}] holds ids outside [0, {rows}), the rows both models hold")
+    if key == BATCH_KEYS[0]:
+      prompt_mask = np.asarray(mask)
+      right_padded = np.flatnonzero(prompt_mask.any(1) & ~prompt_mask[:, -1])
+      if right_padded.size:
+        raise ValueError(f"contrastive_step: prompts must be left-padded (the completion follows the last prompt "
+                         f"slot), but batch['prompt_mask'] of row {right_padded[0]} ends in padding")
   return tuple(arrays)
 
 

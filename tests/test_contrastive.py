@@ -169,6 +169,9 @@ def test_tokenizer_pair_differing_only_in_special_tokens_is_accepted_with_warnin
      "batch['completion_mask'] should be a 2-D bool array [B, T], got float32 [3, 9]"),
     (lambda b: b.update(prompt_tokens=b["prompt_tokens"].astype(np.float32)), "should be a 2-D int array [B, P]"),
     (lambda b: b["completion_tokens"].__setitem__((0, 0), VOCAB), f"holds ids outside [0, {VOCAB})"),
+    (lambda b: b.update(prompt_mask=b["prompt_mask"][:, ::-1].copy()),
+     "prompts must be left-padded (the completion follows the last prompt slot), but batch['prompt_mask'] of row 1 "
+     "ends in padding"),
 ])
 def test_a_batch_that_would_score_wrong_positions_is_refused_in_one_line(pair, change, message):
   e = from_pretrained(pair[0], dtype=jnp.float32).model
@@ -180,15 +183,16 @@ def test_a_batch_that_would_score_wrong_positions_is_refused_in_one_line(pair, c
   assert message in str(error.value) and "\n" not in str(error.value)
 
 
-def test_integer_masks_and_any_pad_id_at_masked_positions_score_as_before(pair):
+@pytest.mark.parametrize("pad_id", [-1, 10 * VOCAB])  # 10 * VOCAB: past both tables
+def test_integer_masks_and_any_pad_id_at_masked_positions_score_as_before(pair, pad_id):
   e = nnx.split(from_pretrained(pair[0], dtype=jnp.float32).model)
   a = nnx.split(from_pretrained(pair[1], dtype=jnp.float32).model)
   batch = _batch(np.random.default_rng(0))
   want = contrastive_step(e, a, batch)
   other = {**batch, "prompt_mask": batch["prompt_mask"].astype(np.int32),
            "completion_mask": batch["completion_mask"].astype(np.int32),
-           "prompt_tokens": np.where(batch["prompt_mask"], batch["prompt_tokens"], -1),
-           "completion_tokens": np.where(batch["completion_mask"], batch["completion_tokens"], -1)}
+           "prompt_tokens": np.where(batch["prompt_mask"], batch["prompt_tokens"], pad_id),
+           "completion_tokens": np.where(batch["completion_mask"], batch["completion_tokens"], pad_id)}
   got = contrastive_step(e, a, other)
   assert got.kept.dtype == jnp.bool_
   np.testing.assert_array_equal(np.asarray(got.kept), np.asarray(want.kept))

@@ -19,14 +19,14 @@ from flax import nnx
 
 from lr_jax.models.config import ModelConfig
 from lr_jax.models.safetensors_io import SafetensorsFile, save_file
-from lr_jax.models.transformer import Transformer
+from lr_jax.models.transformer import Fused, Transformer
 from lr_jax.sharding import Layout
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 # Files copied next to exported weights so the folder is a complete HF checkpoint.
 AUX_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
-             "special_tokens_map.json", "added_tokens.json", "chat_template.jinja")
+             "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "tokenizer.model")
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model"]
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
@@ -50,19 +50,29 @@ def resolve_checkpoint(path_or_id: str) -> str:
 
   With HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) set, only the cache is consulted.
   """
-  if os.path.isdir(path_or_id):
-    return path_or_id
+  local = os.path.expanduser(path_or_id)
+  if os.path.isdir(local):
+    return local
   if path_or_id.startswith((".", "/", "~")) or path_or_id.count("/") != 1:
     raise FileNotFoundError(f"{path_or_id}: no such checkpoint directory (and not a hub id of the form org/name)")
   from huggingface_hub import constants, snapshot_download
   from huggingface_hub.errors import LocalEntryNotFoundError
+  partial = None
   try:
-    return snapshot_download(path_or_id, allow_patterns=_HUB_PATTERNS, local_files_only=True)
+    cached = snapshot_download(path_or_id, allow_patterns=_HUB_PATTERNS, local_files_only=True)
   except LocalEntryNotFoundError:
     pass  # not cached
+  else:
+    partial = _incomplete(cached)
+    if partial is None:
+      return cached
   # huggingface_hub reads HF_HUB_OFFLINE once, at import; read the environment too so a later setting counts.
   offline = constants.HF_HUB_OFFLINE or any(
       os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+  if offline and partial:
+    raise FileNotFoundError(f"{path_or_id}: the Hugging Face cache holds only part of it ({partial}); offline "
+                            "mode (HF_HUB_OFFLINE) forbids downloading the rest: download it once with network "
+                            "access, or pass a local checkpoint folder")
   if offline:
     raise FileNotFoundError(f"{path_or_id}: not a local directory and not in the Hugging Face cache "
                             f"({constants.HF_HUB_CACHE}); offline mode (HF_HUB_OFFLINE) forbids downloading it: "
@@ -72,6 +82,18 @@ def resolve_checkpoint(path_or_id: str) -> str:
   except Exception as e:
     raise OSError(f"{path_or_id}: not a local directory, not in the Hugging Face cache, and the hub could "
                   f"not be reached (offline?): {type(e).__name__}") from None
+
+
+def _incomplete(folder: str) -> str | None:
+  """What a cached hub snapshot lacks to be loaded (e.g. only its config and tokenizer were fetched,
+  or a sharded download stopped part way), or None if it is complete."""
+  if not os.path.isfile(os.path.join(folder, "config.json")):
+    return f"{folder} has no config.json"
+  try:
+    weight_files(folder)
+  except (OSError, ValueError) as e:
+    return str(e)
+  return None
 
 
 def weight_files(folder: str) -> dict[str, str]:
@@ -135,11 +157,12 @@ def _to_hf(arr: np.ndarray, in_ndim: int | None) -> np.ndarray:
 
 
 def param_paths(state: nnx.State) -> Iterator[tuple[tuple, nnx.Variable]]:
-  """(path of plain keys, Variable) for every parameter of a model state, LoRA excluded."""
+  """(path of plain keys, Variable) for every parameter of a model state: LoRA and the fused
+  projections' derived copies (`Transformer.fuse_projections`) excluded."""
   flat = jax.tree_util.tree_leaves_with_path(state, is_leaf=lambda x: isinstance(x, nnx.Variable))
   for keypath, var in flat:
     path = tuple(getattr(k, "key", getattr(k, "idx", None)) for k in keypath)
-    if "lora" not in path:
+    if "lora" not in path and not isinstance(var, Fused):
       yield path, var
 
 
@@ -157,6 +180,8 @@ def load_state(folder: str, cfg: ModelConfig, abstract_state: nnx.State, dtype, 
     file = files[name]
     if file not in opened:
       opened[file] = SafetensorsFile(file)
+    if name not in opened[file]:
+      raise ValueError(f"{listing}: maps tensor {name} to {file}, which does not hold it (a stale index?)")
     used.add(name)
     return opened[file].get(name)
 

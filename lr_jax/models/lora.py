@@ -167,7 +167,8 @@ def merge_lora(state: nnx.State, scale: float) -> nnx.State:
       a = flat[a_path][...]
       b = flat[path[:-1] + ("lora", "b")][...]
       kernel = var[...]
-      delta = a.reshape(-1, a.shape[-1]) @ b.reshape(b.shape[0], -1)
+      delta = jnp.matmul(a.reshape(-1, a.shape[-1]).astype(jnp.float32), b.reshape(b.shape[0], -1).astype(jnp.float32),
+                         precision=jax.lax.Precision.HIGHEST)
       var = var.replace((kernel.astype(jnp.float32) + scale * delta.reshape(kernel.shape)).astype(kernel.dtype))
     out.append((path, var))
   return nnx.from_flat_state(out)

@@ -67,11 +67,16 @@ class SafetensorsFile:
   def keys(self) -> list[str]:
     return list(self._info)
 
+  def __contains__(self, name: str) -> bool:
+    return name in self._info
+
   def shape(self, name: str) -> tuple[int, ...]:
     return tuple(self._info[name]["shape"])
 
   def get(self, name: str) -> np.ndarray:
     """A read-only memory map of tensor `name` in its stored dtype."""
+    if name not in self:
+      raise KeyError(f"{self.path}: no tensor {name} in this file")
     info = self._info[name]
     dtype = DTYPES[info["dtype"]]
     begin, _ = info["data_offsets"]

@@ -427,7 +427,10 @@ class Transformer(nnx.Module):
     # Gather the table over the fsdp axis first: a lookup into an fsdp-sharded table with
     # fsdp-sharded token rows makes the partitioner rematerialise the whole gather.
     table = constrain(self.layout, self.embed[...], ("vocab", None))
-    x = jnp.take(table, tokens, axis=0)
+    # Masked positions may hold any id (a pad id past the table included): looked up as row 0, so
+    # that no NaN (JAX's fill for an out-of-range gather) reaches attention, where 0 * NaN would
+    # spoil the real positions. An out-of-range id at a real position still reads as NaN.
+    x = jnp.take(table, jnp.where(mask, tokens, 0), axis=0)
     x = constrain(self.layout, x, ("batch", "length", "act_embed"))
     if cache is None:
       valid, start = mask, None

@@ -107,6 +107,63 @@ def test_hub_id_offline_and_not_cached_is_a_clear_error_without_network(tmp_path
   assert "HF_HUB_OFFLINE" in msg
 
 
+def _fake_hub_cache(root, repo, files):
+  """A Hugging Face cache holding `files` (name -> source path) of hub id `repo` at one snapshot."""
+  repo_dir = os.path.join(root, "models--" + repo.replace("/", "--"))
+  snapshot = os.path.join(repo_dir, "snapshots", "0" * 40)
+  os.makedirs(snapshot)
+  os.makedirs(os.path.join(repo_dir, "refs"))
+  with open(os.path.join(repo_dir, "refs", "main"), "w") as f:
+    f.write("0" * 40)
+  for name, source in files.items():
+    shutil.copy(source, os.path.join(snapshot, name))
+  return snapshot
+
+
+def _cache_only(monkeypatch, tmp_path, online_calls):
+  """snapshot_download reading the test's cache; a download attempt is recorded and fails."""
+  import huggingface_hub
+  real = huggingface_hub.snapshot_download
+
+  def fake(repo_id, **kw):
+    if not kw.get("local_files_only"):
+      online_calls.append(repo_id)
+      raise ConnectionError("no network in tests")
+    return real(repo_id, cache_dir=str(tmp_path / "hub"), **kw)
+
+  monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+  monkeypatch.chdir(tmp_path)
+
+
+def test_hub_id_fully_cached_loads_from_the_cache(ckpt, tmp_path, monkeypatch):
+  snapshot = _fake_hub_cache(str(tmp_path / "hub"), "org/tiny", {
+      n: os.path.join(ckpt, n) for n in ("config.json", SINGLE_FILE)})
+  online = []
+  _cache_only(monkeypatch, tmp_path, online)
+  assert from_pretrained("org/tiny", dtype=jnp.float32).path == snapshot and online == []
+
+
+def test_hub_id_cached_without_weights_is_downloaded_not_refused(ckpt, tmp_path, monkeypatch):
+  """Config and tokenizer fetched earlier (e.g. by AutoTokenizer) but no weights: the cache is
+  not taken for the checkpoint; online the rest is downloaded, offline the error says what lacks."""
+  _fake_hub_cache(str(tmp_path / "hub"), "org/tiny", {"config.json": os.path.join(ckpt, "config.json")})
+  online = []
+  _cache_only(monkeypatch, tmp_path, online)
+  monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+  monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+  msg = load_error("org/tiny", OSError)
+  assert online == ["org/tiny"] and "the hub could not be reached" in msg, msg
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  msg = load_error("org/tiny", FileNotFoundError)
+  assert msg.startswith("org/tiny: the Hugging Face cache holds only part of it") and SINGLE_FILE in msg, msg
+  assert online == ["org/tiny"]
+
+
+def test_local_path_with_a_tilde_is_expanded(ckpt, monkeypatch):
+  monkeypatch.setenv("HOME", os.path.dirname(ckpt))
+  assert from_pretrained("~/ckpt", dtype=jnp.float32).path == ckpt
+
+
 def test_missing_local_path_is_not_taken_for_a_hub_id(tmp_path):
   msg = load_error(str(tmp_path / "nowhere"), FileNotFoundError)
   assert msg.startswith(f"{tmp_path}/nowhere: no such checkpoint directory")
@@ -206,6 +263,18 @@ def test_index_naming_a_missing_shard_or_corrupt_index_named(tmp_path):
   assert load_error(model_dir).startswith(f"{index}: corrupt index")
 
 
+def test_index_mapping_a_tensor_to_a_shard_without_it_named(tmp_path):
+  model_dir = make_tiny_hf(tmp_path, "llama", vocab_size=VOCAB, tokenizer=False, max_shard_size="60KB")
+  index = os.path.join(model_dir, INDEX_FILE)
+  with open(index) as f:
+    shard = os.path.join(model_dir, json.load(f)["weight_map"]["model.norm.weight"])
+  tensors = read_all(shard)
+  del tensors["model.norm.weight"]
+  save_file(tensors, shard)
+  msg = load_error(model_dir)
+  assert msg == f"{index}: maps tensor model.norm.weight to {shard}, which does not hold it (a stale index?)"
+
+
 @pytest.mark.parametrize("family, tie", [("qwen2", False), ("llama", True)])
 def test_export_round_trips_through_transformers(tmp_path, family, tie):
   src = make_tiny_hf(tmp_path, family, name="src", vocab_size=VOCAB, tie_word_embeddings=tie)
@@ -222,6 +291,16 @@ def test_export_round_trips_through_transformers(tmp_path, family, tie):
   from transformers import AutoTokenizer
   assert AutoTokenizer.from_pretrained(out)("Janet's ducks")["input_ids"] == \
       AutoTokenizer.from_pretrained(src)("Janet's ducks")["input_ids"]
+
+
+def test_a_model_with_fused_projections_exports_its_parameters_only(ckpt):
+  model = from_pretrained(ckpt, dtype=jnp.float32).model
+  plain = to_hf_tensors(nnx.state(model), model.config)
+  model.fuse_projections()
+  fused = to_hf_tensors(nnx.state(model), model.config)
+  assert fused.keys() == plain.keys()
+  for name in plain:
+    np.testing.assert_array_equal(fused[name], plain[name])
 
 
 def test_export_in_bf16_writes_bf16_tensors(tmp_path):

@@ -112,6 +112,21 @@ def test_left_padding_gives_unpadded_results_at_real_positions(qwen2_tiny):
     assert_close(padded[row, -n:], unpadded[row, :n], 1e-5, f"row {row} ({24 - n} pad)")
 
 
+@pytest.mark.parametrize("pad_id", [-1, VOCAB, 10 * VOCAB])
+def test_padding_with_an_id_outside_the_table_changes_no_real_position(qwen2_tiny, pad_id):
+  """Masked positions may hold any id: a pad id past the embedding table (e.g. the expert's pad id in
+  an amateur with fewer rows) must not turn the row's real positions into NaN (JAX's gather fills
+  out-of-range rows with NaN, and attention multiplies masked values by a zero probability)."""
+  lengths = [12, 7]
+  ids, mask = left_padded_batch(lengths, 12, VOCAB, seed=3)
+  ids = np.concatenate([ids, np.zeros((2, 3), ids.dtype)], axis=1)  # 3 right-pad slots too
+  mask = np.concatenate([mask, np.zeros((2, 3), bool)], axis=1)
+  want = jax_hidden(qwen2_tiny, np.where(mask, ids, 0), mask)
+  got = jax_hidden(qwen2_tiny, np.where(mask, ids, pad_id), mask)
+  assert np.all(np.isfinite(np.asarray(got)[mask]))
+  np.testing.assert_array_equal(np.asarray(got)[mask], np.asarray(want)[mask])
+
+
 @pytest.mark.parametrize("kernel,slots", [("xla", 19), ("pallas", 32)])
 def test_kv_cache_prefill_then_steps_equals_full_forward(qwen2_tiny, monkeypatch, kernel, slots):
   """Prefill, then one-token steps, equal the full forward; slots past the 16 used stay masked. With
