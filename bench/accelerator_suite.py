@@ -13,9 +13,8 @@ I/O). Sections, in order (each guarded: an error is recorded and the next sectio
                over the steps (what a step must read, and about what the Pallas kernel reads). Where the
                model's decode attention is the Pallas kernel (NVIDIA GPUs), each batch is timed with
                XLA's attention too, and the kernel is checked against `attend` on one layer's shapes
-               and timed at each of a few Triton launch settings (slots per iteration, warps, stages).
-               On a Hopper GPU the largest batch is also timed with the projections through JAX's
-               Mosaic GPU matmul (`decode_gemm="mosaic"`).
+               and timed at each of a few Triton launch settings (slots per iteration, warps, stages);
+               `--generate-variants` picks which of these extra timings run.
   contrastive  `make_contrastive_step` on 64 trajectories of 128 + 128 tokens: trajectories/s, MFU
                (2 * trunk params * tokens for both trunks + 2 * D * V per scored position for both
                heads) over the measured and the nominal peak, and a check that no float32
@@ -33,6 +32,11 @@ I/O). Sections, in order (each guarded: an error is recorded and the next sectio
   torch        the original approach in PyTorch + transformers on the same device (a subprocess, so a
                CUDA-library clash cannot take the JAX results down): per problem, batch-1 expert
                `generate(output_scores=True)` then one amateur forward per generated prefix.
+  mosaic       Hopper GPUs only: generation at the largest batch with the fused projections through
+               JAX's Mosaic GPU matmul (`decode_gemm="mosaic"`, the tilings `--gemm-tilings` measured)
+               against XLA's GEMMs (the generate row of this run at that batch where it ran, else
+               timed here). After the other measurements, so that a kernel that faults or hangs
+               costs none of them; bench/gpu_suite.sh runs it in a process of its own.
   projection   the paper's workload (1000 problems x 128 sampled tokens, 1000 updates of 16 steps) from
                the rates above (lockstep sampling at the default batch where measured), compile time included, against the
                original's 0.5 h on an H200; and the sampling speed-up over the torch baseline.
@@ -90,7 +94,8 @@ from lr_jax.models.lora import LoRAConfig, apply_lora, split_trainable  # noqa: 
 from lr_jax.models.transformer import Transformer  # noqa: E402
 from lr_jax.ops import hopper_gemm  # noqa: E402
 
-SECTIONS = ("ceilings", "generate", "contrastive", "lockstep", "distill", "torch", "projection")
+SECTIONS = ("ceilings", "generate", "contrastive", "lockstep", "distill", "torch", "mosaic", "projection")
+GENERATE_VARIANTS = ("kernel_check", "xla_attention", "separate")
 PAPER_HOURS_H200 = 0.5  # the original LightReasoner run (sampling + training) as the paper reports it
 WORKLOAD = dict(problems=1000, new_tokens=128, updates=1000, steps_per_update=16)
 TORCH_MARKER = "TORCH_RESULT "
@@ -98,8 +103,9 @@ TORCH_MARKER = "TORCH_RESULT "
 # of `distill` is skipped when it would squeeze the torch section out of the budget.
 TORCH_RESERVE_S, DISTILL_VARIANT_S = 90.0, 60.0
 # Generation is timed again with the decode kernel's fastest launch setting when the kernel check
-# finds it at least this much faster than the default.
-TUNED_MIN_GAIN = 1.02
+# finds it at least this much faster than the default (calls of ~20 us vary by more than 2% between
+# runs: run 4 timed the same setting at 14 us in one call and 20-26 us in the next).
+TUNED_MIN_GAIN = 1.05
 
 
 def qwen2(vocab, hidden, layers, heads, kv_heads, head_dim, ffn, theta) -> ModelConfig:
@@ -156,15 +162,25 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--peak-tflops", type=float, default=989.0, help="nominal bf16 dense peak (H100/H200 SXM: 989)")
   p.add_argument("--repeats", type=int, default=None, help="timed calls per measurement (median reported)")
   p.add_argument("--torch-problems", type=int, default=None, help="problems in the PyTorch baseline")
+  p.add_argument("--generate-variants", default=",".join(GENERATE_VARIANTS),
+                 help=f"extra timings of the generate section, a subset of {','.join(GENERATE_VARIANTS)} or "
+                      "'none': the decode kernel's check and launch sweep (then the tuned launch, where "
+                      "faster), XLA's decode attention, unfused projections")
   p.add_argument("--gemm-tilings", default="",
-                 help="bench/hopper_gemms.py's results (JSON): the generation row with the Mosaic GPU GEMMs then "
-                      "runs each projection through the faster kernel it measured (else the modelled tilings)")
+                 help="bench/hopper_gemms.py's results (JSON): the mosaic section runs each projection through "
+                      "the faster kernel it measured (XLA's dot where it timed none faster or tried none); "
+                      "without the file, or without its batch, the modelled tilings")
   p.add_argument("--torch-worker", default=None, help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   args.sections = tuple(s.strip() for s in args.sections.split(",") if s.strip())
   unknown = [s for s in args.sections if s not in SECTIONS]
   if unknown or not args.sections:
     raise ValueError(f"--sections: {','.join(unknown) or '(empty)'} not among {','.join(SECTIONS)}")
+  variants = args.generate_variants.strip()
+  args.generate_variants = () if variants == "none" else tuple(v.strip() for v in variants.split(",") if v.strip())
+  unknown = [v for v in args.generate_variants if v not in GENERATE_VARIANTS]
+  if unknown:
+    raise ValueError(f"--generate-variants: {','.join(unknown)} not among {','.join(GENERATE_VARIANTS)} (or none)")
   return args
 
 
@@ -246,6 +262,7 @@ class Context:
     self.args, self.shapes = args, shapes
     self.repeats = args.repeats or shapes.repeats
     self.results: dict[str, Any] = {}
+    self.generated: dict[int, np.ndarray] = {}  # batch -> greedy tokens of the generate section
     self._models: dict[str, Transformer] = {}
 
   def model(self, name: str) -> Transformer:
@@ -439,20 +456,20 @@ def tune_decode_kernel(per_call: Callable[[Callable], float], slots: int) -> lis
 
 def section_generate(ctx: Context) -> dict[str, Any]:
   """Greedy generation at each batch with the model's decode attention ("auto": the Pallas kernel on
-  NVIDIA GPUs) and, where that is the Pallas kernel, with XLA's attention too (speed-up, and the
-  share of rows whose greedy tokens agree), and at the largest batch with the kernel's fastest
-  launch setting from the kernel check, where it beats the default by `TUNED_MIN_GAIN`, with the
-  projections unfused (`Transformer.fuse_decode_projections` off: 5 GEMMs a layer, not 2), and on a
-  Hopper GPU with the projections through JAX's Mosaic GPU matmul (`decode_gemm="mosaic"`: each
-  projection through the kernel `--gemm-tilings` measured faster, else the modelled tiling of
-  `lr_jax.ops.hopper_gemm`)."""
+  NVIDIA GPUs), then the `--generate-variants`: where the attention is the Pallas kernel, the
+  kernel's check and launch sweep (`check_decode_kernel`) and, at the largest batch, its fastest
+  launch setting where that beats the default by `TUNED_MIN_GAIN`; XLA's attention (speed-up, and
+  the share of rows whose greedy tokens agree); and at the largest batch the projections unfused
+  (`Transformer.fuse_decode_projections` off: 5 GEMMs a layer, not 2)."""
   s = ctx.shapes
+  variants = ctx.args.generate_variants
   model = ctx.model("expert")
   pallas = model.pallas_decode(max(s.gen_batches), s.prompt_len + output_slots(s.new_tokens))
   result: dict[str, Any] = {"prompt_len": s.prompt_len, "new_tokens": s.new_tokens,
-                            "decode_attention": "pallas" if pallas else "xla", "batches": {}}
+                            "decode_attention": "pallas" if pallas else "xla", "batches": {},
+                            "variants": list(variants)}
   tuned = None
-  if pallas:
+  if pallas and "kernel_check" in variants:
     try:
       result["kernel_check"] = check = check_decode_kernel(ctx, max(s.gen_batches))
     except Exception as e:  # noqa: BLE001  a kernel that fails here must not cost the XLA timings
@@ -464,16 +481,19 @@ def section_generate(ctx: Context) -> dict[str, Any]:
     if best and best["vs_default"] >= TUNED_MIN_GAIN:
       from lr_jax.ops.decode_attention import Launch
       tuned = Launch(best["block"], best["num_warps"], best["num_stages"])
+      if tuned == model.decode_launch:  # the default itself, timed faster than itself: noise
+        tuned = None
   for batch in s.gen_batches:
     if elapsed() > ctx.args.budget_seconds:
       result["batches"][str(batch)] = {"status": "skipped", "note": "time budget spent"}
       continue
     row, tokens = time_generation(ctx, *nnx.split(model), batch)
+    ctx.generated[batch] = tokens
     log(f"generate batch {batch} ({result['decode_attention']} decode attention): {row['tokens_per_s']:.0f} new "
         f"tok/s, {row['step_s'] * 1e3:.2f} ms/step, roofline {row.get('roofline_fraction', float('nan')) * 100:.1f}% "
         f"({row.get('roofline_fraction_written', float('nan')) * 100:.1f}% of the slots written), "
         f"compile {row['compile_s']:.1f} s")
-    if pallas:
+    if pallas and "xla_attention" in variants:
       xla = row["xla_decode_attention"] = time_variant(ctx, model, batch, tokens, decode_attention="xla")
       xla["pallas_speedup"] = xla["step_s"] / row["step_s"]
       log(f"generate batch {batch} (xla decode attention): {xla['step_s'] * 1e3:.2f} ms/step, roofline "
@@ -485,48 +505,73 @@ def section_generate(ctx: Context) -> dict[str, Any]:
       fast["vs_default"] = row["step_s"] / fast["step_s"]
       log(f"generate batch {batch} (Pallas, {tuned}): {fast['step_s'] * 1e3:.2f} ms/step, roofline "
           f"{fast.get('roofline_fraction', float('nan')) * 100:.1f}%: {fast['vs_default']:.2f}x the default launch")
-    if batch == max(s.gen_batches) and model.fuse_decode_projections:
+    if batch == max(s.gen_batches) and model.fuse_decode_projections and "separate" in variants:
       sep = row["separate_projections"] = time_variant(ctx, model, batch, tokens, fuse_decode_projections=False)
       sep["fused_speedup"] = sep["step_s"] / row["step_s"]
       log(f"generate batch {batch} (separate projections): {sep['step_s'] * 1e3:.2f} ms/step, roofline "
           f"{sep.get('roofline_fraction', float('nan')) * 100:.1f}%: fused {sep['fused_speedup']:.2f}x; "
           f"rows agreeing {100 * sep['rows_agreeing']:.0f}%")
-    if batch == max(s.gen_batches) and model.fuse_decode_projections:
-      why = hopper_gemm.unavailable()
-      if why:
-        result["mosaic_gemms"] = f"not timed: {why}"
-      else:
-        try:
-          measured = measured_tilings(ctx.args.gemm_tilings, batch)
-          mosaic = row["mosaic_gemms"] = time_variant(ctx, model, batch, tokens, decode_gemm="mosaic",
-                                                      gemm_tilings=measured)
-          mosaic["tilings"] = ({"x".join(map(str, shape)): t.name if t else "xla" for shape, t in measured}
-                               if measured else "modelled")
-          mosaic["vs_xla_gemms"] = row["step_s"] / mosaic["step_s"]
-          log(f"generate batch {batch} (Mosaic GPU GEMMs): {mosaic['step_s'] * 1e3:.2f} ms/step, roofline "
-              f"{mosaic.get('roofline_fraction', float('nan')) * 100:.1f}%: {mosaic['vs_xla_gemms']:.2f}x XLA's GEMMs; "
-              f"rows agreeing {100 * mosaic['rows_agreeing']:.0f}%")
-        except Exception as e:  # noqa: BLE001  a kernel that fails here must not cost the other timings
-          row["mosaic_gemms"] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
-          log(f"generate batch {batch} (Mosaic GPU GEMMs) failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
     result["batches"][str(batch)] = row
   return result
 
 
-def measured_tilings(path: str, batch: int) -> tuple:
-  """`Transformer(gemm_tilings=...)` from bench/hopper_gemms.py's results at `batch`; () (the
-  modelled tilings) without a file, or where it has none at that batch (logged)."""
+def section_mosaic(ctx: Context) -> dict[str, Any]:
+  """Generation at the largest batch with the fused projections through JAX's Mosaic GPU matmul
+  (`decode_gemm="mosaic"`, `measured_tilings`) against XLA's GEMMs: the generate section's row of
+  this run at that batch where it ran, else timed here first."""
+  why = hopper_gemm.unavailable()
+  if why:
+    return {"status": "skipped", "note": why}
+  s = ctx.shapes
+  batch = max(s.gen_batches)
+  model = ctx.model("expert")
+  if not model.fuse_decode_projections:
+    return {"status": "skipped", "note": "the model's decode projections are not fused"}
+  measured, source = measured_tilings(ctx.args.gemm_tilings, batch, s.expert)
+  result: dict[str, Any] = {"batch": batch, "tilings_from": source}
+  xla = (ctx.section("generate") or {}).get("batches", {}).get(str(batch), {})
+  if "step_s" in xla and batch in ctx.generated:
+    tokens = ctx.generated[batch]
+    result["xla_gemms"] = "the generate section's row"
+  else:
+    xla, tokens = time_generation(ctx, *nnx.split(model), batch)
+    result["xla_gemms"] = xla
+  mosaic = result["mosaic_gemms"] = time_variant(ctx, model, batch, tokens, decode_gemm="mosaic",
+                                                 gemm_tilings=measured)
+  mosaic["tilings"] = ({"x".join(map(str, shape)): t.name if t else "xla" for shape, t in measured}
+                       if measured else "modelled")
+  mosaic["vs_xla_gemms"] = xla["step_s"] / mosaic["step_s"]
+  log(f"generate batch {batch}: XLA's GEMMs {xla['step_s'] * 1e3:.2f} ms/step, Mosaic GPU GEMMs "
+      f"{mosaic['step_s'] * 1e3:.2f} ms/step, roofline {mosaic.get('roofline_fraction', float('nan')) * 100:.1f}% "
+      f"({mosaic.get('roofline_fraction_written', float('nan')) * 100:.1f}% of the slots written): "
+      f"{mosaic['vs_xla_gemms']:.2f}x; rows agreeing {100 * mosaic['rows_agreeing']:.0f}%")
+  return result
+
+
+def decode_gemm_shapes(cfg: ModelConfig, batch: int) -> list[tuple[int, int, int]]:
+  """(M, K, N) of a one-token decode step's fused projections (`Transformer.fuse_projections`):
+  q/k/v, o, gate/up and down."""
+  d, f = cfg.hidden_size, cfg.intermediate_size
+  q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+  return [(batch, d, q + 2 * kv), (batch, q, d), (batch, d, 2 * f), (batch, f, d)]
+
+
+def measured_tilings(path: str, batch: int, cfg: ModelConfig) -> tuple[tuple, str]:
+  """(`Transformer(gemm_tilings=...)`, where it came from) from bench/hopper_gemms.py's results at
+  `batch`: its choice per projection, and XLA's dot (None) for a projection it tried no tiling of;
+  () (the modelled tilings) without a file, or where it has none at that batch (logged)."""
   if not path:
-    return ()
+    return (), "modelled: no --gemm-tilings"
   try:
     with open(path) as f:
       entry = json.load(f)["batches"].get(str(batch), {})
     if "gemm_tilings" not in entry:
       raise ValueError(f"no measured tilings at batch {batch}")
-    return tuple((tuple(shape), None if t is None else hopper_gemm.Tiling(**t)) for shape, t in entry["gemm_tilings"])
+    chosen = {tuple(shape): None if t is None else hopper_gemm.Tiling(**t) for shape, t in entry["gemm_tilings"]}
   except (OSError, ValueError, KeyError, TypeError) as e:
     log(f"--gemm-tilings {path}: {type(e).__name__}: {e}; the modelled tilings are used")
-    return ()
+    return (), f"modelled: {path}: {type(e).__name__}: {e}"
+  return tuple((shape, chosen.get(shape)) for shape in decode_gemm_shapes(cfg, batch)), path
 
 
 def mfu(flops: float, seconds: float, ctx: Context) -> dict[str, float | None]:
@@ -882,7 +927,7 @@ def section_projection(ctx: Context) -> dict[str, Any]:
 
 SECTION_FNS = {"ceilings": section_ceilings, "generate": section_generate, "contrastive": section_contrastive,
                "lockstep": section_lockstep, "distill": section_distill, "torch": section_torch,
-               "projection": section_projection}
+               "mosaic": section_mosaic, "projection": section_projection}
 
 
 # ----------------------------------------------------------------------------------------- report
@@ -917,17 +962,13 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
                  f"({_fmt(g.get('roofline_fraction_written'), 100, '%')} of the slots written), "
                  f"compile {_fmt(g.get('compile_s'), unit=' s')}, {gen.get('decode_attention')} decode attention"
                  if "tokens_per_s" in g else g.get("note", "-")))
-    x, sep, t, mg = (g.get(k) for k in ("xla_decode_attention", "separate_projections", "tuned_decode_launch",
-                                        "mosaic_gemms"))
+    x, sep, t = (g.get(k) for k in ("xla_decode_attention", "separate_projections", "tuned_decode_launch"))
     if x:
       rows.append((f"generate batch {b}, XLA attention",
                    _variant(x, f"Pallas {_fmt(x['pallas_speedup'], unit='x', digits=2)}")))
     if sep:
       rows.append((f"generate batch {b}, separate projections",
                    _variant(sep, f"fused {_fmt(sep['fused_speedup'], unit='x', digits=2)}")))
-    if mg:
-      rows.append((f"generate batch {b}, Mosaic GPU GEMMs", f"failed: {mg['error'].splitlines()[0][:160]}"
-                   if "error" in mg else _variant(mg, f"{_fmt(mg['vs_xla_gemms'], unit='x', digits=2)} XLA's GEMMs")))
     if t:
       launch = t["launch"]
       rows.append((f"generate batch {b}, tuned kernel", _variant(
@@ -946,6 +987,11 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
       rows.append(("decode attention kernel, fastest launch setting", f"block {b['block']}, {b['num_warps']} warps, "
                    f"{b['num_stages']} stages: {_fmt(b['s'], 1e6, ' us', 0)} "
                    f"({_fmt(b['vs_default'], unit='x', digits=2)} the default)"))
+  mg = ok("mosaic")
+  if mg:
+    m = mg["mosaic_gemms"]
+    rows.append((f"generate batch {mg['batch']}, Mosaic GPU GEMMs",
+                 _variant(m, f"{_fmt(m['vs_xla_gemms'], unit='x', digits=2)} XLA's GEMMs")))
   k = ok("contrastive")
   if k:
     check = k["no_full_logits"]

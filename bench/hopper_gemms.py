@@ -143,15 +143,21 @@ def sweep_gemm(row: dict, m: int, k: int, n: int, args, unavailable: str | None,
                num_sms: int, write) -> None:
   """Fills `row` with one shape's times per GEMM (chain included, see `chain_loop`): the chain's
   own work (`no_gemm`), XLA's dot, then the sweep's tilings until `sweep_deadline`; `write()` after
-  each."""
+  each. Where XLA's own rows fail (e.g. a device left faulted by an earlier kernel), the row holds
+  the error and no tiling is tried."""
   keys = jax.random.split(jax.random.key(m * 7 + n), LAYERS + 1)
   x = jax.random.normal(keys[0], (m, k), jnp.bfloat16)
   weights = [(jax.random.normal(kk, (k, n), jnp.float32) / k ** 0.5).astype(jnp.bfloat16) for kk in keys[1:]]
   flops = 2.0 * m * k * n
-  chain = chain_seconds(no_gemm, x, weights, args.steps) / LAYERS
-  seconds = chain_seconds(jnp.matmul, x, weights, args.steps) / LAYERS
-  row.update(shape=[m, k, n], chain_us=chain * 1e6, xla_us=seconds * 1e6,
-             xla_tflops=flops / seconds / 1e12 if seconds else None, tilings=[], best=None)
+  row.update(shape=[m, k, n], tilings=[], best=None)
+  try:
+    chain = chain_seconds(no_gemm, x, weights, args.steps) / LAYERS
+    seconds = chain_seconds(jnp.matmul, x, weights, args.steps) / LAYERS
+  except Exception as e:  # noqa: BLE001 - recorded; the rows already written stay
+    row["error"] = error_text(e)
+    write()
+    return
+  row.update(chain_us=chain * 1e6, xla_us=seconds * 1e6, xla_tflops=flops / seconds / 1e12 if seconds else None)
   write()
   if unavailable:
     return
@@ -182,8 +188,8 @@ def faster(gemms: dict) -> dict[str, dict | None]:
 def gemm_tilings(gemms: dict) -> list:
   """`faster` as `Transformer(gemm_tilings=...)` takes it, in JSON: [[M, K, N], tiling fields or
   None] per projection whose tilings were tried (timed or failed); one whose were all skipped (past
-  the budget) or that none divides is left out, so it keeps the modelled tiling. The accelerator
-  suite's `measured_tilings` reads it back."""
+  the budget) or that none divides is left out. The accelerator suite's `measured_tilings` reads it
+  back and runs XLA's dot for the projections left out."""
   return [[row["shape"], None if t is None else dataclasses.asdict(tiling_of(t))]
           for (w, row), t in zip(gemms.items(), faster(gemms).values())
           if any("us" in tiling or "error" in tiling for tiling in row["tilings"])]
@@ -239,7 +245,8 @@ def main(argv=None) -> dict:
     for w, (k, n) in gemm_shapes(cfg).items():
       row = entry["gemms"][w] = {}
       sweep_gemm(row, batch, k, n, args, unavailable, deadline - MIXED_STEP_RESERVE_S, num_sms, write)
-      line = f"batch {batch:>4d} {w:5s} [{batch}x{k}]@[{k}x{n}]: chain {row['chain_us']:.1f} us, xla {row['xla_us']:.1f} us"
+      line = f"batch {batch:>4d} {w:5s} [{batch}x{k}]@[{k}x{n}]: " + (
+          f"xla failed: {row['error']}" if "error" in row else f"chain {row['chain_us']:.1f} us, xla {row['xla_us']:.1f} us")
       if row.get("xla_tflops"):
         line += f" ({row['xla_tflops']:.1f} TFLOP/s)"
       for t in row["tilings"]:
@@ -259,7 +266,8 @@ def main(argv=None) -> dict:
       else:
         print(f"batch {batch:>4d} step's projections: xla {s['xla_ms']:.3f} ms"
               + (f", with {s['kernels']} {s['mixed_ms']:.3f} ms = {s['vs_xla'] or float('nan'):.2f}x (output rel. "
-                 f"diff {s['rel_diff']:.1e})" if "mixed_ms" in s else ", no projection faster through mgpu"), flush=True)
+                 f"diff {s['rel_diff'] if s['rel_diff'] is None else format(s['rel_diff'], '.1e')})"
+                 if "mixed_ms" in s else ", no projection faster through mgpu"), flush=True)
       write()
   return results
 
