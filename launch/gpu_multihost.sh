@@ -23,4 +23,6 @@ else
   export JAX_COORDINATOR_ADDRESS="${MASTER_ADDR}:${MASTER_PORT:-12355}"
   export JAX_NUM_PROCESSES="$WORLD_SIZE" JAX_PROCESS_ID="$RANK"
 fi
+# lr_jax and configs/ (whose variants import configs.qwen_math) from this checkout, from any directory
+export PYTHONPATH="$(cd "$(dirname "$0")/.." && pwd)${PYTHONPATH:+:$PYTHONPATH}"
 exec python3 -m lr_jax.main --config="$config" --workdir="$workdir" "$@"

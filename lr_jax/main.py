@@ -18,8 +18,25 @@ flags.DEFINE_string("workdir", None, "Folder of the run's artifacts (created; re
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a one-line error for an override of a field the config lacks
+  (ml_collections raises AttributeError or KeyError there) and for stray arguments (an override
+  missing its leading --)."""
+  try:
+    rest = app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:
+    cause = e
+    while isinstance(cause, BaseException) and cause.args:  # ml_collections nests the KeyError's text
+      cause = cause.args[0]
+    detail = " ".join(str(cause).split())
+    sys.exit(f"lr_jax: config error: a --config override names a field the config does not have: {detail}")
+  if len(rest) > 1:
+    sys.exit(f"lr_jax: unexpected arguments {rest[1:]}: give overrides as --config.FIELD=VALUE")
+  return rest
+
+
 def main(argv):
-  del argv
+  del argv  # parse_flags refused any left over
   if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:]):
     logging.set_verbosity(logging.WARNING)  # library INFO lines (Orbax, XLA) drown the progress bars
   from lr_jax import pipeline
@@ -28,7 +45,9 @@ def main(argv):
     pipeline.run(FLAGS.config, FLAGS.workdir)
   except (pipeline.ConfigError, SettingsChanged) as e:
     sys.exit(f"lr_jax: config error: {e}")
+  except OSError as e:  # a checkpoint, data set or file the run needs is missing or unreachable
+    sys.exit(f"lr_jax: {e}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

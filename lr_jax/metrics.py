@@ -15,19 +15,20 @@ class MetricsWriter:
 
   def __init__(self, workdir: str):
     self.enabled = jax.process_index() == 0
+    self.workdir = workdir
     self.path = os.path.join(workdir, "metrics.jsonl")
-    self._tb = None
-    if self.enabled:
-      os.makedirs(workdir, exist_ok=True)
-      from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    self._tb = None  # opened at the first write: a run that writes nothing leaves no empty events file
 
   def write(self, stage: str, step: int, scalars: dict[str, Any]) -> None:
     if not self.enabled:
       return
     clean = {k: float(np.asarray(v)) for k, v in scalars.items() if v is not None}
+    os.makedirs(self.workdir, exist_ok=True)
     with open(self.path, "a") as f:
       f.write(json.dumps({"stage": stage, "step": int(step), "time": time.time(), **clean}) + "\n")
+    if self._tb is None:
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(os.path.join(self.workdir, "tensorboard"))
     for k, v in clean.items():
       self._tb.add_scalar(f"{stage}/{k}", v, int(step))
 

@@ -77,6 +77,8 @@ def check_config(config, stages: list[str]) -> None:
   if needs_models and "demo" not in stages:
     for role in ("expert", "amateur"):
       path = getattr(config, role)
+      if not path and "demo" in config:
+        raise ConfigError(f"config.{role}: empty; the demo config's demo stage fills it in: keep demo in config.stages")
       if not path:
         raise ConfigError(f"config.{role}: empty; give a checkpoint folder or a hub id such as Qwen/Qwen2.5-0.5B")
       if _looks_local(path) and not os.path.isdir(path):
@@ -113,6 +115,19 @@ def check_config(config, stages: list[str]) -> None:
                         f"ways of config.mesh.{mesh_name}={tuple(getattr(config.mesh, mesh_name))} ({n_dev} devices)")
     if batch % jax.process_count():
       raise ConfigError(f"batch size {batch} of stage {stage} is not divisible by {jax.process_count()} processes")
+
+
+def check_adapter(config, stages: list[str], workdir: common.Workdir) -> None:
+  """Raises ConfigError where a stage needs the trained adapter that neither the workdir holds nor
+  this run's distill stage makes (before the stages before it spend their time)."""
+  from lr_jax.stages.evaluate import ADAPTER_DIR
+  adapter = os.path.join(workdir.checkpoints, ADAPTER_DIR)
+  if "distill" in stages or os.path.isdir(adapter):
+    return
+  tuned_eval = "eval" in stages and "tuned" in [m.strip() for m in config.eval.models.split(",")]
+  for needed, what in ((tuned_eval, "evaluating the tuned model (config.eval.models)"), ("export" in stages, "export")):
+    if needed:
+      raise ConfigError(f"{adapter}: no trained adapter, which {what} needs: add distill to config.stages")
 
 
 def _check_sample(config) -> None:
@@ -219,7 +234,10 @@ def run(config: ml_collections.ConfigDict, workdir_path: str) -> None:
   expand_user_paths(config)
   workdir = common.Workdir(os.path.expanduser(workdir_path))
   check_config(config, stages)
+  check_adapter(config, stages, workdir)
   os.makedirs(workdir.root, exist_ok=True)
+  if "demo" not in stages and not os.path.isfile(workdir.config):
+    _save_config(config, workdir)  # a first run's record, should a stage fail; rewritten at the end
   from lr_jax.metrics import MetricsWriter, peak_device_memory
   writer = MetricsWriter(workdir.root)
   timings = common.read_json(workdir.timings) if os.path.isfile(workdir.timings) else {}
@@ -231,8 +249,8 @@ def run(config: ml_collections.ConfigDict, workdir_path: str) -> None:
     t0 = time.time()
     summary = _run_stage(stage, config, workdir, writer)
     seconds = time.time() - t0
-    if stage == "demo":
-      _save_config(config, workdir)
+    if stage == "demo" and not os.path.isfile(workdir.config):
+      _save_config(config, workdir)  # a first run's record, should a later stage fail; rewritten at the end
     if summary.get("skipped"):
       common.log("%s: already done, skipped", stage)
       continue
@@ -242,8 +260,7 @@ def run(config: ml_collections.ConfigDict, workdir_path: str) -> None:
                                                     "peak_device_memory_bytes": peak_device_memory()})
     if jax.process_index() == 0:
       common.write_json(workdir.timings, timings)
-  if "demo" not in stages:
-    _save_config(config, workdir)
+  _save_config(config, workdir)  # after every stage succeeded: a refused or failed rerun leaves the record
   writer.close()
   if not did_work:
     common.log("lr_jax: every stage of %s is already done; nothing to do", workdir.root)

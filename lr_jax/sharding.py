@@ -150,7 +150,9 @@ def maybe_initialize_distributed(coordinator: str | None = None, num_processes: 
   """Calls `jax.distributed.initialize` when a multi-process run is configured.
 
   Configured by JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID (launch/gpu_multihost.sh),
-  or LR_JAX_DISTRIBUTED=1 (launch/tpu_vm.sh) or SLURM, where jax reads the cluster's environment.
+  or LR_JAX_DISTRIBUTED=1 (launch/tpu_vm.sh) or an srun step of several tasks, where jax reads the
+  cluster's environment (SLURM_STEP_NUM_TASKS: a lone `python` in a multi-task sbatch script, which
+  has SLURM_NTASKS but no step, runs as one process instead of waiting for the others).
   """
   coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
   num_processes = num_processes or int(os.environ.get("JAX_NUM_PROCESSES", "0") or 0)
@@ -161,7 +163,7 @@ def maybe_initialize_distributed(coordinator: str | None = None, num_processes: 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if coordinator and num_processes and num_processes > 1:
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
-  elif os.environ.get("LR_JAX_DISTRIBUTED") == "1" or os.environ.get("SLURM_NTASKS", "1") != "1":
+  elif os.environ.get("LR_JAX_DISTRIBUTED") == "1" or os.environ.get("SLURM_STEP_NUM_TASKS", "1") != "1":
     jax.distributed.initialize()  # the cluster (TPU VM slice, SLURM) describes itself
 
 

@@ -127,6 +127,33 @@ def test_rerun_of_a_finished_run_with_other_settings_is_refused(finished_run, xl
     assert key in error, error
 
 
+def test_sampling_more_problems_after_distillation_is_refused_and_the_record_kept(finished_run, xla_cache):
+  """More problems would extend the store under a finished adapter (which distillation would then
+  skip as done): refused before anything is sampled; config.json keeps the finished run's record."""
+  workdir = finished_run[0]
+  record = _read(workdir, "config.json")
+  n = record["data"]["num_problems"]
+  store = sorted(os.listdir(os.path.join(workdir, "samples")))
+  problems = os.path.join(workdir, "demo", "sample.jsonl")  # as many problems as the run sampled: add 4
+  with open(problems) as f:
+    original = f.read()
+  more = [json.loads(line) for line in original.splitlines()[:4]]
+  try:
+    with open(problems, "a") as f:
+      f.writelines(json.dumps({**p, "question": p["question"] + " Answer again."}) + "\n" for p in more)
+    r = subprocess.run(_cmd(workdir, xla_cache, f"--config.data.num_problems={n + 4}"), cwd=REPO_ROOT, env=_env(),
+                       capture_output=True, text=True, timeout=300)
+  finally:
+    with open(problems, "w") as f:
+      f.write(original)
+  error = r.stderr.strip().splitlines()[-1]
+  assert r.returncode == 1 and error == (
+      f"lr_jax: config error: {os.path.join(workdir, 'checkpoints', 'DONE.json')}: distillation has finished on the "
+      f"problems the sample store holds; sampling more (config.data.num_problems = {n + 4}) would leave the adapter "
+      "out of date: rerun with the saved settings, or use a fresh workdir"), error
+  assert _read(workdir, "config.json") == record and sorted(os.listdir(os.path.join(workdir, "samples"))) == store
+
+
 def test_run_killed_during_distillation_resumes_to_the_same_result(finished_run, tmp_path, xla_cache):
   """Killed and restarted with the first run's compilation cache: the resumed process loads the
   executables the first run compiled, and still ends bitwise equal."""

@@ -10,6 +10,7 @@ import pytest
 
 from configs import demo, llama, qwen_math
 from lr_jax import pipeline
+from lr_jax.stages import common
 from tests.helpers import REPO_ROOT
 
 
@@ -143,6 +144,13 @@ def test_decode_gemm_is_checked_before_any_model_loads(tmp_path, monkeypatch):
     pipeline.check_config(c, pipeline.stages_of(c))  # a misspelt value still is refused
 
 
+def test_demo_stages_without_the_demo_stage_say_to_keep_it():
+  c = demo.get_config("ci")
+  with pytest.raises(pipeline.ConfigError, match="^config.expert: empty; the demo config's demo stage fills it in: "
+                                                 "keep demo in config.stages$"):
+    pipeline.check_config(c, ["sample", "distill"])
+
+
 def test_amateur_larger_than_expert_is_refused(tmp_path):
   c = _config(tmp_path)
   c.expert, c.amateur = c.amateur, c.expert
@@ -181,11 +189,46 @@ def test_cli_reports_a_config_error_in_one_line_before_loading_models(tmp_path):
                                                 "exist (a JSONL file or tfds:NAME[:SPLIT])")
 
 
-def test_cli_refuses_unknown_keys_and_wrong_types(tmp_path):
-  r = _main("--config=configs/qwen_math.py", f"--workdir={tmp_path}", "--config.sample.nope=1")
-  assert r.returncode != 0 and "nope" in r.stderr
+def test_cli_refuses_unknown_keys_wrong_types_and_stray_arguments_in_one_line(tmp_path):
+  r = _main("--config=configs/qwen_math.py", f"--workdir={tmp_path}", "--config.sample.betta=1")
+  assert r.returncode == 1 and r.stderr.strip() == (
+      "lr_jax: config error: a --config override names a field the config does not have: 'betta' Did you mean "
+      '"beta" instead of "betta"?'), r.stderr
   r = _main("--config=configs/qwen_math.py", f"--workdir={tmp_path}", "--config.sample.beta=high")
   assert r.returncode != 0 and "beta" in r.stderr
+  r = _main("--config=configs/qwen_math.py", f"--workdir={tmp_path}", "config.sample.beta=0.5")
+  assert r.returncode == 1 and r.stderr.strip() == ("lr_jax: unexpected arguments ['config.sample.beta=0.5']: give "
+                                                     "overrides as --config.FIELD=VALUE")
+  assert not os.path.exists(tmp_path / "config.json")  # nothing ran
+
+
+def test_stages_that_need_an_adapter_no_stage_makes_are_refused_up_front(tmp_path):
+  workdir = common.Workdir(str(tmp_path / "run"))
+  adapter = os.path.join(workdir.checkpoints, "final_adapter")
+  c = _config(tmp_path, **{"eval.models": "base"})
+  pipeline.check_adapter(c, ["eval"], workdir)  # the base model needs none
+  for stages, models, what in ((["eval"], "base,tuned", "evaluating the tuned model (config.eval.models)"),
+                               (["eval", "export"], "base", "export")):
+    c.eval.models = models
+    with pytest.raises(pipeline.ConfigError) as e:
+      pipeline.check_adapter(c, stages, workdir)
+    assert str(e.value) == f"{adapter}: no trained adapter, which {what} needs: add distill to config.stages"
+    pipeline.check_adapter(c, ["distill", *stages], workdir)
+  os.makedirs(adapter)
+  pipeline.check_adapter(c, ["eval", "export"], workdir)
+
+
+def test_an_unknown_or_unprepared_tfds_benchmark_is_refused_before_any_work(tmp_path):
+  c = _config(tmp_path)
+  c.eval.benchmarks = "gsm8k,tfds:gsm8kk"
+  with pytest.raises(pipeline.ConfigError, match=r"config.eval.benchmarks: 'tfds:gsm8kk': unknown data set 'gsm8kk'"):
+    pipeline.check_config(c, ["eval"])
+  c.eval.benchmarks = "tfds:svamp"
+  with pytest.raises(pipeline.ConfigError, match=r"config.eval.benchmarks: 'tfds:svamp': lr_jax_svamp is not "
+                                                 r"prepared in config.eval.data_dir"):
+    pipeline.check_config(c, ["eval"])
+  (tmp_path / "bench" / "lr_jax_svamp").mkdir()
+  pipeline.check_config(c, ["eval"])
 
 
 def test_compilation_cache_is_created_and_set_or_left_off(tmp_path):

@@ -21,7 +21,7 @@ from lr_jax.checkpointing import Checkpointer
 from lr_jax.data.packing import PackedUpdates, PackingConfig
 from lr_jax.data.store import SampleStore
 from lr_jax.distill import DistillConfig, init_train_state, make_distill_step, shard_batch
-from lr_jax.errors import check_unchanged
+from lr_jax.errors import SettingsChanged, check_unchanged
 from lr_jax.export import export_peft
 from lr_jax.models.lora import LoRAConfig, apply_lora, split_trainable
 from lr_jax.stages import common
@@ -45,8 +45,12 @@ def settings(config) -> dict:
 
 def run(config, workdir: common.Workdir, writer) -> dict:
   if os.path.isfile(workdir.distill_done):
-    saved = common.read_json(workdir.distill_done).get("settings", {})  # none in a DONE.json of older versions
-    check_unchanged(saved, settings(config), workdir.distill_done)
+    done = common.read_json(workdir.distill_done)
+    check_unchanged(done.get("settings", {}), settings(config), workdir.distill_done)  # none in older versions
+    stored = SampleStore(workdir.samples).num_records()
+    if stored != done["records"]:
+      raise SettingsChanged(f"{workdir.distill_done}: the adapter was trained on {done['records']} records, the sample "
+                            f"store {workdir.samples} now holds {stored}: use a fresh workdir (or the saved store)")
     return {"skipped": True}
   d = config.distill
   records = list(SampleStore(workdir.samples).iter_records())

@@ -41,7 +41,8 @@ def parse_benchmarks(spec: str, data_dir: str, limit: int):
       reader, _, path = rest.partition(":")
       if not path:
         raise ValueError(f"config.eval.benchmarks: {entry!r} should be LABEL=READER:PATH")
-      items += [dataclasses.replace(it, benchmark=label) for it in load_benchmark(reader, path, limit or None)]
+      items += [dataclasses.replace(it, benchmark=label)
+                for it in load_benchmark(reader, os.path.expanduser(path), limit or None)]
     else:
       path = os.path.join(data_dir, entry, "test.jsonl") if data_dir else None
       items += load_benchmark(entry, path, limit or None)
@@ -54,8 +55,8 @@ EVAL_MODELS = ("base", "tuned", "amateur")
 
 
 def check_benchmarks(spec: str, data_dir: str) -> None:
-  """What `parse_benchmarks` needs, without reading the files: known readers and existing files
-  (tfds: entries are checked when read)."""
+  """What `parse_benchmarks` needs, without reading the files: known readers and existing files,
+  and for tfds: entries a known data set, prepared in `data_dir` where one is given."""
   entries = [s.strip() for s in spec.split(",") if s.strip()]
   if not entries:
     raise ValueError("config.eval.benchmarks: no benchmark given")
@@ -65,11 +66,13 @@ def check_benchmarks(spec: str, data_dir: str) -> None:
     raise ValueError(f"config.eval.benchmarks: {', '.join(map(repr, repeated))} listed twice")
   for entry in entries:
     if entry.startswith("tfds:"):
+      _check_tfds_benchmark(entry, data_dir)
       continue
     if "=" in entry:
       reader, _, path = entry.split("=", 1)[1].partition(":")
       if not path:
         raise ValueError(f"config.eval.benchmarks: {entry!r} should be LABEL=READER:PATH")
+      path = os.path.expanduser(path)
     else:
       reader, path = entry, os.path.join(data_dir, entry, "test.jsonl") if data_dir else default_path(entry)
     if reader not in BENCHMARKS:
@@ -77,6 +80,18 @@ def check_benchmarks(spec: str, data_dir: str) -> None:
                        f"{', '.join(BENCHMARKS)}")
     if not os.path.isfile(path):
       raise ValueError(f"config.eval.benchmarks: {entry!r}: {path} does not exist")
+
+
+def _check_tfds_benchmark(entry: str, data_dir: str) -> None:
+  from lr_jax.data import tfds_builders  # Heavy import (tensorflow_datasets), needed only here.
+  name = entry[len("tfds:"):]
+  try:
+    tfds_name = tfds_builders.dataset_name(name)
+  except ValueError as e:
+    raise ValueError(f"config.eval.benchmarks: {entry!r}: {e}") from None
+  if data_dir and not os.path.isdir(os.path.join(data_dir, tfds_name)):
+    raise ValueError(f"config.eval.benchmarks: {entry!r}: {tfds_name} is not prepared in config.eval.data_dir "
+                     f"{data_dir} (python -m lr_jax.data.tfds_builders --manual-dir DATA --data-dir {data_dir})")
 
 
 def check_models(spec: str) -> None:

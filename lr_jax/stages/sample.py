@@ -157,6 +157,12 @@ def run(config, workdir: common.Workdir, writer) -> dict:
                           f"{config.data.order!r}) no longer selects; rerun with the saved settings, or use a "
                           f"fresh workdir")
   todo = [p for p in mine if p.id not in done]
+  (pending,) = _agree_max(len(todo))
+  if pending and os.path.isfile(workdir.distill_done):
+    raise SettingsChanged(f"{workdir.distill_done}: distillation has finished on the problems the sample store "
+                          f"holds; sampling more (config.data.num_problems = "
+                          f"{config.data.num_problems}) would leave the adapter out of date: rerun with the saved "
+                          f"settings, or use a fresh workdir")
   prompt_ids = []
   for p in todo or mine[:1] or problems[:1]:
     prompt_ids.append(expert_tok.encode(render_prompt(p.question, config.prompt.template, tokenizer=expert_tok,
