@@ -454,6 +454,13 @@ def tune_decode_kernel(per_call: Callable[[Callable], float], slots: int) -> lis
   return rows
 
 
+def effective_launch(launch, slots: int):
+  """`launch` with the slots per iteration the kernel takes for a cache of `slots` where it leaves
+  them to `slot_block` (None)."""
+  from lr_jax.ops.decode_attention import slot_block
+  return dataclasses.replace(launch, block=launch.block or slot_block(slots))
+
+
 def section_generate(ctx: Context) -> dict[str, Any]:
   """Greedy generation at each batch with the model's decode attention ("auto": the Pallas kernel on
   NVIDIA GPUs), then the `--generate-variants`: where the attention is the Pallas kernel, the
@@ -481,7 +488,7 @@ def section_generate(ctx: Context) -> dict[str, Any]:
     if best and best["vs_default"] >= TUNED_MIN_GAIN:
       from lr_jax.ops.decode_attention import Launch
       tuned = Launch(best["block"], best["num_warps"], best["num_stages"])
-      if tuned == model.decode_launch:  # the default itself, timed faster than itself: noise
+      if tuned == effective_launch(model.decode_launch, check["slots"]):  # the default, faster than itself: noise
         tuned = None
   for batch in s.gen_batches:
     if elapsed() > ctx.args.budget_seconds:
