@@ -48,7 +48,7 @@ def run(config, workdir: common.Workdir, writer) -> dict:
     done = common.read_json(workdir.distill_done)
     check_unchanged(done.get("settings", {}), settings(config), workdir.distill_done)  # none in older versions
     stored = SampleStore(workdir.samples).num_records()
-    if stored != done["records"]:
+    if done.get("records", stored) != stored:
       raise SettingsChanged(f"{workdir.distill_done}: the adapter was trained on {done['records']} records, the sample "
                             f"store {workdir.samples} now holds {stored}: use a fresh workdir (or the saved store)")
     return {"skipped": True}
