@@ -33,20 +33,23 @@ _LITERAL_REPLACEMENTS = (
     ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\left", ""), ("\\right", ""),
     ("\\!", ""), ("\\,", ""), ("\\;", ""), ("\\:", ""), ("\\ ", " "), ("~", " "), ("{,}", ","),
     ("\\{", "{"), ("\\}", "}"), ("bmatrix", "pmatrix"), ("\\end{array}", "\\end{pmatrix}"),
-    ("\\neq", "\\ne"), ("\\leq", "\\le"), ("\\geq", "\\ge"),
+    ("\\neq", "\\ne"), ("\\leqslant", "\\le"), ("\\geqslant", "\\ge"), ("\\leq", "\\le"), ("\\geq", "\\ge"),
     ("^{\\circ}", ""), ("^\\circ", ""), ("\\circ", ""), ("°", ""),
     ("\\%", ""), ("%", ""), ("\\$", ""), ("$", ""),
 )
 _TEXT_COMMANDS = r"\\(?:text|textrm|textbf|textit|mathrm|mathbf|mbox|operatorname)"
-_TRAILING_UNIT_RE = re.compile(rf"(.*?\S)\s*{_TEXT_COMMANDS}\{{[^{{}}]*\}}(?:\^\{{?\d\}}?)?")
-_TEXT_WRAPPER_RE = re.compile(rf"{_TEXT_COMMANDS}\{{([^{{}}]*)\}}")
-# "12 apples", "5 cm", "3:30 p.m.": a number or clock time, then "a.m."/"p.m." or words (the first of two
-# letters or more, no "and"/"or").
-_NUMBER_THEN_WORDS_RE = re.compile(r"(-?[\d.,:]*\d)\s+(?!(?:and|or)\b)(?:[aApP]\.[mM]\.?|[a-zA-Z]{2,}[a-zA-Z .'/]*)")
+_TRAILING_UNIT_RE = re.compile(rf"(.*?\S)\s*{_TEXT_COMMANDS}\s*\{{[^{{}}]*\}}(?:\^\{{?\d\}}?)?")
+_TEXT_WRAPPER_RE = re.compile(rf"{_TEXT_COMMANDS}\s*\{{([^{{}}]*)\}}")
+# "12 apples", "5 cm", "3:30 p.m.": a number or clock time, then "a.m."/"p.m." (dropped, as the protocol's
+# unit list drops them) or words (the first of two letters or more; not "and"/"or", nor "pi" or a number
+# word such as "hundred", which change the value).
+_NUMBER_THEN_WORDS_RE = re.compile(
+    r"(-?[\d.,:]*\d)\s+(?:[aApP]\.[mM]\.?|(?!(?:and|or|pi|hundred|thousand|million|billion|trillion)\b)"
+    r"[a-zA-Z]{2,}[a-zA-Z .'/]*)")
 _ASSIGNMENT_RE = re.compile(r"\s*(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?\w+\}?)?\s*(?:=|\\in(?![a-zA-Z]))\s*(.+)")
 _THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _NUMBER_DOT_RE = re.compile(r"(\d)\.(?=$|[eE][-+]?\d|[^\w\\])")  # "5." "1.e5" "-1./3"; not "0.\overline{3}"
-_FRAC_ARG = r"(\{[^{}]*\}|\d)"
+_FRAC_ARG = r"\s*(\{[^{}]*\}|\d|\\[a-zA-Z]+|[a-zA-Z])"  # a braced group or one token, as TeX reads them
 _FRAC_SHORTHAND_RE = re.compile(rf"\\frac{_FRAC_ARG}{_FRAC_ARG}")
 _SQRT_SHORTHAND_RE = re.compile(r"\\sqrt(\d+)")
 _SLASH_FRACTION_RE = re.compile(r"(-?)(\d+)/(\d+)")

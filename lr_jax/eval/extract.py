@@ -17,6 +17,8 @@ _CHOICE_LETTERS = "ABCD"
 _PAREN_LETTER_RE = re.compile(rf"\(([{_CHOICE_LETTERS}])\)")
 _BARE_LETTER_RE = re.compile(rf"\b([{_CHOICE_LETTERS}])\b")
 _LONE_LETTER_RE = re.compile(rf"\(?([{_CHOICE_LETTERS.lower()}])\)?[.:]?")  # the whole answer, lower case
+# A completion that goes on with a question of its own, as the few-shot exemplars do ("Question: ...").
+_NEXT_QUESTION_RE = re.compile(r"\n\s*Question:")
 
 
 def extract_answer(completion: str, *, multiple_choice: bool = False) -> str:
@@ -61,7 +63,7 @@ def answer_after_cue(text: str) -> str:
   cues = list(_ANSWER_CUE_RE.finditer(text))
   if not cues:
     return ""
-  rest = text[cues[-1].end():].lstrip(" \t:")
+  rest = text[cues[-1].end():].lstrip(" \t\n:")
   for opening, closing in _MATH_DELIMITERS:
     if rest.startswith(opening):
       end = rest.find(closing, len(opening))
@@ -75,8 +77,10 @@ def extract_choice(text: str) -> str:
 
   Looks in the last box, then after the last "answer is", taking the first "(X)" or bare capital letter
   there, or a lower-case letter that is all there is ("b", "(b)."); failing both, the last "(X)", then
-  the last bare capital letter, of the whole text.
+  the last bare capital letter, of the whole text. Text from a line starting "Question:" on (the
+  model writing a next question and its answer, after the few-shot exemplars' pattern) is not read.
   """
+  text = _NEXT_QUESTION_RE.split(text, maxsplit=1)[0]
   for segment in (last_boxed(text), answer_after_cue(text)):
     if segment:
       for pattern in (_PAREN_LETTER_RE, _BARE_LETTER_RE):

@@ -52,6 +52,10 @@ EQUIVALENT = [
     ("\\begin{pmatrix}-1\\\\2\\end{pmatrix}", "\\begin{pmatrix} -1 \\\\ 2 \\end{pmatrix}"),
     ("\\begin{pmatrix} 5/3 \\\\ \\frac{4}{3} \\end{pmatrix}", "\\begin{pmatrix}\\frac53\\\\4/3\\end{pmatrix}"),
     ("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", "\\begin{pmatrix} 1 & 2 \\\\\\ 3 & 4 \\end{pmatrix}"),
+    # TeX spellings: \geqslant, a space before a brace, \frac's arguments as single tokens
+    ("k \\geq 2", "k \\geqslant 2"), ("x\\le 1", "x \\leqslant 1"),
+    ("\\lambda_{\\text{red}}/\\sqrt2", "\\lambda_{\\text {red}}/\\sqrt2"),
+    ("\\frac{\\pi}{4}+2-\\sqrt{2}", "\\frac \\pi4 + 2 - \\sqrt2"), ("\\frac{a}{b}", "\\frac ab"),
     # others
     ("\\infty", "\\infty"), ("\\text{east}", "east"), ("\\(\\frac{1}{4}\\)", "0.25"), ("\\[ 7 \\]", "7"),
 ]
@@ -69,6 +73,7 @@ NOT_EQUIVALENT = [
     ("", "5"), ("5", ""), ("no", "yes"), ("\\text{Mrs. Hilt}", "Sara"), ("3 and 4", "3"), ("x=5", "6"),
     ("30^\\circ", "60"), ("\\$18", "19"), ("9 apples", "8"), ("0, 1", "1,000"), ("1,000", "0,1"),
     ("110, 80", "70,110"), ("3:30 p.m.", "4:30 p.m."), ("0.\\overline{3}", "0"), ("0.\\overline{36}", "0"),
+    ("3 pi", "3"), ("5 hundred", "5"), ("2 thousand", "2"),  # words that change the value are not units
 ]
 
 

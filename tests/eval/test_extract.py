@@ -28,6 +28,7 @@ from lr_jax.eval.extract import answer_after_cue, extract_answer, extract_choice
     ("x ends at -3.", "-3"),
     ("it is .5", ".5"),
     ("I do not know", ""),
+    ("The answer is:\n\\[\\frac{1}{2}\\]", "\\frac{1}{2}"),  # the answer on the next line
 ])
 def test_extract_answer_follows_box_then_cue_then_last_number(completion, expected):
   assert extract_answer(completion) == expected
@@ -57,6 +58,8 @@ def test_answer_after_cue_uses_the_last_cue():
     ("Option C", "C"),
     ("The answer is b.", "B"), ("so \\boxed{(d)}", "D"), ("The answer is a prime number.", ""),
     ("none of these", ""),
+    # the model goes on with a question of its own, as the 5-shot exemplars do: only its own answer counts
+    ("The answer is (C).\n\nQuestion: Which is next?\n(A) x\n(B) y\nAnswer: The answer is (A).", "C"),
 ])
 def test_extract_choice_finds_the_option_letter(completion, letter):
   assert extract_choice(completion) == letter
