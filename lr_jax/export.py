@@ -13,6 +13,7 @@ the complete previous export or the complete new one, never a mix.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -35,10 +36,14 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 @contextlib.contextmanager
 def _atomic_dir(out_dir: str) -> Iterator[str]:
-  """Yields a temporary folder beside `out_dir` that replaces it once the block succeeds."""
+  """Yields a temporary folder beside `out_dir` that replaces it once the block succeeds (first
+  removing the temporary folders an export killed part way left there: a model copy each)."""
   out_dir = os.path.abspath(out_dir)
   parent = os.path.dirname(out_dir)
   os.makedirs(parent, exist_ok=True)
+  for kind in ("tmp", "old"):
+    for stale in glob.glob(os.path.join(parent, f".{glob.escape(os.path.basename(out_dir))}.{kind}-*")):
+      shutil.rmtree(stale, ignore_errors=True)
   tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.tmp-")
   os.chmod(tmp, 0o755)  # mkdtemp makes it private; an export is meant to be shared
   try:

@@ -143,4 +143,5 @@ def run(config, workdir: common.Workdir) -> dict:
       f.write(text)
     os.replace(tmp, workdir.report)
     common.log("report: %s", workdir.report)
+  common.wait_for_main_process("lr_jax report: written")
   return {}

@@ -189,6 +189,8 @@ def _fields(example: Mapping, where: str) -> Mapping:
 def _to_problem(problem_id: str, record: Mapping, question_field: str,
                 answer_field: str | None, *, where: str) -> Problem:
   question = _text_field(record, question_field, where, allow_number=False)
+  if not question.strip():
+    raise ValueError(f"{where}: field {question_field!r} is empty")
   answer = None if answer_field is None else _text_field(record, answer_field, where,
                                                          allow_number=True)
   return Problem(id=problem_id, question=question, answer=answer)

@@ -301,6 +301,15 @@ class SampleStore:
       _write_json(os.path.join(self.shard_path, MANIFEST_FILE), self._manifest)
 
 
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
+_UMASK = _umask()  # read once, at import (setting it to read it is not thread-safe)
+
+
 def write_file_atomic(path: str | os.PathLike, data: bytes) -> None:
   """Writes `data` to `path` so that a reader or a crash sees the old file or the new one, never part.
 
@@ -316,6 +325,7 @@ def write_file_atomic(path: str | os.PathLike, data: bytes) -> None:
       f.write(data)
       f.flush()
       os.fsync(f.fileno())
+    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes it private; as open() would (a shared workdir)
     os.replace(tmp_path, path)
   except BaseException:
     if os.path.exists(tmp_path):

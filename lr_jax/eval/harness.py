@@ -85,6 +85,8 @@ def evaluate(items: Sequence[EvalItem], complete: Callable[[list[str]], Sequence
     path = run_dir / f"{benchmark}.jsonl"
     records = _finished_records(path, bench_items)
     if records is None:
+      # results.json is rewritten last: until then, none that a crash could leave beside new records
+      (run_dir / RESULTS_JSON).unlink(missing_ok=True)
       partial = run_dir / f"{benchmark}{PARTIAL_SUFFIX}"
       records = _run_benchmark(benchmark, bench_items, complete, partial, template=template, tokenizer=tokenizer,
                                system_prompt=system_prompt, grade_timeout_s=grade_timeout_s,
@@ -121,16 +123,16 @@ def check_settings(run_dir: str | os.PathLike, recorded: Mapping[str, Any]) -> N
 
 def finished(out_dir: str | os.PathLike, run_name: str, items: Sequence[EvalItem]) -> bool:
   """Whether run `run_name` holds results of exactly `items`: the same benchmarks, each with the same
-  ids in the same order (`evaluate` would generate nothing)."""
+  items (id, question, gold) in the same order (`evaluate` would generate nothing)."""
   run_dir = Path(out_dir) / run_name
   if not (run_dir / RESULTS_JSON).is_file():
     return False
-  by_benchmark: dict[str, list[str]] = {}
+  by_benchmark: dict[str, list[EvalItem]] = {}
   for item in items:
-    by_benchmark.setdefault(item.benchmark, []).append(item.id)
+    by_benchmark.setdefault(item.benchmark, []).append(item)
   if set(_read_results(run_dir)["benchmarks"]) != set(by_benchmark):
     return False
-  return all(_record_ids(run_dir / f"{name}.jsonl") == ids for name, ids in by_benchmark.items())
+  return all(_record_keys(run_dir / f"{name}.jsonl") == _item_keys(its) for name, its in by_benchmark.items())
 
 
 def results_markdown(results: Mapping[str, Any]) -> str:
@@ -209,7 +211,8 @@ def _run_benchmark(benchmark: str, items: list[EvalItem], complete: Callable[[li
       raise ValueError(f"evaluate: complete() returned {len(chunk)} results for {len(chunk_prompts)} {benchmark} "
                        f"prompts; expected one Completion per prompt")
     completions += chunk
-    write_jsonl_atomic(partial, [{"id": item.id, **dataclasses.asdict(c)} for item, c in zip(items, completions)])
+    write_jsonl_atomic(partial, [{"id": item.id, "question": item.question, **dataclasses.asdict(c)}
+                                 for item, c in zip(items, completions)])
   grades = grade_items(items, [c.text for c in completions], timeout_s=grade_timeout_s, num_workers=num_workers)
   return [{"id": item.id, "benchmark": benchmark, "question": item.question, "gold": item.gold,
            "completion": completion.text, "extracted": grade.extracted, "correct": grade.correct,
@@ -223,14 +226,20 @@ def _saved_completions(partial: Path, items: list[EvalItem]) -> list[Completion]
   if not partial.is_file():
     return []
   saved = [record for _, record in iter_jsonl(partial)]
-  if [record.get("id") for record in saved] != [item.id for item in items[:len(saved)]]:
+  if [(r.get("id"), r.get("question")) for r in saved] != [(i.id, i.question) for i in items[:len(saved)]]:
     logging.warning("evaluate: %s holds completions of other items; generating again", partial)
     return []
   return [Completion(record["text"], record["num_tokens"], record["finish_reason"]) for record in saved]
 
 
-def _record_ids(path: Path) -> list[Any] | None:
-  return [record.get("id") for _, record in iter_jsonl(path)] if path.is_file() else None
+def _item_keys(items: Sequence[EvalItem]) -> list[tuple[Any, Any, Any]]:
+  """What a record must repeat of its item to stand for it: id, question and gold (a benchmark file
+  replaced under the same ids, e.g. another `eval.data_dir`, is evaluated again)."""
+  return [(item.id, item.question, item.gold) for item in items]
+
+
+def _record_keys(path: Path) -> list[tuple[Any, Any, Any]] | None:
+  return [(r.get("id"), r.get("question"), r.get("gold")) for _, r in iter_jsonl(path)] if path.is_file() else None
 
 
 def _finished_records(path: Path, items: list[EvalItem]) -> list[dict[str, Any]] | None:
@@ -238,7 +247,7 @@ def _finished_records(path: Path, items: list[EvalItem]) -> list[dict[str, Any]]
   if not path.is_file():
     return None
   records = [record for _, record in iter_jsonl(path)]
-  if [record.get("id") for record in records] != [item.id for item in items] or not all(
+  if [(r.get("id"), r.get("question"), r.get("gold")) for r in records] != _item_keys(items) or not all(
       set(ITEM_FIELDS) <= record.keys() for record in records):
     logging.warning("evaluate: %s holds other items than requested; generating again", path)
     return None

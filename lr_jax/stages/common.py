@@ -46,6 +46,14 @@ def is_main_process() -> bool:
   return jax.process_index() == 0
 
 
+def wait_for_main_process(name: str) -> None:
+  """On several processes, a barrier: the others wait here for process 0's writes (and exit no earlier:
+  JAX aborts every process when one exits more than 5 minutes before the rest)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
 def log(msg: str, *args: Any) -> None:
   """Prints a progress line on process 0 only (library INFO logging is off by default)."""
   if is_main_process():

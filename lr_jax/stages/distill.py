@@ -14,7 +14,6 @@ import time
 
 import jax
 from flax import nnx
-from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from lr_jax.checkpointing import Checkpointer
@@ -123,7 +122,6 @@ def run(config, workdir: common.Workdir, writer) -> dict:
     export_peft(model, lora, os.path.join(workdir.checkpoints, ADAPTER_DIR), base_model_name_or_path=config.expert)
     common.write_json(workdir.distill_done, {"updates": n_updates, "kept_steps": kept, "epochs": epochs,
                                              "records": len(records), "settings": settings(config)})
-  if jax.process_count() > 1:  # the eval stage reads the adapter on every process
-    multihost_utils.sync_global_devices("lr_jax distill: adapter written")
+  common.wait_for_main_process("lr_jax distill: adapter written")  # the eval stage reads it on every process
   return {"updates": n_updates, "kept_steps": kept,
           "final_loss": None if metrics is None else float(metrics["loss"])}

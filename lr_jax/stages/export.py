@@ -38,4 +38,5 @@ def run(config, workdir: common.Workdir) -> dict:
       common.log("export: PEFT adapter in %s", workdir.export_peft)
     common.write_json(workdir.export_done, {"merged": bool(config.export.merged), "peft": bool(config.export.peft),
                                             "settings": settings(config)})
+  common.wait_for_main_process("lr_jax export: written")
   return {}

@@ -181,8 +181,9 @@ def run(config, workdir: common.Workdir, writer) -> dict:
   n_batches = -(-len(todo) // bs)
   (n_batches,) = _agree_max(n_batches)
   stats_file = os.path.join(workdir.sample_stats, "stats.json")
-  if n_batches == 0 and os.path.isfile(stats_file):
-    return {"skipped": True}
+  if n_batches == 0 and os.path.isfile(stats_file) and \
+      common.read_json(stats_file).get("num_records") == store.num_records():
+    return {"skipped": True}  # (statistics of fewer records: a crash came between the last append and them)
   if n_batches:
     common.log("sample: %d problems (%d already stored), %d batches of %d, %s scoring", len(problems), len(done),
                n_batches, global_batch, scoring)

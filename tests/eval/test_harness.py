@@ -125,6 +125,40 @@ def test_rerun_with_other_settings_is_refused_and_finished_tells_exact_item_sets
   assert not finished(tmp_path, "new", gsm8k)
 
 
+def test_a_benchmark_file_replaced_under_the_same_ids_is_evaluated_again(items, tmp_path):
+  """Ids are row numbers: a record stands for its item only with the same question and gold (e.g.
+  another eval.data_dir)."""
+  gsm8k = [item for item in items if item.benchmark == "gsm8k"]
+  evaluate(gsm8k, FakeModel(gsm8k, 20), tmp_path, template="qwen25-math-cot", run_name="r", num_workers=1)
+  other = [dataclasses.replace(gsm8k[0], gold="-987654321"), *gsm8k[1:]]
+  assert not finished(tmp_path, "r", other)
+  results = evaluate(other, FakeModel(gsm8k, 20), tmp_path, template="qwen25-math-cot", run_name="r", num_workers=1)
+  assert results["benchmarks"]["gsm8k"]["num_correct"] == 19  # item 0 graded again against its new gold
+  reworded = [dataclasses.replace(gsm8k[0], question=gsm8k[1].question), *gsm8k[1:]]
+  assert not finished(tmp_path, "r", reworded)
+
+
+def test_a_crash_before_results_json_leaves_no_stale_results(items, tmp_path, monkeypatch):
+  """New records, then the crash before results.json: the earlier run's results.json must not pass
+  for this run's (finished() would keep it, with the earlier accuracies)."""
+  gsm8k = [item for item in items if item.benchmark == "gsm8k"]
+  evaluate(gsm8k[:4], FakeModel(gsm8k, 20), tmp_path, template="qwen25-math-cot", run_name="r", num_workers=1)
+  write = harness.write_text_atomic
+
+  def crash_at_results(path, text):
+    if path.name == "results.json":
+      raise KeyboardInterrupt
+    write(path, text)
+
+  monkeypatch.setattr(harness, "write_text_atomic", crash_at_results)
+  with pytest.raises(KeyboardInterrupt):
+    evaluate(gsm8k, FakeModel(gsm8k, 0), tmp_path, template="qwen25-math-cot", run_name="r", num_workers=1)
+  monkeypatch.setattr(harness, "write_text_atomic", write)
+  assert not (tmp_path / "r" / "results.json").exists() and not finished(tmp_path, "r", gsm8k)
+  results = evaluate(gsm8k, _refuse, tmp_path, template="qwen25-math-cot", run_name="r", num_workers=1)
+  assert results["benchmarks"]["gsm8k"] == {"accuracy": 0.0, "num_correct": 0, "num_items": 20}
+
+
 def test_an_item_given_twice_is_refused(items, tmp_path):
   with pytest.raises(ValueError, match=r"gsm8k item '0' is given twice"):
     evaluate(items[:2] + items[:1], _refuse, tmp_path, template="qwen25-math-cot", run_name="x")

@@ -48,14 +48,18 @@ def _stage_config(tmp_path, problems: str, template: str) -> ml_collections.Conf
   return c
 
 
-def test_bad_problems_are_refused_naming_the_file_and_problem(tmp_path):
+def test_bad_problems_are_refused_naming_the_file_and_problem(tmp_path, monkeypatch):
   """No problem at all, or one whose prompt renders to no tokens: one line naming the data file
   (and the problem), before any model loads."""
   from lr_jax.stages import common
   c = _stage_config(tmp_path, "", "{question}")
   with pytest.raises(ValueError, match=rf"^{c.data.path}: no problems to sample \(an empty file or split\?\)$"):
     sample.run(c, common.Workdir(str(tmp_path / "run")), None)
-  (tmp_path / "problems.jsonl").write_text('{"question": "1+1?", "answer": "2"}\n{"question": "", "answer": "0"}\n')
+  (tmp_path / "problems.jsonl").write_text('{"question": "1+1?", "answer": "2"}\n{"question": " ", "answer": "0"}\n')
+  with pytest.raises(ValueError, match=rf"^{c.data.path}:2: field 'question' is empty$"):
+    sample.run(c, common.Workdir(str(tmp_path / "run")), None)
+  (tmp_path / "problems.jsonl").write_text('{"question": "1+1?", "answer": "2"}\n')
+  monkeypatch.setattr(sample, "render_prompt", lambda *a, **k: "")  # a template that renders nothing
   with pytest.raises(ValueError, match=rf"^{c.data.path}: problem \S+: its prompt \(config.prompt.template\) "
                                        r"renders to no tokens$"):
     sample.run(c, common.Workdir(str(tmp_path / "run")), None)
@@ -74,3 +78,23 @@ def test_a_store_holding_problems_the_config_no_longer_selects_is_refused(tmp_pa
   with pytest.raises(SettingsChanged, match=rf"sample store {workdir.samples} holds 1 problem\(s\) \(e.g. {ids[1]}\) "
                                             r"that config.data \(num_problems = 1, order 'first'\) no longer selects"):
     sample.run(c, workdir, None)
+
+
+def test_statistics_of_fewer_records_than_the_store_holds_are_written_again(tmp_path):
+  """A crash between the last append and stats.json (which tells the stage it is done) leaves an older
+  stats.json beside a fuller store: the rerun must not take it for done."""
+  import json
+
+  from lr_jax.stages import common
+  c = _stage_config(tmp_path, "".join(f'{{"question": "{q}", "answer": "0"}}\n' for q in ("1+1?", "2+2?")),
+                    "{question}")
+  c.sample.max_new_tokens, c.sample.batch_size = 4, 8
+  workdir = common.Workdir(str(tmp_path / "run"))
+  writer = type("Writer", (), {"write": lambda *a, **k: None})()
+  assert sample.run(c, workdir, writer)["records"] == 2
+  stats_file = tmp_path / "run" / "samples" / "stats" / "stats.json"
+  stats = json.loads(stats_file.read_text())
+  stats_file.write_text(json.dumps({**stats, "num_records": 1}))  # as written before the last batch
+  assert sample.run(c, workdir, writer)["records"] == 2
+  assert json.loads(stats_file.read_text()) == stats
+  assert sample.run(c, workdir, writer) == {"skipped": True}
