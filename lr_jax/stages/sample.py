@@ -163,18 +163,21 @@ def run(config, workdir: common.Workdir, writer) -> dict:
                           f"holds; sampling more (config.data.num_problems = "
                           f"{config.data.num_problems}) would leave the adapter out of date: rerun with the saved "
                           f"settings, or use a fresh workdir")
-  prompt_ids = []
-  for p in todo or mine[:1] or problems[:1]:
-    prompt_ids.append(expert_tok.encode(render_prompt(p.question, config.prompt.template, tokenizer=expert_tok,
-                                                      system_prompt=config.prompt.system_prompt),
-                                        add_special_tokens=False))
-    if not prompt_ids[-1]:
+  # Every problem's prompt, not only those still to sample: the default batch depends on the longest,
+  # so a resumed run batches what is left as the uninterrupted run would have.
+  encoded = {}
+  for p in mine or problems[:1]:
+    encoded[p.id] = expert_tok.encode(render_prompt(p.question, config.prompt.template, tokenizer=expert_tok,
+                                                    system_prompt=config.prompt.system_prompt),
+                                      add_special_tokens=False)
+    if not encoded[p.id]:
       raise ValueError(f"{config.data.path}: problem {p.id}: its prompt (config.prompt.template) renders to no tokens")
+  prompt_ids = [encoded[p.id] for p in todo] or [next(iter(encoded.values()))]
   layout = common.make_layout(config.mesh.sample, "sample")
   expert_cfg = ModelConfig.from_json(resolve_checkpoint(config.expert))
   amateur_cfg = ModelConfig.from_json(resolve_checkpoint(config.amateur))
   valid_vocab = min(len(expert_tok), expert_cfg.vocab_size, amateur_cfg.vocab_size)
-  (longest,) = _agree_max(max(map(len, prompt_ids)))
+  (longest,) = _agree_max(max(map(len, encoded.values())))
   global_batch, chunk = batch_and_chunk(config, expert_cfg, amateur_cfg, valid_vocab, longest, len(problems),
                                         layout)
   bs = global_batch // pc

@@ -98,3 +98,27 @@ def test_statistics_of_fewer_records_than_the_store_holds_are_written_again(tmp_
   assert sample.run(c, workdir, writer)["records"] == 2
   assert json.loads(stats_file.read_text()) == stats
   assert sample.run(c, workdir, writer) == {"skipped": True}
+
+
+def test_a_resumed_run_sizes_its_default_batch_by_every_prompt_not_only_those_left(tmp_path, monkeypatch):
+  """The default batch depends on the longest prompt; were it the longest of those left, a resumed run
+  would batch (and pad) the rest differently from the uninterrupted run."""
+  from lr_jax.stages import common
+  questions = ("1+1?", "What is the sum of all the numbers from one to one hundred, counted one by one?")
+  c = _stage_config(tmp_path, "".join(f'{{"question": "{q}", "answer": "0"}}\n' for q in questions), "{question}")
+  seen = []
+
+  class Stop(Exception):
+    pass
+
+  def capture(config, expert_cfg, amateur_cfg, valid_vocab, longest, num_problems, layout):
+    seen.append(longest)
+    raise Stop
+
+  monkeypatch.setattr(sample, "batch_and_chunk", capture)
+  workdir = common.Workdir(str(tmp_path / "run"))
+  for done in (set(), {p.id for p in sample.load_problems_from_spec(c.data.path, n=2, order="first")[1:]}):
+    monkeypatch.setattr(sample.SampleStore, "done_ids", lambda self, done=done: done)  # the long one sampled
+    with pytest.raises(Stop):
+      sample.run(c, workdir, None)
+  assert seen[0] == seen[1] > 5
