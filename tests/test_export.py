@@ -213,3 +213,17 @@ def test_adapter_loads_onto_a_sharded_model_replicated_with_equal_logits(base_di
     assert v[...].sharding.is_fully_replicated and len(v[...].sharding.device_set) == 8
   ids = random_ids(2, 16, VOCAB, seed=6)
   assert_logits_close(jax_logits(sharded, ids), jax_logits(plain, ids))
+
+
+def test_an_export_removes_what_a_killed_one_left_beside_its_folder(tmp_path):
+  """A SIGKILL mid-export leaves `.NAME.tmp-*` (a model copy) or `.NAME.old-*`; the next export of
+  NAME removes them, and nothing of another folder's."""
+  from lr_jax.export import _atomic_dir
+  for left in (".merged.tmp-abc", ".merged.old-def", ".peft.tmp-ghi"):
+    (tmp_path / left).mkdir()
+    (tmp_path / left / "model.safetensors").write_bytes(b"x")
+  with _atomic_dir(str(tmp_path / "merged")) as tmp:
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+      f.write("{}")
+  assert sorted(os.listdir(tmp_path)) == [".peft.tmp-ghi", "merged"]
+  assert os.listdir(tmp_path / "merged") == ["config.json"]

@@ -193,3 +193,20 @@ def test_host_local_to_global_splits_the_batch(mesh):
   x = host_local_to_global(np.arange(8 * 3).reshape(8, 3), layout)
   assert x.sharding.is_equivalent_to(NamedSharding(mesh, P(("data", "fsdp"))), 2) and len(x.addressable_shards) == 8
   np.testing.assert_array_equal(np.asarray(x), np.arange(24).reshape(8, 3))
+
+
+@pytest.mark.parametrize("env, starts", [
+    ({"SLURM_NTASKS": "4"}, False),  # a lone python in a 4-task sbatch script: no step, one process
+    ({"SLURM_NTASKS": "4", "SLURM_STEP_NUM_TASKS": "4"}, True),  # srun: four processes
+    ({"SLURM_STEP_NUM_TASKS": "1"}, False), ({"LR_JAX_DISTRIBUTED": "1"}, True)])
+def test_jax_distributed_starts_only_where_several_processes_run(monkeypatch, env, starts):
+  from lr_jax import sharding
+  for name in ("SLURM_NTASKS", "SLURM_STEP_NUM_TASKS", "LR_JAX_DISTRIBUTED", "JAX_COORDINATOR_ADDRESS",
+               "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "JAX_PLATFORMS"):
+    monkeypatch.delenv(name, raising=False)
+  for name, value in env.items():
+    monkeypatch.setenv(name, value)
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append(k))
+  sharding.maybe_initialize_distributed()
+  assert bool(calls) == starts
