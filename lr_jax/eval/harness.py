@@ -23,7 +23,7 @@ import dataclasses
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +132,9 @@ def finished(out_dir: str | os.PathLike, run_name: str, items: Sequence[EvalItem
     by_benchmark.setdefault(item.benchmark, []).append(item)
   if set(_read_results(run_dir)["benchmarks"]) != set(by_benchmark):
     return False
-  return all(_record_keys(run_dir / f"{name}.jsonl") == _item_keys(its) for name, its in by_benchmark.items())
+  return all((run_dir / f"{name}.jsonl").is_file() and
+             _record_keys(r for _, r in iter_jsonl(run_dir / f"{name}.jsonl")) == _item_keys(its)
+             for name, its in by_benchmark.items())
 
 
 def results_markdown(results: Mapping[str, Any]) -> str:
@@ -238,8 +240,8 @@ def _item_keys(items: Sequence[EvalItem]) -> list[tuple[Any, Any, Any]]:
   return [(item.id, item.question, item.gold) for item in items]
 
 
-def _record_keys(path: Path) -> list[tuple[Any, Any, Any]] | None:
-  return [(r.get("id"), r.get("question"), r.get("gold")) for _, r in iter_jsonl(path)] if path.is_file() else None
+def _record_keys(records: Iterable[Mapping[str, Any]]) -> list[tuple[Any, Any, Any]]:
+  return [(r.get("id"), r.get("question"), r.get("gold")) for r in records]
 
 
 def _finished_records(path: Path, items: list[EvalItem]) -> list[dict[str, Any]] | None:
@@ -247,7 +249,7 @@ def _finished_records(path: Path, items: list[EvalItem]) -> list[dict[str, Any]]
   if not path.is_file():
     return None
   records = [record for _, record in iter_jsonl(path)]
-  if [(r.get("id"), r.get("question"), r.get("gold")) for r in records] != _item_keys(items) or not all(
+  if _record_keys(records) != _item_keys(items) or not all(
       set(ITEM_FIELDS) <= record.keys() for record in records):
     logging.warning("evaluate: %s holds other items than requested; generating again", path)
     return None
