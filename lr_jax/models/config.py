@@ -8,7 +8,7 @@ from typing import Any
 
 SUPPORTED_MODEL_TYPES = ("qwen2", "llama")
 SUPPORTED_ROPE_TYPES = ("default", "llama3")
-SUPPORTED_ACTIVATIONS = ("silu",)
+SUPPORTED_ACTIVATIONS = ("silu", "swish")  # transformers: both are torch.nn.SiLU
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,11 +62,10 @@ class ModelConfig:
       raise ValueError(f"{source}: mlp_bias=true is not supported; supported: bias-free MLP")
 
     # transformers >= 5 keeps rope_theta and the scaling in `rope_parameters`; older files use
-    # top-level `rope_theta` and `rope_scaling`.
-    rope = dict(d.get("rope_parameters") or {})
-    legacy_scaling = d.get("rope_scaling") or {}
-    theta = rope.get("rope_theta", d.get("rope_theta", 10000.0))
-    scaling = {**legacy_scaling, **{k: v for k, v in rope.items() if k != "rope_theta"}}
+    # top-level `rope_theta` and `rope_scaling`. As transformers reads them: a non-empty `rope_scaling`
+    # replaces `rope_parameters`, and a theta it lacks comes from the top level.
+    scaling = dict(d.get("rope_scaling") or d.get("rope_parameters") or {})
+    theta = scaling.pop("rope_theta", d.get("rope_theta", 10000.0))
     rope_type = scaling.get("rope_type", scaling.get("type", "default"))
     if rope_type not in SUPPORTED_ROPE_TYPES:
       raise ValueError(f"{source}: RoPE scaling type {rope_type!r} is not supported; "
@@ -140,6 +139,7 @@ class ModelConfig:
         "rms_norm_eps": self.rms_norm_eps,
         "rope_theta": self.rope_theta,
         "rope_parameters": rope,
+        "rope_scaling": None if self.rope_scaling is None else {k: v for k, v in rope.items() if k != "rope_theta"},
         "max_position_embeddings": self.max_position_embeddings,
         "tie_word_embeddings": self.tie_word_embeddings,
         "hidden_act": "silu",

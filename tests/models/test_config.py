@@ -41,6 +41,10 @@ def test_head_dim_may_differ_from_hidden_over_heads():
   assert ModelConfig.from_hf_dict(hf_dict("llama", head_dim=None)).head_dim == 16
 
 
+def test_swish_is_silu():
+  assert ModelConfig.from_hf_dict(hf_dict(hidden_act="swish")) == ModelConfig.from_hf_dict(hf_dict())
+
+
 def test_missing_num_key_value_heads_means_multi_head_attention():
   d = hf_dict()
   del d["num_key_value_heads"]
@@ -65,6 +69,31 @@ def test_llama3_scaling_read_from_either_layout():
   assert new == old
   assert new.rope_theta == 5e5
   assert new.rope_scaling_dict == {k: float(v) for k, v in LLAMA3.items() if k != "rope_type"}
+
+
+@pytest.mark.parametrize("fields", [
+    dict(rope_scaling=dict(LLAMA3), rope_parameters={"rope_type": "default", "rope_theta": 5e5}),
+    dict(rope_scaling=dict(LLAMA3), rope_parameters={"rope_type": "default", "rope_theta": 5e5}, rope_theta=2e5),
+    dict(rope_scaling=None, rope_parameters={"rope_theta": 5e5, **LLAMA3}, rope_theta=2e5),
+    dict(rope_scaling={}, rope_parameters={"rope_type": "default"}, rope_theta=2e5),
+])
+def test_both_rope_layouts_in_one_file_are_read_as_transformers_reads_them(fields):
+  """A non-empty `rope_scaling` replaces `rope_parameters`; a theta neither holds comes from the top level."""
+  transformers = pytest.importorskip("transformers")
+  d = hf_dict("llama", **fields)
+  ours = ModelConfig.from_hf_dict(d)
+  theirs = dict(transformers.LlamaConfig(**{k: v for k, v in d.items() if k != "model_type"}).rope_parameters)
+  assert ours.rope_theta == theirs.pop("rope_theta")
+  rope_type = theirs.pop("rope_type")
+  assert (ours.rope_scaling is None) == (rope_type == "default")
+  if rope_type == "llama3":
+    assert ours.rope_scaling_dict == {k: float(v) for k, v in theirs.items()}
+
+
+def test_a_legacy_scaling_field_refused_even_beside_a_default_rope_parameters():
+  d = hf_dict(rope_scaling={"type": "linear", "factor": 2.0}, rope_parameters={"rope_type": "default"})
+  with pytest.raises(ValueError, match="'linear' is not supported"):
+    ModelConfig.from_hf_dict(d)
 
 
 @pytest.mark.parametrize("rope_type", ["linear", "dynamic", "yarn", "longrope"])
@@ -129,6 +158,9 @@ def test_from_json_errors_name_the_file(tmp_path):
 def test_to_hf_dict_round_trips(d):
   cfg = ModelConfig.from_hf_dict(d)
   assert ModelConfig.from_hf_dict(cfg.to_hf_dict()) == cfg
+  older = cfg.to_hf_dict()  # read as tools before transformers 5 read it: top-level theta and scaling only
+  del older["rope_parameters"]
+  assert ModelConfig.from_hf_dict(older) == cfg
 
 
 def test_config_is_hashable_for_jit_static_use():
