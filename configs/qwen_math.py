@@ -3,7 +3,8 @@
 Usage: python -m lr_jax.main --config=configs/qwen_math.py[:VARIANT] --workdir=DIR
 Variants (the paper's other experts): math-7b, math-1.5b-instruct, math-7b-instruct, r1-distill-1.5b;
 and `reference`, which reproduces the original code's choices (prompt "Please reason step by step.",
-beta compared with >=, first generated token not scored).
+beta compared with >=, first generated token not scored, updates of randomly drawn kept steps, the
+gradient clipped at 0.5: see below).
 Mesh layouts: sampling replicates the weights and splits the batch over every device (`mesh.sample`;
 a tensor size > 1 splits the weights too); training shards the frozen base FSDP over all devices
 (`mesh.train`).
@@ -81,6 +82,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.distill.learning_rate = 5e-5
   c.distill.updates = 1000
   c.distill.steps_per_update = 16
+  c.distill.order = "trajectories"  # an update's steps: the shuffled trajectories' kept steps end to end (1-2
+                                    # trajectories, one row each), or "steps": kept steps drawn at random
+                                    # (~16 trajectories, as the original's sampler; ~8x the tokens an update)
   c.distill.grad_clip = 1.0
   c.distill.micro_batches = 1
   c.distill.remat = False       # 16 rows of a 1.5B model fit without it; True for 7B on small devices
@@ -113,4 +117,12 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.eval.system_prompt = DEFAULT_SYSTEM_PROMPT               # the original evaluated with the boxed cue
     c.sample.beta_inclusive = True
     c.sample.score_first_token = False
+    c.distill.order = "steps"     # the HF Trainer shuffles the (prefix, target) pairs themselves
+    # The original's loss ignores the Trainer's `num_items_in_batch`, so transformers >= 4.46 (which its
+    # `transformers>=4.44` admits) no longer divides it by the 2 accumulation steps: the gradient it clips
+    # at 1.0 is twice the batch mean, which is clipping the mean at 0.5 (Adam is scale-free but for eps).
+    c.distill.grad_clip = 0.5
+  if variant == "r1-distill-1.5b":
+    c.prompt.template = "chat"    # its tokenizer has no <|im_start|>: the original renders its own template
+    c.eval.template = "chat"
   return c

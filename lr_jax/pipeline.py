@@ -186,7 +186,7 @@ def _check_distill(config) -> None:
       raise ConfigError(f"config.distill.{field}: expected >= 1, got {d[field]}")
   try:
     lora_config(config)
-    PackingConfig(steps_per_update=d.steps_per_update, micro_batches=d.micro_batches)
+    PackingConfig(steps_per_update=d.steps_per_update, micro_batches=d.micro_batches, order=d.order)
     DistillConfig(total_updates=d.updates)
   except ValueError as e:
     raise ConfigError(f"config.distill: {e}") from None

@@ -118,6 +118,7 @@ def test_rerun_of_a_finished_run_with_other_settings_is_refused(finished_run, xl
   """A finished stage is skipped only for the settings it was run with: another LoRA rank (the
   distill stage's) or export dtype (the export stage's) is refused in one line naming the setting."""
   for extra, stage, key in (("--config.distill.lora_rank=4", "checkpoints", "lora: saved"),
+                            ("--config.distill.order=steps", "checkpoints", "order: saved 'trajectories', now 'steps'"),
                             ("--config.export.dtype=float16", "export", "dtype: saved 'float32', now 'float16'")):
     r = subprocess.run(_cmd(finished_run[0], xla_cache, extra), cwd=REPO_ROOT, env=_env(), capture_output=True,
                        text=True, timeout=300)

@@ -50,6 +50,10 @@ def test_every_config_and_variant_loads():
   ref = qwen_math.get_config("reference")
   assert ref.sample.beta_inclusive and not ref.sample.score_first_token
   assert ref.prompt.system_prompt == "Please reason step by step."
+  assert ref.distill.order == "steps" and ref.distill.grad_clip == 0.5
+  assert qwen_math.get_config("").distill.order == "trajectories"
+  r1 = qwen_math.get_config("r1-distill-1.5b")  # its tokenizer has no ChatML markers
+  assert r1.prompt.template == r1.eval.template == "chat"
   assert llama.get_config().prompt.template == "chat"
   assert demo.get_config("ci").demo.n_sample < demo.get_config().demo.n_sample
   with pytest.raises(ValueError, match="unknown variant"):
@@ -76,6 +80,7 @@ def test_valid_config_passes_the_checks(tmp_path):
     ({"distill.lora_dropout": 1.0}, "config.distill: LoRAConfig.dropout: expected a rate in [0, 1)"),
     ({"distill.micro_batches": 3}, "config.distill: PackingConfig: micro_batches=3 must divide steps_per_update=16"),
     ({"distill.updates": 0}, "config.distill: DistillConfig.total_updates: expected >= 1, got 0"),
+    ({"distill.order": "random"}, "config.distill: PackingConfig.order: expected one of trajectories, steps"),
     ({"distill.checkpoint_every": 0}, "config.distill.checkpoint_every: expected >= 1, got 0"),
     ({"export.dtype": "bf16"}, "config.export.dtype: 'bf16' is not one of bfloat16, float32, float16"),
     ({"sample.batch_size": -2}, "config.sample.batch_size: expected >= 0, got -2"),

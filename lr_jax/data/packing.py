@@ -8,13 +8,17 @@ step. Rows are right-padded: supervised positions are gathered explicitly, so pa
 them (the original read logits at a fixed position of right-padded prefixes, which is wrong for all
 but the longest prefix of a batch).
 
-Per epoch the trajectories are shuffled (seeded) and their kept steps laid end to end. Update u
-supervises steps `[u * N, (u + 1) * N)` of that stream, N = `steps_per_update`; the last update of an
-epoch may supervise fewer. Each update is split into `micro_batches` chunks of N / micro_batches
-consecutive steps. A trajectory whose steps straddle a chunk (or update) boundary appears in both,
-each time as a row truncated after its last step supervised there, with only that chunk's steps in
-the supervision list: its other kept steps are masked out, and every kept step counts exactly once
-per epoch.
+Per epoch the kept steps form one stream (seeded shuffle), and update u supervises steps
+`[u * N, (u + 1) * N)` of it, N = `steps_per_update`; the last update of an epoch may supervise
+fewer. `order` says how the stream is shuffled:
+  'trajectories' (default) shuffles the trajectories and lays each one's kept steps end to end, so an
+    update holds the consecutive steps of one or two trajectories (one row each: the fewest tokens);
+  'steps' shuffles the kept steps themselves, as the original's trainer samples its (prefix, target)
+    pairs, so an update holds ~N steps of ~N different trajectories (up to N rows: more tokens a step).
+Each update is split into `micro_batches` chunks of N / micro_batches steps of the stream. A chunk
+holds one row per trajectory it has steps of, truncated after the input of its last step there, with
+only that chunk's steps in the supervision list: the trajectory's other kept steps are masked out, and
+every kept step counts exactly once per epoch.
 
 Shapes (M micro-batches, R rows, L length, S = N / M supervision slots, K target slots), all numpy:
   tokens int32 [M, R, L], positions int32 [M, R, L], mask bool [M, R, L] (False = padding);
@@ -30,13 +34,16 @@ from typing import Any, Iterable, NamedTuple
 
 import numpy as np
 
+ORDERS = ("trajectories", "steps")
+
 
 @dataclasses.dataclass(frozen=True)
 class PackingConfig:
   """steps_per_update: kept steps per optimizer update; micro_batches: gradient-accumulation chunks
   (must divide steps_per_update); row_multiple: rows per micro-batch are a multiple of this (the
   data-parallel ways); length_multiple: rows are padded to a multiple of this; shuffle_seed: None keeps
-  the records' order; epochs: passes over the records; pad_id: token id in padding slots."""
+  the records' order; epochs: passes over the records; pad_id: token id in padding slots; order: what
+  the seeded shuffle permutes, 'trajectories' or 'steps' (module docstring)."""
   steps_per_update: int = 16
   micro_batches: int = 1
   row_multiple: int = 1
@@ -44,6 +51,7 @@ class PackingConfig:
   shuffle_seed: int | None = 0
   epochs: int = 1
   pad_id: int = 0
+  order: str = "trajectories"
 
   def __post_init__(self):
     if self.steps_per_update < 1 or self.micro_batches < 1 or self.steps_per_update % self.micro_batches:
@@ -52,6 +60,8 @@ class PackingConfig:
     for name in ("row_multiple", "length_multiple", "epochs"):
       if getattr(self, name) < 1:
         raise ValueError(f"PackingConfig.{name}: expected >= 1, got {getattr(self, name)}")
+    if self.order not in ORDERS:
+      raise ValueError(f"PackingConfig.order: expected one of {', '.join(ORDERS)}, got {self.order!r}")
 
   @property
   def steps_per_micro(self) -> int:
@@ -59,10 +69,10 @@ class PackingConfig:
 
 
 class Segment(NamedTuple):
-  """Kept steps `record.steps[lo:hi]` of record number `record`, supervised in one micro-batch."""
+  """Kept steps `record.steps[i] for i in steps` (ascending indices) of record number `record`,
+  supervised in one micro-batch."""
   record: int
-  lo: int
-  hi: int
+  steps: tuple[int, ...]
 
 
 def plan_updates(num_kept: list[int], config: PackingConfig) -> list[list[list[Segment]]]:
@@ -70,28 +80,34 @@ def plan_updates(num_kept: list[int], config: PackingConfig) -> list[list[list[S
 
   num_kept[i] is record i's number of kept steps; records with none are skipped.
   """
+  num_kept = np.asarray(num_kept, np.int64).reshape(-1)
+  starts = np.cumsum(num_kept) - num_kept
+  record_of = np.repeat(np.arange(len(num_kept)), num_kept)  # stream entry -> (record, index of its step)
+  index_of = np.arange(len(record_of)) - np.repeat(starts, num_kept)
   chunk = config.steps_per_micro
   plan: list[list[list[Segment]]] = []
   for epoch in range(config.epochs):
-    order = np.arange(len(num_kept))
+    stream = np.arange(len(record_of))
     if config.shuffle_seed is not None:
-      order = np.random.default_rng((config.shuffle_seed, epoch)).permutation(len(num_kept))
-    chunks: list[list[Segment]] = [[]]
-    room = chunk
-    for i in order:
-      lo = 0
-      while lo < num_kept[i]:
-        if room == 0:
-          chunks.append([])
-          room = chunk
-        hi = min(num_kept[i], lo + room)
-        chunks[-1].append(Segment(int(i), lo, hi))
-        room -= hi - lo
-        lo = hi
-    if chunks[0]:
+      rng = np.random.default_rng((config.shuffle_seed, epoch))
+      if config.order == "trajectories":
+        order = rng.permutation(len(num_kept))
+        stream = np.concatenate([np.arange(starts[i], starts[i] + num_kept[i]) for i in order] + [stream[:0]])
+      else:
+        stream = rng.permutation(len(record_of))
+    chunks = [_segments(record_of[part], index_of[part]) for part in np.split(stream, range(chunk, len(stream), chunk))]
+    if len(stream):
       chunks += [[] for _ in range(-len(chunks) % config.micro_batches)]
       plan += [chunks[j:j + config.micro_batches] for j in range(0, len(chunks), config.micro_batches)]
   return plan
+
+
+def _segments(records: np.ndarray, indices: np.ndarray) -> list[Segment]:
+  """One segment per record of a chunk, in order of first appearance, its step indices ascending."""
+  grouped: dict[int, list[int]] = {}
+  for r, i in zip(records.tolist(), indices.tolist()):
+    grouped.setdefault(r, []).append(i)
+  return [Segment(r, tuple(sorted(steps))) for r, steps in grouped.items()]
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -150,21 +166,22 @@ class PackedUpdates:
         out["tokens"][j, row, :n] = ids
         out["positions"][j, row, :n] = np.arange(n)
         out["mask"][j, row, :n] = True
-        steps = np.asarray(r.steps[seg.lo:seg.hi])
+        picked = list(seg.steps)
+        steps = np.asarray(r.steps)[picked]
         span = slice(slot, slot + len(steps))
         out["sup_row"][j, span] = row
         out["sup_pos"][j, span] = len(r.prompt_ids) + steps - 1
         out["sup_mask"][j, span] = True
-        w = np.asarray(r.target_weights[seg.lo:seg.hi], np.float32)
+        w = np.asarray(r.target_weights, np.float32)[picked]
         out["target_weights"][j, span, :w.shape[1]] = w
-        out["target_ids"][j, span, :w.shape[1]] = np.where(w > 0, np.asarray(r.target_ids[seg.lo:seg.hi]), 0)
+        out["target_ids"][j, span, :w.shape[1]] = np.where(w > 0, np.asarray(r.target_ids)[picked], 0)
         slot += len(steps)
     return out
 
   def _row_length(self, seg: Segment) -> int:
     """Tokens the row needs: through the input of the segment's last step."""
     r = self.records[seg.record]
-    return len(r.prompt_ids) + int(r.steps[seg.hi - 1])
+    return len(r.prompt_ids) + int(r.steps[seg.steps[-1]])
 
 
 def _check_record(r: Any, index: int, valid_vocab: int | None) -> None:

@@ -1,7 +1,8 @@
 """The distillation stage: LoRA-tune the expert on the stored contrastive targets.
 
-Packs the sample store into updates of `steps_per_update` kept steps (one row per trajectory, or
-per part of one that an update boundary splits: one forward a row), runs `distill_step`,
+Packs the sample store into updates of `steps_per_update` kept steps (`distill.order`: the shuffled
+trajectories' steps end to end, or kept steps drawn at random; one row per trajectory an update
+draws from: one forward a row), runs `distill_step`,
 checkpoints with Orbax every `checkpoint_every` updates and resumes from the newest readable
 checkpoint. Ends with the adapter as a PEFT folder (workdir/checkpoints/final_adapter) and DONE.json.
 """
@@ -39,7 +40,8 @@ def settings(config) -> dict:
   d = config.distill
   return {"expert": config.expert, "dtype": config.dtype, "updates": d.updates,
           "lora": dataclasses.asdict(lora_config(config)), "learning_rate": d.learning_rate, "grad_clip": d.grad_clip,
-          "steps_per_update": d.steps_per_update, "micro_batches": d.micro_batches, "seed": config.seed}
+          "steps_per_update": d.steps_per_update, "micro_batches": d.micro_batches, "order": d.order,
+          "seed": config.seed}
 
 
 def run(config, workdir: common.Workdir, writer) -> dict:
@@ -69,7 +71,8 @@ def run(config, workdir: common.Workdir, writer) -> dict:
   epochs = math.ceil(d.updates * d.steps_per_update / kept)  # the paper's 1000 updates revisit the data
   pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
   packing = PackingConfig(steps_per_update=d.steps_per_update, micro_batches=d.micro_batches,
-                          row_multiple=layout.data_size, shuffle_seed=config.seed, epochs=epochs, pad_id=pad_id)
+                          row_multiple=layout.data_size, shuffle_seed=config.seed, epochs=epochs, pad_id=pad_id,
+                          order=d.order)
   packed = PackedUpdates(records, packing, valid_vocab)
   n_updates = min(d.updates, len(packed))
   state = init_train_state(params, dcfg, config.seed, layout)

@@ -42,9 +42,10 @@ def supervised(packed):
   return seen
 
 
-def test_each_kept_step_is_supervised_once_at_the_position_that_predicts_it():
+@pytest.mark.parametrize("order", ["trajectories", "steps"])
+def test_each_kept_step_is_supervised_once_at_the_position_that_predicts_it(order):
   records = make_records([5, 1, 9, 3, 0, 7, 2])
-  packed = PackedUpdates(records, PackingConfig(steps_per_update=4, micro_batches=2, length_multiple=8))
+  packed = PackedUpdates(records, PackingConfig(steps_per_update=4, micro_batches=2, length_multiple=8, order=order))
   expected = collections.Counter()
   for r in records:
     for j, t in enumerate(r.steps):
@@ -58,8 +59,10 @@ def test_each_kept_step_is_supervised_once_at_the_position_that_predicts_it():
   assert got == expected and sum(got.values()) == 27
 
 
-def test_every_update_but_the_last_supervises_exactly_steps_per_update():
-  packed = PackedUpdates(make_records([5, 1, 9, 3, 7, 2]), PackingConfig(steps_per_update=8, micro_batches=2))
+@pytest.mark.parametrize("order", ["trajectories", "steps"])
+def test_every_update_but_the_last_supervises_exactly_steps_per_update(order):
+  packed = PackedUpdates(make_records([5, 1, 9, 3, 7, 2]),
+                         PackingConfig(steps_per_update=8, micro_batches=2, order=order))
   counts = [packed.batch(u)["sup_mask"].sum(axis=1).tolist() for u in range(len(packed))]
   assert counts == [[4, 4], [4, 4], [4, 4], [3, 0]]  # 27 steps: 3 full updates, then 3
 
@@ -68,7 +71,8 @@ def test_a_trajectory_straddling_updates_appears_in_both_with_disjoint_steps():
   records = make_records([6, 6])
   cfg = PackingConfig(steps_per_update=4, shuffle_seed=None, length_multiple=1)
   plan = plan_updates([6, 6], cfg)
-  assert [[tuple(s) for s in u[0]] for u in plan] == [[(0, 0, 4)], [(0, 4, 6), (1, 0, 2)], [(1, 2, 6)]]
+  assert [[tuple(s) for s in u[0]] for u in plan] == [[(0, (0, 1, 2, 3))], [(0, (4, 5)), (1, (0, 1))],
+                                                      [(1, (2, 3, 4, 5))]]
   packed = PackedUpdates(records, cfg)
   second = packed.batch(1)
   r0 = records[0]
@@ -76,6 +80,28 @@ def test_a_trajectory_straddling_updates_appears_in_both_with_disjoint_steps():
   assert second["mask"][0, 0].sum() == len(r0.prompt_ids) + r0.steps[5]
   assert second["sup_pos"][0, :2].tolist() == (len(r0.prompt_ids) + r0.steps[4:6] - 1).tolist()
   assert second["sup_row"][0].tolist() == [0, 0, 1, 1]
+
+
+def test_steps_order_spreads_an_update_over_trajectories_and_truncates_each_row():
+  """'steps' shuffles the kept steps themselves (the original's sampler): an update draws from many
+  trajectories, each row ends at the input of its last step in the update, and the rest of its kept
+  steps are left to other updates."""
+  kept = [25] * 40
+  by_steps = plan_updates(kept, PackingConfig(steps_per_update=16, order="steps"))
+  by_trajectories = plan_updates(kept, PackingConfig(steps_per_update=16))
+  rows = lambda plan: np.mean([len(u[0]) for u in plan[:-1]])
+  assert rows(by_trajectories) < 2.5 and rows(by_steps) > 10
+  assert plan_updates(kept, PackingConfig(steps_per_update=16, order="steps")) == by_steps  # seeded
+  assert plan_updates(kept, PackingConfig(steps_per_update=16, order="steps", shuffle_seed=1)) != by_steps
+  records = make_records([6, 9, 4])
+  packed = PackedUpdates(records, PackingConfig(steps_per_update=4, order="steps", length_multiple=1))
+  for u in range(len(packed)):
+    b = packed.batch(u)
+    for row, seg in enumerate(packed.plan[u][0]):
+      r = records[seg.record]
+      assert b["mask"][0, row].sum() == len(r.prompt_ids) + r.steps[seg.steps[-1]]
+      slots = np.flatnonzero(b["sup_mask"][0] & (b["sup_row"][0] == row))
+      assert b["sup_pos"][0, slots].tolist() == (len(r.prompt_ids) + r.steps[list(seg.steps)] - 1).tolist()
 
 
 def test_step_zero_is_predicted_by_the_last_prompt_position():
@@ -138,5 +164,7 @@ def test_bad_records_are_refused_in_one_line_naming_the_record(change, message):
 def test_bad_configs_are_refused():
   with pytest.raises(ValueError, match="must divide"):
     PackingConfig(steps_per_update=16, micro_batches=3)
+  with pytest.raises(ValueError, match="PackingConfig.order: expected one of trajectories, steps, got 'step'"):
+    PackingConfig(order="step")
   with pytest.raises(ValueError, match="none of the 1 records has a kept step"):
     PackedUpdates(make_records([0]), PackingConfig())
