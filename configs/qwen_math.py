@@ -84,7 +84,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.distill.steps_per_update = 16
   c.distill.order = "trajectories"  # an update's steps: the shuffled trajectories' kept steps end to end (1-2
                                     # trajectories, one row each), or "steps": kept steps drawn at random
-                                    # (~16 trajectories, as the original's sampler; ~8x the tokens an update)
+                                    # (~16 trajectories, as the original's sampler; ~9x the tokens an update)
   c.distill.grad_clip = 1.0
   c.distill.micro_batches = 1
   c.distill.remat = False       # 16 rows of a 1.5B model fit without it; True for 7B on small devices
