@@ -95,7 +95,8 @@ def score_hidden(expert_graphdef, expert_state, amateur_graphdef, amateur_state,
 
 def contrastive_step(expert: tuple[nnx.GraphDef, nnx.State], amateur: tuple[nnx.GraphDef, nnx.State],
                      batch: dict[str, jax.Array], config: ContrastiveConfig = ContrastiveConfig()) -> ContrastiveOut:
-  """Scores a batch of expert trajectories against the amateur (pure; jit it with `make_contrastive_step`).
+  """Scores a batch of expert trajectories against the amateur (pure; jit it with `make_contrastive_step`:
+  un-jitted, every call traces and compiles its chunked scoring loop again).
 
   Args:
     expert, amateur: `(graphdef, state)` of two models sharing a tokenizer (row counts may differ).
@@ -140,6 +141,8 @@ def _checked_batch(batch: dict[str, jax.Array], rows: int) -> tuple[jax.Array, .
                      f"P >= 1 and T >= 1")
   for key, ids, mask in ((BATCH_KEYS[0], arrays[0], arrays[1]), (BATCH_KEYS[2], arrays[2], arrays[3])):
     try:
+      if any(isinstance(x, jax.Array) and not x.is_fully_addressable for x in (ids, mask)):
+        continue  # a global array over several processes: not all its values are here
       used = np.asarray(ids)[np.asarray(mask)]
     except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
       continue  # traced (under jit): the values are not known here

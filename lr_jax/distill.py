@@ -80,10 +80,13 @@ def init_train_state(params: nnx.State, config: DistillConfig, seed: int, layout
 
   The state holds copies, so donating it to `distill_step` leaves the model's own arrays intact.
   """
-  params = jax.tree.map(jnp.copy, shard_state(params, layout))
-  opt_state = jax.jit(lambda p: _keep_layout(make_optimizer(config).init(p), layout))(params)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
-                    rng=jax.random.key_data(jax.random.key(seed)))
+  @jax.jit
+  def build(params):  # every leaf pinned as distill_step pins its outputs: its first call compiles once
+    return _keep_layout(TrainState(step=jnp.zeros((), jnp.int32), params=jax.tree.map(jnp.copy, params),
+                                   opt_state=make_optimizer(config).init(params),
+                                   rng=jax.random.key_data(jax.random.key(seed))), layout)
+
+  return build(shard_state(params, layout))
 
 
 def shard_batch(batch: dict[str, np.ndarray], layout: Layout | None) -> dict[str, jax.Array]:
@@ -173,8 +176,7 @@ def distill_step(state: TrainState, frozen: nnx.State, batch: dict[str, jax.Arra
   loss, grads, n = make_loss_and_grads(graphdef, config)(state.params, frozen, batch, key)
   grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-  params = _keep_layout(optax.apply_updates(state.params, updates), layout)
-  opt_state = _keep_layout(opt_state, layout)
+  params = optax.apply_updates(state.params, updates)
   metrics = {
       "loss": loss,
       "grad_norm": optax.global_norm(grads),
@@ -182,7 +184,7 @@ def distill_step(state: TrainState, frozen: nnx.State, batch: dict[str, jax.Arra
       "supervised_steps": n,
       "tokens": jnp.sum(batch["mask"]).astype(jnp.float32),
   }
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  return _keep_layout(state.replace(step=state.step + 1, params=params, opt_state=opt_state), layout), metrics
 
 
 def make_distill_step(graphdef: nnx.GraphDef, config: DistillConfig, layout: Layout | None = None) -> Callable:

@@ -38,7 +38,7 @@ from lr_jax.generation.api import GenerationOutput, _fetch, _first_local_row, pa
 from lr_jax.generation.engine import decode_step, fused_for_decoding, next_token_logits, output_slots, prefill
 from lr_jax.models.config import ModelConfig
 from lr_jax.models.transformer import KVCache
-from lr_jax.sharding import Layout, constrain, host_local_to_global
+from lr_jax.sharding import Layout, check_batch_layout, constrain, host_local_to_global
 
 _TARGET_FIELDS = ("target_ids", "target_weights")  # [B, N, K]; every other ContrastiveOut field is [B, N]
 
@@ -190,6 +190,7 @@ def contrastive_decode(expert: tuple[nnx.GraphDef, nnx.State], amateur: tuple[nn
   rows_vocab = min(expert_model.config.vocab_size, amateur_model.config.vocab_size)
   _check_prompts(prompts, rows_vocab, max_new_tokens)
   layout = layout if layout is not None else expert_model.layout
+  check_batch_layout(layout, expert_model.layout, amateur_model.layout, where="contrastive_decode")
   n = len(prompts)
   tokens, mask = padded_prompts(prompts, min_batch=min_batch, pad_id=pad_id, layout=layout)
   length = tokens.shape[1]

@@ -76,11 +76,20 @@ class Layout:
 
   @classmethod
   def create(cls, mesh: Mesh, rules: dict[str, Any] | str = "train") -> "Layout":
+    """`mesh` must name the axes 'data', 'fsdp' and 'tensor' (`make_mesh` builds one); Explicit axes
+    (`jax.make_mesh`'s default) are taken as Auto, since the rules' specs are partitioner hints."""
+    missing = [a for a in MESH_AXES if a not in mesh.shape]
+    if missing:
+      raise ValueError(f"Layout: the mesh has axes {tuple(mesh.axis_names)}, lacking {', '.join(map(repr, missing))}; "
+                       f"expected {MESH_AXES} (lr_jax.sharding.make_mesh builds one)")
+    if any(t != AxisType.Auto for t in mesh.axis_types):
+      mesh = Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
     table = RULE_SETS[rules] if isinstance(rules, str) else rules
     return cls(mesh, tuple(sorted(table.items())))
 
   def spec(self, logical_axes: Sequence[str | None], shape: Sequence[int] | None = None) -> PartitionSpec:
-    """PartitionSpec for `logical_axes`; a mesh axis that does not divide its dim is dropped.
+    """PartitionSpec for `logical_axes`: a dim is split over the longest prefix of its rule's mesh axes
+    whose product divides it (none: replicated).
 
     Refuses to map two logical axes of one array onto the same mesh axis.
     """
@@ -96,11 +105,11 @@ class Layout:
       target = table[name]
       axes = () if target is None else ((target,) if isinstance(target, str) else tuple(target))
       axes = tuple(a for a in axes if self.mesh.shape[a] > 1)
-      if shape is not None and axes:
-        size = math.prod(self.mesh.shape[a] for a in axes)
-        if shape[i] % size:
-          logging.debug("axis %s (dim %d) not divisible by mesh %s: replicated", name, shape[i], axes)
-          axes = ()
+      if shape is not None:
+        fits = [n for n in range(len(axes), -1, -1) if shape[i] % math.prod(self.mesh.shape[a] for a in axes[:n]) == 0]
+        if fits[0] < len(axes):
+          logging.debug("axis %s (dim %d) not divisible by mesh %s: split over %s", name, shape[i], axes, axes[:fits[0]])
+        axes = axes[:fits[0]]
       clash = used.intersection(axes)
       if clash:
         raise ValueError(f"logical axes {tuple(logical_axes)} map mesh axis {sorted(clash)} twice")
@@ -109,7 +118,12 @@ class Layout:
     return PartitionSpec(*out)
 
   def sharding(self, logical_axes: Sequence[str | None], shape: Sequence[int] | None = None) -> NamedSharding:
-    return NamedSharding(self.mesh, self.spec(logical_axes, shape))
+    """The NamedSharding of `spec`, trailing unsplit dims left out as jit hands shardings back (P(),
+    not P(None, None)): an array placed with it and one a jitted step returns hit the same cache entry."""
+    spec = list(self.spec(logical_axes, shape))
+    while spec and spec[-1] is None:
+      spec.pop()
+    return NamedSharding(self.mesh, PartitionSpec(*spec))
 
   def constrain(self, x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
     """`with_sharding_constraint` by logical names (on every backend, CPU included)."""
@@ -119,6 +133,14 @@ class Layout:
   def data_size(self) -> int:
     """How many ways the batch is split."""
     return self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+
+
+def check_batch_layout(layout: Layout | None, *model_layouts: Layout | None, where: str) -> None:
+  """Refuses, in one line, a batch layout whose mesh is not the one the models' weights live on."""
+  for own in model_layouts:
+    if layout is not None and own is not None and layout.mesh != own.mesh:
+      raise ValueError(f"{where}: layout's mesh {dict(layout.mesh.shape)} is not the one the model's weights are "
+                       f"on ({dict(own.mesh.shape)}); pass a layout over the model's mesh, or none")
 
 
 def constrain(layout: Layout | None, x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:

@@ -239,6 +239,7 @@ def test_eight_sharded_devices_with_remat_equal_one_device(base_dir, records, tr
     state, metrics = step(state, frozen, shard_batch(host, layout))
     one, ref = training["step"](one, training["frozen"], shard_batch(host, None))
     assert abs(float(metrics["loss"]) - float(ref["loss"])) <= 1e-5 * float(ref["loss"])
+  assert step._cache_size() == 1  # the state comes back with the shardings it went in with: one compile
   assert shard_batch(host, layout)["tokens"].sharding.spec[1] == ("data", "fsdp")
   for (path, a), (_, b) in zip(nnx.to_flat_state(state.params), nnx.to_flat_state(one.params)):
     assert a[...].sharding.is_fully_replicated

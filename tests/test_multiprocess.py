@@ -46,6 +46,27 @@ gathered = {k: np.asarray(multihost_utils.process_allgather(v, tiled=True)) for 
 print({k: [list(v.shape), int(v.sum())] for k, v in gathered.items() if k.endswith("mask")}, flush=True)
 """
 
+# The un-jitted contrastive_step on a global batch (its values span both processes) = the jitted one.
+EAGER_CONTRASTIVE_STEP = """
+import sys, jax, jax.numpy as jnp, numpy as np
+from flax import nnx
+from lr_jax.sharding import Layout, host_local_to_global, make_mesh, maybe_initialize_distributed
+maybe_initialize_distributed()
+from lr_jax.contrastive import ContrastiveConfig, contrastive_step, make_contrastive_step
+from lr_jax.models import from_pretrained
+layout = Layout.create(make_mesh((-1, 1, 1)), "sample")
+model = nnx.split(from_pretrained(sys.argv[1], dtype=jnp.float32, layout=layout).model)
+rng = np.random.default_rng(jax.process_index())
+batch = host_local_to_global(dict(prompt_tokens=rng.integers(0, 64, (2, 6)).astype(np.int32),
+                                  prompt_mask=np.ones((2, 6), bool),
+                                  completion_tokens=rng.integers(0, 64, (2, 4)).astype(np.int32),
+                                  completion_mask=np.ones((2, 4), bool)), layout)
+cfg = ContrastiveConfig(valid_vocab=64, top_k=4)
+eager, jitted = contrastive_step(model, model, batch, cfg), make_contrastive_step(model[0], model[0], cfg)(model[1], model[1], batch)
+same = [bool(jnp.array_equal(a, b)) for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted))]
+print(eager.kl.shape, all(same), flush=True)
+"""
+
 
 def _args(workdir, expert, amateur, problems, program=("-m", "lr_jax.main")):
   return [sys.executable, *program, "--config=configs/qwen_math.py", f"--workdir={workdir}",
@@ -121,3 +142,11 @@ def test_teacher_forced_batches_have_one_shape_across_processes(tmp_path):
   outs = _two_processes([sys.executable, "-c", PAD_BATCH_ACROSS_PROCESSES], cwd=tmp_path)
   expected = "{'completion_mask': [[2, 32], 25], 'prompt_mask': [[2, 64], 50]}"
   assert [out.strip().splitlines()[-1] for out in outs] == [expected, expected]
+
+
+def test_an_unjitted_contrastive_step_takes_a_batch_spread_over_processes(tmp_path):
+  """Its id checks read values only a batch held whole in this process has (they used to fetch the
+  other process's shards and fail)."""
+  model = make_tiny_hf(tmp_path / "m", "qwen2", vocab_size=64, tokenizer=False)
+  outs = _two_processes([sys.executable, "-c", EAGER_CONTRASTIVE_STEP, str(model)], cwd=tmp_path)
+  assert [out.strip().splitlines()[-1] for out in outs] == ["(4, 4) True"] * 2

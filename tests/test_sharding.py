@@ -12,7 +12,7 @@ from flax import nnx
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from lr_jax.models import KVCache, from_pretrained, positions_from_mask
-from lr_jax.sharding import Layout, host_local_to_global, make_mesh, shard_state, state_shardings
+from lr_jax.sharding import MESH_AXES, Layout, host_local_to_global, make_mesh, shard_state, state_shardings
 from tests.helpers import make_tiny_hf, random_ids
 
 VOCAB = 512
@@ -54,7 +54,9 @@ def test_make_mesh_fills_one_minus_one_and_refuses_bad_shapes(mesh):
     ("train", ("batch", "act_kv_heads", "cache_length", None), (4, 2, 9, 16), P(("data", "fsdp"), "tensor", None, None)),
     # a dim the mesh axes do not divide is replicated, not an error: 3 kv heads over tensor=2
     ("train", ("embed", "kv_heads", "head_dim"), (64, 3, 16), P("fsdp", None, None)),
-    ("train", ("batch", "length"), (6, 10), P(None, None)),
+    # ... and a dim that only a prefix of its rule's axes divides is split over that prefix
+    ("train", ("batch", "length"), (6, 10), P("data", None)),
+    ("train", ("batch", "length"), (3, 10), P(None, None)),
 ])
 def test_rules_give_the_stated_specs(mesh, rules, axes, shape, spec):
   assert Layout.create(mesh, rules).spec(axes, shape) == spec
@@ -64,6 +66,18 @@ def test_size_one_mesh_axes_are_dropped_from_specs():
   layout = Layout.create(make_mesh((1, 1, 8)), "train")
   assert layout.spec(("embed", "heads", "head_dim"), (64, 8, 16)) == P(None, "tensor", None)
   assert layout.spec(("batch", "length"), (4, 10)) == P(None, None)
+  assert layout.sharding(("batch", "length"), (4, 10)).spec == P()  # as jit hands it back
+
+
+def test_a_jax_make_mesh_is_taken_as_auto_and_other_axis_names_are_refused_in_one_line():
+  explicit = jax.make_mesh((2, 2, 2), MESH_AXES)  # Explicit axes by default
+  layout = Layout.create(explicit, "train")
+  assert tuple(layout.mesh.axis_types) == (AxisType.Auto,) * 3 and layout.mesh.devices.tolist() == explicit.devices.tolist()
+  x = jax.jit(lambda a: layout.constrain(a * 2, ("batch", "act_embed")))(jnp.ones((4, 8)))
+  assert x.sharding.spec == P(("data", "fsdp"))
+  with pytest.raises(ValueError, match=r"the mesh has axes \('data', 'tensor'\), lacking 'fsdp'; expected") as e:
+    Layout.create(jax.make_mesh((4, 2), ("data", "tensor")))
+  assert "\n" not in str(e.value)
 
 
 def test_rules_refuse_one_mesh_axis_twice_and_unknown_names(mesh):
@@ -84,19 +98,19 @@ EXPECTED_PARAM_SPECS = {
     "train": {
         ("embed",): P("tensor", "fsdp"),
         ("lm_head",): P("tensor", "fsdp"),
-        ("layers", 0, "attn", "q_proj", "kernel"): P("fsdp", "tensor", None),
-        ("layers", 0, "attn", "q_proj", "bias"): P("tensor", None),
-        ("layers", 1, "attn", "k_proj", "kernel"): P("fsdp", "tensor", None),
+        ("layers", 0, "attn", "q_proj", "kernel"): P("fsdp", "tensor"),
+        ("layers", 0, "attn", "q_proj", "bias"): P("tensor"),
+        ("layers", 1, "attn", "k_proj", "kernel"): P("fsdp", "tensor"),
         ("layers", 0, "attn", "o_proj", "kernel"): P("tensor", None, "fsdp"),
         ("layers", 1, "mlp", "gate_proj", "kernel"): P("fsdp", "tensor"),
         ("layers", 1, "mlp", "down_proj", "kernel"): P("tensor", "fsdp"),
-        ("layers", 0, "input_norm", "scale"): P(None),
+        ("layers", 0, "input_norm", "scale"): P(),
     },
     "sample": {
-        ("embed",): P("tensor", None),
-        ("layers", 0, "attn", "q_proj", "kernel"): P(None, "tensor", None),
-        ("layers", 0, "attn", "o_proj", "kernel"): P("tensor", None, None),
-        ("layers", 1, "mlp", "down_proj", "kernel"): P("tensor", None),
+        ("embed",): P("tensor"),
+        ("layers", 0, "attn", "q_proj", "kernel"): P(None, "tensor"),
+        ("layers", 0, "attn", "o_proj", "kernel"): P("tensor"),
+        ("layers", 1, "mlp", "down_proj", "kernel"): P("tensor"),
     },
 }
 
@@ -186,6 +200,17 @@ def test_mesh_kv_cache_decode_equals_single_device(mesh, tiny_dir):
   assert cache.k[0].sharding.is_equivalent_to(NamedSharding(mesh, P(("data", "fsdp"), "tensor", None, None)), 4)
   err = np.max(np.abs(sharded - single))
   assert err <= 1e-5, f"max abs diff {err:.3g} (max |logit| {np.max(np.abs(single)):.3g})"
+
+
+def test_a_batch_layout_off_the_models_mesh_is_refused_in_one_line(mesh, tiny_dir):
+  import lr_jax
+  from lr_jax.lockstep import contrastive_decode
+  model = from_pretrained(tiny_dir, dtype=jnp.float32, layout=Layout.create(mesh, "sample")).model
+  other = Layout.create(make_mesh((8, 1, 1)), "sample")
+  with pytest.raises(ValueError, match=r"generate: layout's mesh \{'data': 8, 'fsdp': 1, 'tensor': 1\} is not the one"):
+    lr_jax.generate(model, [[1, 2]], max_new_tokens=2, layout=other)
+  with pytest.raises(ValueError, match="contrastive_decode: layout's mesh"):
+    contrastive_decode(nnx.split(model), nnx.split(model), [[1, 2]], max_new_tokens=2, layout=other)
 
 
 def test_host_local_to_global_splits_the_batch(mesh):

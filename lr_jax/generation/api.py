@@ -31,7 +31,7 @@ from lr_jax.generation.engine import (MIN_PROMPT_BUCKET, DecodeSpec, bucket_size
                                       fused_for_decoding, next_token_logits, output_slots, prefill, start_jit)
 from lr_jax.generation.sampling import SamplingConfig
 from lr_jax.generation.stopping import eos_ids_from_checkpoint, stop_length
-from lr_jax.sharding import Layout, host_local_to_global
+from lr_jax.sharding import Layout, check_batch_layout, host_local_to_global
 
 __all__ = ["GenerationOutput", "SamplingConfig", "generate", "generate_batched", "eos_ids_from_checkpoint",
            "format_chat", "prefill", "decode_step", "next_token_logits", "fused_for_decoding"]
@@ -136,6 +136,7 @@ def _run(graphdef, state, model, prompts: Sequence[Sequence[int]], *, max_new_to
          layout: Layout | None = None) -> GenerationOutput:
   """One padded batch through the engine (all hosts call it together, possibly with no prompts)."""
   layout = layout if layout is not None else model.layout
+  check_batch_layout(layout, model.layout, where="generate")
   n = len(prompts)
   tokens, mask = padded_prompts(prompts, min_batch=min_batch, pad_id=pad_id, layout=layout)
   rows, length = tokens.shape

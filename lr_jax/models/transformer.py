@@ -441,7 +441,9 @@ class Transformer(nnx.Module):
     else:
       valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, mask, cache.end, axis=1)
       start = cache.end
-    call = nnx.remat(DecoderLayer.__call__, static_argnums=(8,)) if self.remat else DecoderLayer.__call__
+    # Cached forwards (prefill, decode) are never differentiated, and remat there breaks the cache update.
+    remat = self.remat and cache is None
+    call = nnx.remat(DecoderLayer.__call__, static_argnums=(8,)) if remat else DecoderLayer.__call__
     if cache is None:
       kernel = "cudnn" if self.fused_attention() else "xla"
     else:

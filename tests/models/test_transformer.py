@@ -250,6 +250,24 @@ def lse_loss_hidden_and_grads(model, ids, mask):
   return value, hidden, nnx.to_flat_state(grads)
 
 
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_a_remat_model_generates_and_decodes_in_lockstep_as_a_plain_one(tmp_path, scan_layers):
+  """remat applies to cache-free forwards only: cached prefill and decode steps run plain layers."""
+  import lr_jax
+  from lr_jax.lockstep import contrastive_decode
+  model_dir = make_tiny_hf(tmp_path, "llama", vocab_size=VOCAB, tokenizer=False)
+  prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
+  outs = []
+  for remat in (False, True):
+    model = from_pretrained(model_dir, dtype=jnp.float32, remat=remat, scan_layers=scan_layers).model
+    gen = lr_jax.generate(model, prompts, max_new_tokens=5)
+    _, scored = contrastive_decode(nnx.split(model), nnx.split(model), prompts, max_new_tokens=5,
+                                   config=lr_jax.ContrastiveConfig(valid_vocab=VOCAB))
+    outs.append((np.asarray(gen.tokens), np.asarray(scored.expert_top1)))
+  np.testing.assert_array_equal(outs[0][0], outs[1][0])
+  np.testing.assert_array_equal(outs[0][1], outs[1][1])
+
+
 @pytest.mark.parametrize("remat", [False, True])
 def test_scanned_layers_forward_and_gradient_under_jit_equal_unrolled(tmp_path, remat):
   model_dir = make_tiny_hf(tmp_path, "qwen2", vocab_size=VOCAB, tokenizer=False, num_layers=3)
