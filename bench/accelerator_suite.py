@@ -651,14 +651,14 @@ def section_lockstep(ctx: Context) -> dict[str, Any]:
   """`lr_jax.lockstep.lockstep_decode` (the sampling stage's default): both models decode and score in
   one jitted loop, 128 new tokens forced, at the contrastive batch and at the batch and chunk the
   sampling stage picks for this device (`default_sampling_batch`); the projection uses the latter."""
-  from lr_jax import lockstep
+  from lr_jax import lockstep, sampling_memory
   s = ctx.shapes
   v = s.expert.vocab_size
   eg, es = nnx.split(ctx.model("expert"))
   ag, as_ = nnx.split(ctx.model("amateur"))
   out_len = output_slots(s.new_tokens)
-  default_batch, default_chunk = lockstep.default_sampling_batch(
-      s.expert, s.amateur, v, s.prompt_len + out_len, lockstep.device_memory_bytes())
+  default_batch, default_chunk = sampling_memory.default_sampling_batch(
+      s.expert, s.amateur, v, s.prompt_len + out_len, sampling_memory.device_memory_bytes())
   result: dict[str, Any] = {"prompt_len": s.prompt_len, "new_tokens": s.new_tokens,
                             "default_batch": default_batch, "default_chunk": default_chunk,
                             "decode_attention": ctx.model("expert").decode_attention, "batches": {}}

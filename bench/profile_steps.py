@@ -332,10 +332,10 @@ def main(argv=None) -> dict[str, Any]:
     builders += [(f"decode_b{b}{suffix}", functools.partial(target_decode, shapes, b, args.decode_attention))
                  for b in batches]
   if "lockstep" in wanted:
-    from lr_jax import lockstep
-    b, chunk = lockstep.default_sampling_batch(shapes.expert, shapes.amateur, shapes.expert.vocab_size,
-                                               shapes.prompt_len + output_slots(shapes.new_tokens),
-                                               lockstep.device_memory_bytes())
+    from lr_jax import sampling_memory
+    b, chunk = sampling_memory.default_sampling_batch(shapes.expert, shapes.amateur, shapes.expert.vocab_size,
+                                                      shapes.prompt_len + output_slots(shapes.new_tokens),
+                                                      sampling_memory.device_memory_bytes())
     builders.append((f"lockstep_b{b}", functools.partial(target_lockstep, shapes, b, chunk)))
   for name, dropout in (("distill", 0.05), ("distill_dropout0", 0.0)):
     if name in wanted:

@@ -60,7 +60,8 @@ from lr_jax.contrastive import ContrastiveConfig, make_contrastive_step
 from lr_jax.data.original_format import original_prompt_text
 from lr_jax.generation.api import generate
 from lr_jax.generation.engine import MIN_PROMPT_BUCKET, bucket_size, output_slots
-from lr_jax.lockstep import contrastive_decode, default_sampling_batch, device_memory_bytes
+from lr_jax.lockstep import contrastive_decode
+from lr_jax.sampling_memory import default_sampling_batch, device_memory_bytes
 from lr_jax.models import ModelConfig, from_pretrained
 from lr_jax.stages.sample import pad_batch
 

@@ -165,7 +165,7 @@ def sampling_batch(w: Workload, chip: Chip, ways: int, *, scanned: bool) -> tupl
   """(global batch, scoring chunk) as the sample stage picks them for this chip's memory, over
   `ways` data-parallel devices."""
   from lr_jax.generation.engine import bucket_size, output_slots
-  from lr_jax.lockstep import default_sampling_batch
+  from lr_jax.sampling_memory import default_sampling_batch
   per_device, chunk = default_sampling_batch(w.expert, w.amateur, w.expert.vocab_size,
                                              w.prompt_bucket + output_slots(w.sample_new_tokens), chip.hbm_bytes,
                                              scanned_layers=scanned, fused_projections=True,

@@ -32,9 +32,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.amateur = "Qwen/Qwen2.5-0.5B"
   c.dtype = "bfloat16"
   c.attention = "auto"          # cache-free forwards (training, teacher-forced scoring): cuDNN flash attention
-                                # on NVIDIA GPUs in bf16, else XLA; "xla" forces XLA everywhere
+                                # on NVIDIA GPUs in bf16/fp16, else XLA; "xla" forces XLA everywhere
   c.decode_attention = "auto"   # one-token decode steps (sampling, eval): a Pallas kernel on NVIDIA GPUs
-                                # in bf16, else XLA; "xla" forces XLA
+                                # in bf16/fp16, else XLA; "xla" forces XLA
   c.fuse_decode_projections = True  # decode loops: q/k/v and gate/up as one GEMM each (1.21x a step on an
                                     # H200) over a copy of those weights (+1.7 GB for the 1.5B expert)
   c.decode_gemm = "xla"         # those projections in decode loops: XLA's GEMMs, or "mosaic": JAX's Hopper
@@ -63,7 +63,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
   c.sample = ml_collections.ConfigDict()
   c.sample.max_new_tokens = 128
-  c.sample.batch_size = 0       # 0: rows per device from the models and device memory (256 on an 80 GB GPU)
+  c.sample.batch_size = 0       # global rows; 0: rows per device from the models and device memory (256 on an
+                                # 80 GB GPU) times the data-parallel ways
   c.sample.alpha = 0.2
   c.sample.beta = 0.4
   c.sample.beta_inclusive = False

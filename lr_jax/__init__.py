@@ -1,6 +1,6 @@
 """lr_jax: LightReasoner (expert-vs-amateur contrastive distillation) in JAX/Flax NNX.
 
-Public API: `models.from_pretrained`, `generate`, `contrastive_step`, `distill_step` (built by
+Public API: `models.from_pretrained`, `generate`, `contrastive_step`, `distill_step` (jitted by
 `make_distill_step`), with their configs. Imported lazily so `import lr_jax` stays cheap.
 """
 import importlib

@@ -31,7 +31,7 @@ from lr_jax.errors import SettingsChanged, check_unchanged
 class Checkpointer:
   """Saves and restores (state pytree, JSON meta) pairs under `directory`."""
 
-  def __init__(self, directory: str, *, save_every: int, keep: int = 3, async_save: bool = True):
+  def __init__(self, directory: str, *, save_every: int, keep: int = 3):
     if save_every < 1 or keep < 1:
       raise ValueError(f"Checkpointer: save_every ({save_every}) and keep ({keep}) must be >= 1")
     self.directory = os.path.abspath(directory)
@@ -39,7 +39,7 @@ class Checkpointer:
     # Which steps are saved is decided here (multiples of save_every), never by Orbax's policies:
     # its interval policy also saves the first step, and it may skip a step while a save is running.
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
+        max_to_keep=keep, enable_async_checkpointing=True, cleanup_tmp_directories=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def all_steps(self) -> list[int]:

@@ -45,8 +45,9 @@ class ContrastiveConfig:
     return cls(**{"beta_inclusive": True, "score_first_token": False, **overrides})
 
 
-# The fields of `contrastive_targets` laid out per completion step: `[B, T]` (targets `[B, T, K]`);
-# steps that are padding (or not scorable) have kept=False.
+# What `contrastive_step` returns: a `ContrastiveTargets` whose leading `[N]` axis is the batch's
+# `[B, T]` completion steps (targets `[B, T, K]`); steps that are padding (or not scorable) have
+# kept=False.
 ContrastiveOut = ContrastiveTargets
 
 

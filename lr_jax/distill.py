@@ -1,16 +1,18 @@
 """The distillation step: LoRA-tune the expert to minimise KL(target || p_theta) at kept steps.
 
-`distill_step(train_state, frozen, batch) -> (train_state, metrics)` is pure and jitted. Only the
-trainable tree (LoRA factors, plus any `full_finetune` parameters) is differentiated; the frozen base
-is an argument, never donated, never copied. The loss of an update is the mean over its supervised
-steps of KL(v || p_theta), v the stored sparse target; the LM head and the log-softmax run only at
-the gathered supervised positions (`[S, D]` hidden -> `[S, V]` float32 logits), never `[B, T, V]`.
-Micro-batches (the batch's leading axis) accumulate gradients of the summed KL in a `lax.scan`; the
-sum is divided by the update's supervised-step count once, so any split gives the same update.
+`distill_step(train_state, frozen, batch) -> (train_state, metrics)` is pure (`make_distill_step`
+jits it, donating the state). Only the trainable tree (LoRA factors, plus any `full_finetune`
+parameters) is differentiated; the frozen base is an argument, never donated, never copied. The loss
+of an update is the mean over its supervised steps of KL(v || p_theta), v the stored sparse target;
+the LM head and the log-softmax run only at the gathered supervised positions (`[S, D]` hidden ->
+`[S, V]` float32 logits), never `[B, T, V]`. Micro-batches (the batch's leading axis) accumulate
+gradients of the summed KL in a `lax.scan`; the sum is divided by the update's supervised-step count
+once, so any split gives the same update.
 
 Optimizer (the original recipe: transformers' AdamW, linear schedule and gradient clipping):
-clip_by_global_norm(1.0) then AdamW (b1 0.9, b2 0.999, eps 1e-8, weight decay 0) with the learning
-rate decaying linearly from `learning_rate` at update 0 to 0 at `total_updates`, no warm-up.
+clip_by_global_norm(`max_grad_norm`, 1.0 by default) then AdamW (b1 0.9, b2 0.999, eps 1e-8, weight
+decay 0) with the learning rate decaying linearly from `learning_rate` at update 0 to 0 at
+`total_updates`, no warm-up.
 
 Batch layout: see `lr_jax.data.packing`. Sharding: the frozen base as its logical axes say (FSDP under
 the 'train' rules), rows over the data axes, LoRA factors and their optimizer moments replicated

@@ -72,7 +72,7 @@ def export_merged(model: Transformer, out_dir: str, *, source_dir: str | None = 
     dtype: tensor dtype name ('bfloat16', 'float32', ...); None keeps the model's.
   """
   merged = merge_lora(nnx.state(model), adapter_scale(model))
-  tensors = to_hf_tensors(merged, model.config, dtype=None if dtype is None else jnp.dtype(dtype))
+  tensors = to_hf_tensors(merged, dtype=None if dtype is None else jnp.dtype(dtype))
   dtype_name = dtype or jnp.dtype(model.embed[...].dtype).name
   with _atomic_dir(out_dir) as tmp:
     save_pretrained(tensors, model.config, tmp, source_dir=source_dir, max_shard_bytes=max_shard_bytes,

@@ -120,8 +120,7 @@ def check_config(config, stages: list[str]) -> None:
 def check_adapter(config, stages: list[str], workdir: common.Workdir) -> None:
   """Raises ConfigError where a stage needs the trained adapter that neither the workdir holds nor
   this run's distill stage makes (before the stages before it spend their time)."""
-  from lr_jax.stages.evaluate import ADAPTER_DIR
-  adapter = os.path.join(workdir.checkpoints, ADAPTER_DIR)
+  adapter = workdir.adapter
   if "distill" in stages or os.path.isdir(adapter):
     return
   tuned_eval = "eval" in stages and "tuned" in [m.strip() for m in config.eval.models.split(",")]

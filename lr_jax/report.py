@@ -7,6 +7,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from lr_jax.files import write_text_atomic
 from lr_jax.metrics import read_metrics
 from lr_jax.stages import common
 
@@ -135,13 +136,11 @@ def build_report(config, workdir: common.Workdir) -> str:
 
 
 def run(config, workdir: common.Workdir) -> dict:
-  """Writes workdir/report.md (process 0). Always rebuilt: it is cheap and reflects the artifacts."""
+  """Writes workdir/report.md (process 0) from the artifacts; the pipeline skips this stage when
+  report.md exists and no other stage did work."""
   if common.is_main_process():
     text = build_report(config, workdir)
-    tmp = workdir.report + ".tmp"
-    with open(tmp, "w") as f:
-      f.write(text)
-    os.replace(tmp, workdir.report)
+    write_text_atomic(workdir.report, text)
     common.log("report: %s", workdir.report)
   common.wait_for_main_process("lr_jax report: written")
   return {}

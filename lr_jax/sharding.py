@@ -3,6 +3,8 @@
 Parameters and activations carry logical axis names ('embed', 'heads', 'batch', ...). A `Layout`
 (a mesh plus a rules table) turns names into `PartitionSpec`s over the mesh axes
 ('data', 'fsdp', 'tensor'). Training and sampling use two rule sets over the same code.
+Also here: starting `jax.distributed`, and the multi-host helpers that assemble host-local batches
+into global arrays and bring results (and shape decisions) back to every host.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -167,8 +170,7 @@ def shard_state(state: Any, layout: Layout | None) -> Any:
   return jax.device_put(state, state_shardings(state, layout))
 
 
-def maybe_initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
-                                 process_id: int | None = None) -> None:
+def maybe_initialize_distributed() -> None:
   """Calls `jax.distributed.initialize` when a multi-process run is configured.
 
   Configured by JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID (launch/gpu_multihost.sh),
@@ -176,10 +178,9 @@ def maybe_initialize_distributed(coordinator: str | None = None, num_processes: 
   cluster's environment (SLURM_STEP_NUM_TASKS: a lone `python` in a multi-task sbatch script, which
   has SLURM_NTASKS but no step, runs as one process instead of waiting for the others).
   """
-  coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
-  num_processes = num_processes or int(os.environ.get("JAX_NUM_PROCESSES", "0") or 0)
-  if process_id is None and os.environ.get("JAX_PROCESS_ID"):
-    process_id = int(os.environ["JAX_PROCESS_ID"])
+  coordinator = os.environ.get("JAX_COORDINATOR_ADDRESS")
+  num_processes = int(os.environ.get("JAX_NUM_PROCESSES", "0") or 0)
+  process_id = int(os.environ["JAX_PROCESS_ID"]) if os.environ.get("JAX_PROCESS_ID") else None
   if os.environ.get("JAX_PLATFORMS", "").startswith("cpu"):
     # CPU-only runs (tests, CPU clusters) need a collectives backend across processes.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -189,16 +190,38 @@ def maybe_initialize_distributed(coordinator: str | None = None, num_processes: 
     jax.distributed.initialize()  # the cluster (TPU VM slice, SLURM) describes itself
 
 
-def host_local_to_global(batch: Any, layout: Layout, logical_axes: Sequence[str | None] = ("batch",)) -> Any:
+def host_local_to_global(batch: Any, layout: Layout) -> Any:
   """Assembles per-process numpy batches (split along axis 0) into global jax.Arrays."""
 
   def one(x):
     x = np.asarray(x)
-    axes = tuple(logical_axes) + (None,) * (x.ndim - len(logical_axes))
-    sharding = layout.sharding(axes[: x.ndim])
+    sharding = layout.sharding((("batch",) + (None,) * (x.ndim - 1))[:x.ndim])
     if jax.process_count() == 1:
       return jax.device_put(x, sharding)
     global_shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
     return jax.make_array_from_process_local_data(sharding, x, global_shape)
 
   return jax.tree.map(one, batch)
+
+
+def fetch_global(x: jax.Array) -> np.ndarray:
+  """The whole (global) array on this host, as a writable copy."""
+  if jax.process_count() == 1:
+    return np.array(jax.device_get(x))
+  return np.array(multihost_utils.process_allgather(x, tiled=True))
+
+
+def first_local_row(x: jax.Array) -> int:
+  """Global index of this host's first row of a batch-sharded array."""
+  if jax.process_count() == 1:
+    return 0
+  slices = x.sharding.addressable_devices_indices_map(x.shape).values()
+  return min(s[0].start or 0 for s in slices)
+
+
+def agree_max(*values: int) -> tuple[int, ...]:
+  """Elementwise maximum of `values` over all hosts (shapes must agree before compiling)."""
+  if jax.process_count() == 1:
+    return values
+  gathered = multihost_utils.process_allgather(np.asarray(values, np.int64))
+  return tuple(int(v) for v in np.asarray(gathered).reshape(-1, len(values)).max(axis=0))

@@ -30,8 +30,9 @@ from collections.abc import Callable, Iterable, Mapping
 import numpy as np
 
 from lr_jax.data.prompts import render_prompt as render_template
-from lr_jax.data.store import TARGET_PAD_ID, SampleStore, TrajectoryRecord, write_file_atomic
+from lr_jax.data.store import TARGET_PAD_ID, SampleStore, TrajectoryRecord
 from lr_jax.eval.files import iter_jsonl
+from lr_jax.files import write_file_atomic
 
 ORIGINAL_SYSTEM_PROMPT = "Please reason step by step."
 ORIGINAL_TEMPLATE = "original"  # the original code's chat prompt (`original_prompt_text`)

@@ -22,7 +22,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from lr_jax.data.store import TrajectoryRecord, write_file_atomic
+from lr_jax.data.store import TrajectoryRecord
+from lr_jax.files import write_file_atomic
 
 KL_BIN_WIDTH = 0.1
 KL_HIST_MAX = 5.0

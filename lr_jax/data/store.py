@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from lr_jax.errors import check_unchanged
+from lr_jax.files import TMP_SUFFIX, write_file_atomic
 
 TARGET_PAD_ID = -1  # target_ids entry of an unused top-K slot; its target_weights entry is 0.
 META_FILE = "meta.json"
@@ -43,7 +43,6 @@ MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "lr_jax.sample_store/1"
 _CHUNK_RE = re.compile(r"^chunk-(\d{6})\.npz$")
 _SHARD_RE = re.compile(r"^shard-(\d{5})-of-(\d{5})$")
-_TMP_SUFFIX = ".tmp"
 
 
 @dataclasses.dataclass(eq=False)
@@ -273,7 +272,7 @@ class SampleStore:
 
   def _repair_shard(self) -> None:
     """Deletes temporaries, adopts a chunk renamed before its manifest update, drops any other."""
-    for tmp_path in glob.glob(os.path.join(glob.escape(self.shard_path), "*" + _TMP_SUFFIX)):
+    for tmp_path in glob.glob(os.path.join(glob.escape(self.shard_path), "*" + TMP_SUFFIX)):
       os.remove(tmp_path)
     listed = {chunk["file"] for chunk in self._manifest["chunks"]}
     for file_name in listed:
@@ -299,43 +298,6 @@ class SampleStore:
           "problem_ids": list(dict.fromkeys(r.problem_id for r in records))})
       self._manifest["top_k"] = top_k
       _write_json(os.path.join(self.shard_path, MANIFEST_FILE), self._manifest)
-
-
-def _umask() -> int:
-  mask = os.umask(0)
-  os.umask(mask)
-  return mask
-
-
-_UMASK = _umask()  # read once, at import (setting it to read it is not thread-safe)
-
-
-def write_file_atomic(path: str | os.PathLike, data: bytes) -> None:
-  """Writes `data` to `path` so that a reader or a crash sees the old file or the new one, never part.
-
-  The bytes go to a temporary file (suffix '.tmp') in the same directory, are fsynced and renamed
-  over `path`; the directory is fsynced so the rename itself survives a power loss.
-  """
-  path = os.fspath(path)
-  directory = os.path.dirname(path) or "."
-  fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".",
-                                  suffix=_TMP_SUFFIX)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes it private; as open() would (a shared workdir)
-    os.replace(tmp_path, path)
-  except BaseException:
-    if os.path.exists(tmp_path):
-      os.remove(tmp_path)
-    raise
-  dir_fd = os.open(directory, os.O_RDONLY)
-  try:
-    os.fsync(dir_fd)
-  finally:
-    os.close(dir_fd)
 
 
 def _shard_name(process_index: int, process_count: int) -> str:

@@ -32,6 +32,7 @@ import numpy as np
 from lr_jax.data import prompts as prompt_templates
 from lr_jax.demo import pretrain, world
 from lr_jax.demo import tokenizer as demo_tokenizer
+from lr_jax.files import write_json_atomic
 from lr_jax.generation.api import generate
 from lr_jax.models.config import ModelConfig
 from lr_jax.models.transformer import Transformer
@@ -111,7 +112,7 @@ def build_demo_pair(out_dir: str | os.PathLike, cfg: Mapping[str, Any]) -> dict[
 
   with tempfile.TemporaryDirectory(dir=out_dir, prefix=".tokenizer-") as tokenizer_dir:
     t = time.perf_counter()
-    prompts = [render_prompt(p.question) for p in splits["pretrain"]]
+    prompts = [demo_prompt(p.question) for p in splits["pretrain"]]
     completions = [p.solution + demo_tokenizer.IM_END for p in splits["pretrain"]]
     tok = demo_tokenizer.train_tokenizer([p + c for p, c in zip(prompts, completions)], tokenizer_dir,
                                          vocab_size=cfg["vocab_size"])
@@ -123,7 +124,7 @@ def build_demo_pair(out_dir: str | os.PathLike, cfg: Mapping[str, Any]) -> dict[
                        f"demo.batch_size={cfg['batch_size']}")
     seconds["tokenizer"] = time.perf_counter() - t
 
-    test_prompts = _encode(tok, [render_prompt(p.question) for p in splits["test"]])
+    test_prompts = _encode(tok, [demo_prompt(p.question) for p in splits["test"]])
     models = {}
     for offset, name in enumerate((EXPERT_DIR, AMATEUR_DIR)):
       t = time.perf_counter()
@@ -155,7 +156,7 @@ def build_demo_pair(out_dir: str | os.PathLike, cfg: Mapping[str, Any]) -> dict[
       **models,
       "seconds": {k: round(v, 2) for k, v in seconds.items()},
   }
-  _write_json(os.path.join(out_dir, DONE_FILE), summary)
+  write_json_atomic(os.path.join(out_dir, DONE_FILE), summary)
   return summary
 
 
@@ -229,7 +230,7 @@ def load_summary(out_dir: str | os.PathLike, cfg: Mapping[str, Any]) -> dict[str
   return summary
 
 
-def render_prompt(question: str) -> str:
+def demo_prompt(question: str) -> str:
   """The pipeline's default prompt ('qwen25-math-cot' ChatML) for `question`, as the models see it."""
   return prompt_templates.render_prompt(question, prompt_templates.QWEN25_MATH_COT)
 
@@ -260,12 +261,3 @@ def _remove_outputs(out_dir: str) -> None:
       os.remove(path)
   for name in (EXPERT_DIR, AMATEUR_DIR):
     shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
-
-
-def _write_json(path: str, obj: Any) -> None:
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=os.path.basename(path) + ".", suffix=".tmp")
-  with os.fdopen(fd, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)

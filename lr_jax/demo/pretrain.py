@@ -6,9 +6,7 @@ the models learn to solve problems in the format the pipeline prompts them with.
 from __future__ import annotations
 
 import functools
-import json
 import os
-import tempfile
 from typing import Sequence
 
 import jax
@@ -18,20 +16,20 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
+from lr_jax.files import write_json_atomic
 from lr_jax.models.config import ModelConfig
 from lr_jax.models.hf_io import save_pretrained, to_hf_tensors
 from lr_jax.models.transformer import Transformer, positions_from_mask
 
 
-def tiny_qwen2_config(vocab_size: int, hidden: int, layers: int, heads: int, kv_heads: int, mlp: int,
-                      max_positions: int = 512) -> ModelConfig:
-  """A Qwen2-architecture config (q/k/v bias, tied embeddings) of the given size."""
+def tiny_qwen2_config(vocab_size: int, hidden: int, layers: int, heads: int, kv_heads: int, mlp: int) -> ModelConfig:
+  """A Qwen2-architecture config (q/k/v bias, tied embeddings, 512 positions) of the given size."""
   if hidden % heads or heads % kv_heads:
     raise ValueError(f"tiny_qwen2_config: need hidden % heads == 0 and heads % kv_heads == 0, got "
                      f"hidden={hidden} heads={heads} kv_heads={kv_heads}")
   return ModelConfig(model_type="qwen2", vocab_size=vocab_size, hidden_size=hidden, num_layers=layers,
                      num_heads=heads, num_kv_heads=kv_heads, head_dim=hidden // heads, intermediate_size=mlp,
-                     rms_norm_eps=1e-6, rope_theta=10000.0, max_position_embeddings=max_positions,
+                     rms_norm_eps=1e-6, rope_theta=10000.0, max_position_embeddings=512,
                      tie_word_embeddings=True, qkv_bias=True, o_bias=False)
 
 
@@ -114,11 +112,6 @@ def _train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, params
 def save_model(model: Transformer, out_dir: str, tokenizer_dir: str, eos_ids: Sequence[int], pad_id: int) -> None:
   """Writes an HF checkpoint (config, float32 safetensors, tokenizer, greedy generation config)."""
   cfg = model.config
-  save_pretrained(to_hf_tensors(nnx.state(model), cfg), cfg, out_dir, source_dir=tokenizer_dir, dtype_name="float32")
+  save_pretrained(to_hf_tensors(nnx.state(model)), cfg, out_dir, source_dir=tokenizer_dir, dtype_name="float32")
   gen = {"do_sample": False, "eos_token_id": list(eos_ids), "pad_token_id": pad_id}
-  fd, tmp = tempfile.mkstemp(dir=out_dir, prefix="generation_config.json.", suffix=".tmp")
-  with os.fdopen(fd, "w") as f:
-    json.dump(gen, f, indent=2)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, os.path.join(out_dir, "generation_config.json"))
+  write_json_atomic(os.path.join(out_dir, "generation_config.json"), gen, sort_keys=False)

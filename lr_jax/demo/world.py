@@ -25,8 +25,9 @@ import dataclasses
 import json
 import os
 import random
-import tempfile
 from typing import Callable, Iterable, Sequence
+
+from lr_jax.files import write_text_atomic
 
 SPLITS = ("pretrain", "sample", "test")
 
@@ -768,18 +769,5 @@ def gsm8k_record(problem: Problem) -> dict[str, str]:
 
 
 def write_jsonl(problems: Iterable[Problem], path: str | os.PathLike) -> None:
-  """Writes GSM8K-format JSON Lines (see `gsm8k_record`) atomically: temp file, fsync, rename."""
-  path = os.fspath(path)
-  directory = os.path.dirname(path) or "."
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      for problem in problems:
-        f.write(json.dumps(gsm8k_record(problem), ensure_ascii=False) + "\n")
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp_path, path)
-  except BaseException:
-    os.unlink(tmp_path)
-    raise
+  """Writes GSM8K-format JSON Lines (see `gsm8k_record`) atomically (`lr_jax.files`)."""
+  write_text_atomic(path, "".join(json.dumps(gsm8k_record(p), ensure_ascii=False) + "\n" for p in problems))

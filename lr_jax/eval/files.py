@@ -1,4 +1,4 @@
-"""JSON Lines and text files of the evaluation: strict reading, atomic writing."""
+"""JSON Lines files of the evaluation: strict reading, atomic writing."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from lr_jax.data.store import write_file_atomic
+from lr_jax.files import write_text_atomic
 
 
 def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
@@ -49,9 +49,3 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[Mapping[str, A
   """Writes one JSON object per line (UTF-8, non-ASCII kept) via a temp file, fsync and rename."""
   text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
   write_text_atomic(path, text)
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-  """Writes `text` so that readers see the old file or the new one, never a part; makes parent dirs."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  write_file_atomic(path, text.encode("utf-8"))

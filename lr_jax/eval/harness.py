@@ -2,8 +2,9 @@
 
 `evaluate(items, complete, out_dir, template=..., run_name=R)` writes, under out_dir/R/:
   <benchmark>.jsonl  one line per item: id, benchmark, question, gold, completion, extracted, correct,
-                     tokens, finish_reason (in item order; `python -m lr_jax.eval.grade` can regrade it)
-  results.json       run_name, template, system_prompt, per benchmark {accuracy, num_correct, num_items},
+                     tokens, finish_reason, multiple_choice (in item order; `python -m lr_jax.eval.grade`
+                     can regrade it)
+  results.json       run_name, run_dir, template, system_prompt, per benchmark {accuracy, num_correct, num_items},
                      and the average accuracy over benchmarks (unweighted, as the paper's "Avg.")
   results.md         the same as a markdown table, accuracies in percent
   settings.json      what the completions depend on: template, system_prompt and the caller's `settings`
@@ -33,9 +34,10 @@ from lr_jax.data.prompts import render_prompt
 from lr_jax.errors import check_unchanged
 from lr_jax.eval.benchmarks import EvalItem
 from lr_jax.eval.fewshot import fewshot_prefix
-from lr_jax.eval.files import iter_jsonl, write_jsonl_atomic, write_text_atomic
+from lr_jax.eval.files import iter_jsonl, write_jsonl_atomic
 from lr_jax.eval.grade import DEFAULT_TIMEOUT_S, grade_items
 from lr_jax.eval.significance import mcnemar_exact, paired_bootstrap
+from lr_jax.files import write_text_atomic
 
 RESULTS_JSON = "results.json"
 RESULTS_MARKDOWN = "results.md"

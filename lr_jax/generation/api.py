@@ -23,18 +23,14 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 from flax import nnx
-from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from lr_jax.generation.chat import format_chat
-from lr_jax.generation.engine import (MIN_PROMPT_BUCKET, DecodeSpec, bucket_size, decode_jit, decode_step,
-                                      fused_for_decoding, next_token_logits, output_slots, prefill, start_jit)
+from lr_jax.generation.engine import MIN_PROMPT_BUCKET, DecodeSpec, bucket_size, decode_jit, output_slots, start_jit
 from lr_jax.generation.sampling import SamplingConfig
-from lr_jax.generation.stopping import eos_ids_from_checkpoint, stop_length
-from lr_jax.sharding import Layout, check_batch_layout, host_local_to_global
+from lr_jax.generation.stopping import stop_length
+from lr_jax.sharding import Layout, agree_max, check_batch_layout, fetch_global, first_local_row, host_local_to_global
 
-__all__ = ["GenerationOutput", "SamplingConfig", "generate", "generate_batched", "eos_ids_from_checkpoint",
-           "format_chat", "prefill", "decode_step", "next_token_logits", "fused_for_decoding"]
+__all__ = ["GenerationOutput", "SamplingConfig", "generate", "generate_batched"]
 
 STOP_CHECK_EVERY = 32  # decode steps between host-side stop-string checks
 
@@ -63,29 +59,6 @@ def _unpack(model_or_split) -> tuple[nnx.GraphDef, nnx.State, Any]:
   return graphdef, state, nnx.merge(graphdef, state)
 
 
-def _fetch(x: jax.Array) -> np.ndarray:
-  """The whole (global) array on this host, as a writable copy."""
-  if jax.process_count() == 1:
-    return np.array(jax.device_get(x))
-  return np.array(multihost_utils.process_allgather(x, tiled=True))
-
-
-def _first_local_row(x: jax.Array) -> int:
-  """Global index of this host's first row of a batch-sharded array."""
-  if jax.process_count() == 1:
-    return 0
-  slices = x.sharding.addressable_devices_indices_map(x.shape).values()
-  return min(s[0].start or 0 for s in slices)
-
-
-def _agree_max(*values: int) -> tuple[int, ...]:
-  """Elementwise maximum of `values` over all hosts (shapes must agree before compiling)."""
-  if jax.process_count() == 1:
-    return values
-  gathered = multihost_utils.process_allgather(np.asarray(values, np.int64))
-  return tuple(int(v) for v in np.asarray(gathered).reshape(-1, len(values)).max(axis=0))
-
-
 def _validate(prompts, vocab_size: int, max_new_tokens: int, stop_strings, tokenizer, sample_ids, seed: int) -> None:
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -112,7 +85,7 @@ def padded_prompts(prompts: Sequence[Sequence[int]], *, min_batch: int, pad_id: 
   this host's share of the layout's data-parallel ways; length: a power-of-two bucket (at least
   MIN_PROMPT_BUCKET) of the longest prompt on any host. Returns tokens int32 and mask bool `[rows, length]`.
   """
-  rows_needed, longest = _agree_max(max(len(prompts), min_batch), max((len(p) for p in prompts), default=1))
+  rows_needed, longest = agree_max(max(len(prompts), min_batch), max((len(p) for p in prompts), default=1))
   rows_multiple = 1
   if layout is not None:
     if layout.data_size % jax.process_count():
@@ -152,9 +125,9 @@ def _run(graphdef, state, model, prompts: Sequence[Sequence[int]], *, max_new_to
 
   s = start_jit(graphdef, state, tokens, mask, row_ids, np.int32(seed), spec=spec)
   while True:
-    step, finished = int(_fetch(s.step)), _fetch(s.finished)
+    step, finished = int(fetch_global(s.step)), fetch_global(s.finished)
     if stop_strings:
-      ids, counts = _fetch(s.tokens), _fetch(s.num_tokens)
+      ids, counts = fetch_global(s.tokens), fetch_global(s.num_tokens)
       stopped = [r for r in np.flatnonzero(~finished)
                  if stop_length(ids[r, :counts[r]].tolist(), stop_strings, tokenizer) is not None]
       if stopped:  # retire them on the device; their ids are trimmed below
@@ -166,8 +139,8 @@ def _run(graphdef, state, model, prompts: Sequence[Sequence[int]], *, max_new_to
     until = max_new_tokens if not stop_strings else min(step + STOP_CHECK_EVERY, max_new_tokens)
     s = decode_jit(graphdef, state, s, np.int32(until), spec=spec)
 
-  first = _first_local_row(s.tokens)
-  ids, counts, logprobs = _fetch(s.tokens), _fetch(s.num_tokens), _fetch(s.logprobs)
+  first = first_local_row(s.tokens)
+  ids, counts, logprobs = fetch_global(s.tokens), fetch_global(s.num_tokens), fetch_global(s.logprobs)
   eos = set(spec.eos_ids)
   out_tokens, reasons, out_logprobs = [], [], []
   for g in range(first, first + n):
@@ -236,7 +209,7 @@ def generate_batched(model, prompts: Sequence[Sequence[int]], *, max_new_tokens:
             options.get("tokenizer"), None, options.get("seed", 0))
   order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
   batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-  (num_batches,) = _agree_max(len(batches))
+  (num_batches,) = agree_max(len(batches))
   batches += [[] for _ in range(num_batches - len(batches))]  # hosts with fewer prompts still step along
 
   tokens: list[list[int]] = [[] for _ in prompts]

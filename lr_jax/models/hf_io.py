@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-from typing import Any, Iterator, NamedTuple
+from typing import Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lr_jax.files import write_json_atomic
 from lr_jax.models.config import ModelConfig
 from lr_jax.models.safetensors_io import SafetensorsFile, save_file
 from lr_jax.models.transformer import Fused, Transformer
@@ -29,7 +29,6 @@ AUX_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json"
              "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "tokenizer.model")
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model"]
 
-_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 _LAYER_KEYS = {
     "self_attn.q_proj": ("attn", "q_proj"), "self_attn.k_proj": ("attn", "k_proj"),
     "self_attn.v_proj": ("attn", "v_proj"), "self_attn.o_proj": ("attn", "o_proj"),
@@ -248,7 +247,7 @@ def from_pretrained(path_or_id: str, *, dtype=jnp.bfloat16, layout: Layout | Non
   return Pretrained(nnx.merge(graphdef, state), cfg, folder)
 
 
-def to_hf_tensors(state: nnx.State, cfg: ModelConfig, dtype=None) -> dict[str, np.ndarray]:
+def to_hf_tensors(state: nnx.State, dtype=None) -> dict[str, np.ndarray]:
   """The base parameters of a model state as HF-named host arrays (gathered from all devices)."""
   out = {}
   for path, var in param_paths(state):
@@ -283,7 +282,7 @@ def save_pretrained(tensors: dict[str, np.ndarray], cfg: ModelConfig, out_dir: s
       save_file(shard, os.path.join(out_dir, file))
       weight_map.update({n: file for n in shard})
     total = sum(t.nbytes for t in tensors.values())
-    _write_json(os.path.join(out_dir, INDEX_FILE), {"metadata": {"total_size": total}, "weight_map": weight_map})
+    write_json_atomic(os.path.join(out_dir, INDEX_FILE), {"metadata": {"total_size": total}, "weight_map": weight_map})
   hf_config = cfg.to_hf_dict()
   if source_dir and os.path.isfile(os.path.join(source_dir, "config.json")):
     with open(os.path.join(source_dir, "config.json")) as f:
@@ -292,7 +291,7 @@ def save_pretrained(tensors: dict[str, np.ndarray], cfg: ModelConfig, out_dir: s
     hf_config["dtype"] = dtype_name
     if "torch_dtype" in hf_config:  # the field's name before transformers 4.56; older tools still read it
       hf_config["torch_dtype"] = dtype_name
-  _write_json(os.path.join(out_dir, "config.json"), hf_config)
+  write_json_atomic(os.path.join(out_dir, "config.json"), hf_config)
   if source_dir:
     for name in AUX_FILES:
       src = os.path.join(source_dir, name)
@@ -300,10 +299,4 @@ def save_pretrained(tensors: dict[str, np.ndarray], cfg: ModelConfig, out_dir: s
         shutil.copyfile(src, os.path.join(out_dir, name))
 
 
-def _write_json(path: str, obj: Any) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+

@@ -8,6 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from lr_jax.files import write_json_atomic
 from lr_jax.generation.stopping import eos_ids_from_checkpoint
 from lr_jax.models.hf_io import Pretrained, from_pretrained, resolve_checkpoint
 from lr_jax.sharding import Layout, make_mesh
@@ -28,6 +29,7 @@ class Workdir:
         "sample_stats": "samples/stats",
         "checkpoints": "checkpoints",
         "distill_done": "checkpoints/DONE.json",
+        "adapter": "checkpoints/final_adapter",  # the tuned LoRA, a PEFT folder
         "eval": "eval",
         "export_merged": "export/merged",
         "export_peft": "export/peft",
@@ -62,7 +64,7 @@ def log(msg: str, *args: Any) -> None:
 
 def dtype_of(name: str):
   if name not in DTYPES:
-    raise ValueError(f"config.dtype: {name!r} is not one of {', '.join(DTYPES)}")
+    raise ValueError(f"dtype {name!r} is not one of {', '.join(DTYPES)}")
   return DTYPES[name]
 
 
@@ -101,13 +103,7 @@ def eos_ids(path_or_id: str, tokenizer) -> list[int]:
 
 def write_json(path: str, obj: Any) -> None:
   """Atomic JSON write (process 0's business; callers decide who writes)."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=str)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  write_json_atomic(path, obj, default=str)
 
 
 def read_json(path: str) -> Any:

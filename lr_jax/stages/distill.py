@@ -25,7 +25,6 @@ from lr_jax.errors import SettingsChanged, check_unchanged
 from lr_jax.export import export_peft
 from lr_jax.models.lora import LoRAConfig, apply_lora, split_trainable
 from lr_jax.stages import common
-from lr_jax.stages.evaluate import ADAPTER_DIR
 
 
 def lora_config(config) -> LoRAConfig:
@@ -122,7 +121,7 @@ def run(config, workdir: common.Workdir, writer) -> dict:
   ckpt.close()
   model = nnx.merge(graphdef, state.params, frozen)
   if common.is_main_process():
-    export_peft(model, lora, os.path.join(workdir.checkpoints, ADAPTER_DIR), base_model_name_or_path=config.expert)
+    export_peft(model, lora, workdir.adapter, base_model_name_or_path=config.expert)
     common.write_json(workdir.distill_done, {"updates": n_updates, "kept_steps": kept, "epochs": epochs,
                                              "records": len(records), "settings": settings(config)})
   common.wait_for_main_process("lr_jax distill: adapter written")  # the eval stage reads it on every process

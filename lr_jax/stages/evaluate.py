@@ -16,17 +16,15 @@ import jax
 
 from lr_jax.data.prompts import default_stop_strings
 from lr_jax.eval.benchmarks import BENCHMARKS, default_path, items_from_records, load_benchmark
-from lr_jax.eval.files import write_text_atomic
 from lr_jax.eval.harness import (Completion, check_settings, compare_runs, comparison_markdown, evaluate, finished,
                                   run_settings)
 from lr_jax.export import load_peft_adapter
+from lr_jax.files import write_text_atomic
 from lr_jax.generation.api import generate_batched
 from lr_jax.stages import common
 
-ADAPTER_DIR = "final_adapter"
 
-
-def parse_benchmarks(spec: str, data_dir: str, limit: int):
+def load_benchmark_items(spec: str, data_dir: str, limit: int):
   """Items of every benchmark in `spec` (comma-separated names, LABEL=READER:PATH or tfds:NAME)."""
   items = []
   for entry in (s.strip() for s in spec.split(",") if s.strip()):
@@ -55,7 +53,7 @@ EVAL_MODELS = ("base", "tuned", "amateur")
 
 
 def check_benchmarks(spec: str, data_dir: str) -> None:
-  """What `parse_benchmarks` needs, without reading the files: known readers and existing files,
+  """What `load_benchmark_items` needs, without reading the files: known readers and existing files,
   and for tfds: entries a known data set, prepared in `data_dir` where one is given."""
   entries = [s.strip() for s in spec.split(",") if s.strip()]
   if not entries:
@@ -121,9 +119,9 @@ def _completer(pretrained, tokenizer, config, layout):
 
 
 def run(config, workdir: common.Workdir, writer) -> dict:
-  items = parse_benchmarks(config.eval.benchmarks, config.eval.data_dir, config.eval.limit)
+  items = load_benchmark_items(config.eval.benchmarks, config.eval.data_dir, config.eval.limit)
   models = [m.strip() for m in config.eval.models.split(",") if m.strip()]
-  adapter = os.path.join(workdir.checkpoints, ADAPTER_DIR)
+  adapter = workdir.adapter
   system_prompt = config.eval.system_prompt or config.prompt.system_prompt
   layout = None
   summary, skipped = {}, True

@@ -7,7 +7,6 @@ from lr_jax.errors import check_unchanged
 from lr_jax.export import export_merged, export_peft, load_peft_adapter
 from lr_jax.models.hf_io import resolve_checkpoint
 from lr_jax.stages import common, distill
-from lr_jax.stages.evaluate import ADAPTER_DIR
 
 
 def settings(config) -> dict:
@@ -19,7 +18,7 @@ def settings(config) -> dict:
 
 def run(config, workdir: common.Workdir) -> dict:
   """Writes workdir/export/{merged,peft} (process 0; each folder appears atomically)."""
-  adapter = os.path.join(workdir.checkpoints, ADAPTER_DIR)
+  adapter = workdir.adapter
   if os.path.isfile(workdir.export_done):
     saved = common.read_json(workdir.export_done).get("settings", {})  # none in a DONE.json of older versions
     check_unchanged(saved, settings(config), workdir.export_done)

@@ -11,7 +11,7 @@ reached the store.
 
 `config.sample.batch_size` (global rows) and `config.sample.chunk_size` (LM-head rows per scoring
 call): 0 means chosen from the models' shapes, the vocabulary, the longest prompt and the device
-memory (`lr_jax.lockstep.default_sampling_batch`); the choice is logged.
+memory (`lr_jax.sampling_memory.default_sampling_batch`); the choice is logged.
 """
 from __future__ import annotations
 
@@ -28,17 +28,18 @@ from tqdm.auto import tqdm
 
 from lr_jax.contrastive import ContrastiveConfig, make_contrastive_step
 from lr_jax.data.problems import load_problems_from_spec
-from lr_jax.data.prompts import render_prompt
 from lr_jax.data.sample_stats import compute_stats, write_stats
 from lr_jax.data.store import TARGET_PAD_ID, SampleStore, TrajectoryRecord
 from lr_jax.data.tokenizer_pair import check_tokenizer_pair
 from lr_jax.errors import SettingsChanged
-from lr_jax.generation.api import _agree_max, _fetch, _first_local_row, generate
+from lr_jax.generation.api import generate
+from lr_jax.generation.chat import format_chat
 from lr_jax.generation.engine import MIN_PROMPT_BUCKET, bucket_size, output_slots
-from lr_jax.lockstep import contrastive_decode, default_sampling_batch, device_memory_bytes
+from lr_jax.lockstep import contrastive_decode
 from lr_jax.models.config import ModelConfig
 from lr_jax.models.hf_io import resolve_checkpoint
-from lr_jax.sharding import host_local_to_global
+from lr_jax.sampling_memory import default_sampling_batch, device_memory_bytes
+from lr_jax.sharding import agree_max, fetch_global, first_local_row, host_local_to_global
 from lr_jax.stages import common
 
 LOCKSTEP, TEACHER_FORCED = "lockstep", "teacher_forced"
@@ -52,12 +53,12 @@ def contrastive_config(config) -> ContrastiveConfig:
                            chunk_size=s.chunk_size or ContrastiveConfig.chunk_size)  # 0: chosen in `run`
 
 
-def pad_batch(prompts: list[list[int]], completions: list[list[int]], pad_id: int, bucket: int = 16):
+def pad_batch(prompts: list[list[int]], completions: list[list[int]], pad_id: int):
   """Left-pads prompts and right-pads completions to bucketed widths (few compiled shapes), the same
   on every host (the widest host's), so the global batch has one shape."""
   def width(n):
-    return max(bucket, int(2 ** np.ceil(np.log2(max(n, 1)))))
-  p, t = _agree_max(width(max(map(len, prompts))), width(max(max(map(len, completions)), 1)))
+    return max(MIN_PROMPT_BUCKET, int(2 ** np.ceil(np.log2(max(n, 1)))))
+  p, t = agree_max(width(max(map(len, prompts))), width(max(max(map(len, completions)), 1)))
   b = len(prompts)
   out = {"prompt_tokens": np.full((b, p), pad_id, np.int32), "prompt_mask": np.zeros((b, p), bool),
          "completion_tokens": np.full((b, t), pad_id, np.int32), "completion_mask": np.zeros((b, t), bool)}
@@ -157,7 +158,7 @@ def run(config, workdir: common.Workdir, writer) -> dict:
                           f"{config.data.order!r}) no longer selects; rerun with the saved settings, or use a "
                           f"fresh workdir")
   todo = [p for p in mine if p.id not in done]
-  (pending,) = _agree_max(len(todo))
+  (pending,) = agree_max(len(todo))
   if pending and os.path.isfile(workdir.distill_done):
     raise SettingsChanged(f"{workdir.distill_done}: distillation has finished on the problems the sample store "
                           f"holds; sampling more (config.data.num_problems = "
@@ -167,9 +168,8 @@ def run(config, workdir: common.Workdir, writer) -> dict:
   # so a resumed run batches what is left as the uninterrupted run would have.
   encoded = {}
   for p in mine or problems[:1]:
-    encoded[p.id] = expert_tok.encode(render_prompt(p.question, config.prompt.template, tokenizer=expert_tok,
-                                                    system_prompt=config.prompt.system_prompt),
-                                      add_special_tokens=False)
+    encoded[p.id] = format_chat(expert_tok, p.question, system_prompt=config.prompt.system_prompt,
+                                template=config.prompt.template)
     if not encoded[p.id]:
       raise ValueError(f"{config.data.path}: problem {p.id}: its prompt (config.prompt.template) renders to no tokens")
   prompt_ids = [encoded[p.id] for p in todo] or [next(iter(encoded.values()))]
@@ -177,12 +177,12 @@ def run(config, workdir: common.Workdir, writer) -> dict:
   expert_cfg = ModelConfig.from_json(resolve_checkpoint(config.expert))
   amateur_cfg = ModelConfig.from_json(resolve_checkpoint(config.amateur))
   valid_vocab = min(len(expert_tok), expert_cfg.vocab_size, amateur_cfg.vocab_size)
-  (longest,) = _agree_max(max(map(len, encoded.values())))
+  (longest,) = agree_max(max(map(len, encoded.values())))
   global_batch, chunk = batch_and_chunk(config, expert_cfg, amateur_cfg, valid_vocab, longest, len(problems),
                                         layout)
   bs = global_batch // pc
   n_batches = -(-len(todo) // bs)
-  (n_batches,) = _agree_max(n_batches)
+  (n_batches,) = agree_max(n_batches)
   stats_file = os.path.join(workdir.sample_stats, "stats.json")
   if n_batches == 0 and os.path.isfile(stats_file) and \
       common.read_json(stats_file).get("num_records") == store.num_records():
@@ -200,7 +200,7 @@ def run(config, workdir: common.Workdir, writer) -> dict:
     step = make_contrastive_step(eg, ag, ccfg) if scoring == TEACHER_FORCED else None
     seconds = {"gen_seconds": 0.0, "score_seconds": 0.0, "lockstep_seconds": 0.0}
     for b in tqdm(range(n_batches), desc="sample", disable=pi != 0):
-      chunk_problems = todo[b * bs:(b + 1) * bs]
+      batch_problems = todo[b * bs:(b + 1) * bs]
       prompts = prompt_ids[b * bs:(b + 1) * bs] or prompt_ids[:1]
       prompts += [prompts[-1]] * (bs - len(prompts))  # fixed global batch; padding rows are not stored
       t0 = time.time()
@@ -214,15 +214,15 @@ def run(config, workdir: common.Workdir, writer) -> dict:
         t1 = time.time()
         batch = host_local_to_global(pad_batch(prompts, gen.tokens, pad_id), layout)
         scored = step(es, as_, batch)
-        first = _first_local_row(scored.kept)  # this process's rows within the gathered global batch
-        scored = jax.tree.map(lambda x: _fetch(x)[first:first + bs], scored)
+        first = first_local_row(scored.kept)  # this process's rows within the gathered global batch
+        scored = jax.tree.map(lambda x: fetch_global(x)[first:first + bs], scored)
         timing = {"gen_seconds": t1 - t0, "score_seconds": time.time() - t1}
       seconds = {k: v + timing.get(k, 0.0) for k, v in seconds.items()}
-      completions = gen.tokens[:len(chunk_problems)]
-      if chunk_problems:
-        store.append(to_records([p.id for p in chunk_problems], prompts, completions,
+      completions = gen.tokens[:len(batch_problems)]
+      if batch_problems:
+        store.append(to_records([p.id for p in batch_problems], prompts, completions,
                                 list(gen.finish_reasons), scored))
-      kept = float(np.sum(scored.kept[:len(chunk_problems)]))
+      kept = float(np.sum(scored.kept[:len(batch_problems)]))
       steps = float(sum(map(len, completions)))
       # steps go on from the batches a resumed run found stored (this process's shard: `bs` rows a
       # batch), so metrics of two runs do not collide

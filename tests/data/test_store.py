@@ -297,14 +297,3 @@ def test_sigkill_at_every_write_window_then_resume_gives_the_uninterrupted_recor
   resumed = SampleStore(killed)
   assert_same_records(list(resumed.iter_records()), expected)
   assert resumed.num_records() == 10 and resumed.done_ids() == {f"p{i}" for i in range(10)}
-
-
-def test_atomic_writes_get_the_permissions_open_would_give(tmp_path):
-  """mkstemp makes its file private (0600); a store or eval file in a shared workdir is readable by
-  the group as open() would make it under the umask."""
-  import stat
-
-  from lr_jax.data import store
-  path = tmp_path / "f.json"
-  store.write_file_atomic(path, b"{}")
-  assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~store._UMASK

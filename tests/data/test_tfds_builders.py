@@ -14,7 +14,7 @@ tfds = pytest.importorskip("tensorflow_datasets")
 
 from lr_jax.data import tfds_builders  # noqa: E402
 from lr_jax.data.problems import load_problems, load_problems_from_spec  # noqa: E402
-from lr_jax.stages.evaluate import parse_benchmarks  # noqa: E402
+from lr_jax.stages.evaluate import load_benchmark_items  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SHARED_DATA = pathlib.Path(os.environ.get("LR_SHARED_DIR", REPO.parent / "shared")) / "data"
@@ -96,9 +96,9 @@ def test_problems_from_a_tfds_spec_match_the_jsonl_problems(dirs):
 def test_tfds_benchmarks_give_the_same_eval_items_as_the_jsonl_files(dirs):
   manual, data_dir = dirs
   for name in ("gsm8k", "olympiadbench", "svamp", "mmlu_stem"):
-    assert parse_benchmarks(f"tfds:{name}", str(data_dir), 0) == parse_benchmarks(name, str(manual), 0)
-  assert parse_benchmarks("tfds:lr_jax_svamp,tfds:gsm8k", str(data_dir), 7) == (
-      parse_benchmarks("svamp,gsm8k", str(manual), 7))
+    assert load_benchmark_items(f"tfds:{name}", str(data_dir), 0) == load_benchmark_items(name, str(manual), 0)
+  assert load_benchmark_items("tfds:lr_jax_svamp,tfds:gsm8k", str(data_dir), 7) == (
+      load_benchmark_items("svamp,gsm8k", str(manual), 7))
 
 
 def test_command_line_prepares_the_named_data_sets(dirs, tmp_path, capsys):

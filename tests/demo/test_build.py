@@ -115,7 +115,7 @@ def test_checkpoints_load_in_lr_jax_and_transformers_with_equal_logits(built):
   out_dir, _, _ = built
   tok = transformers.AutoTokenizer.from_pretrained(os.path.join(out_dir, build.EXPERT_DIR))
   question = _read_jsonl(os.path.join(out_dir, build.TEST_FILE))[0]["question"]
-  ids = tok(build.render_prompt(question), add_special_tokens=False)["input_ids"]
+  ids = tok(build.demo_prompt(question), add_special_tokens=False)["input_ids"]
   assert ids[0] == 1  # <|im_start|>
   for name in (build.EXPERT_DIR, build.AMATEUR_DIR):
     folder = os.path.join(out_dir, name)

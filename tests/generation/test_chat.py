@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from lr_jax.data.prompts import render_prompt
-from lr_jax.generation.api import format_chat
+from lr_jax.generation.chat import format_chat
 from tests.helpers import shared_path
 
 IM_START = 151644

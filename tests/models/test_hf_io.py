@@ -281,7 +281,7 @@ def test_export_round_trips_through_transformers(tmp_path, family, tie):
   pre = from_pretrained(src, dtype=jnp.float32)
   out = str(tmp_path / "out")
   _, state = nnx.split(pre.model)
-  save_pretrained(to_hf_tensors(state, pre.config), pre.config, out, source_dir=src, max_shard_bytes=100_000)
+  save_pretrained(to_hf_tensors(state), pre.config, out, source_dir=src, max_shard_bytes=100_000)
   assert os.path.isfile(os.path.join(out, INDEX_FILE)) and os.path.isfile(os.path.join(out, "tokenizer_config.json"))
   ids = random_ids(2, 12, VOCAB)
   with jax.default_matmul_precision("highest"):
@@ -295,9 +295,9 @@ def test_export_round_trips_through_transformers(tmp_path, family, tie):
 
 def test_a_model_with_fused_projections_exports_its_parameters_only(ckpt):
   model = from_pretrained(ckpt, dtype=jnp.float32).model
-  plain = to_hf_tensors(nnx.state(model), model.config)
+  plain = to_hf_tensors(nnx.state(model))
   model.fuse_projections()
-  fused = to_hf_tensors(nnx.state(model), model.config)
+  fused = to_hf_tensors(nnx.state(model))
   assert fused.keys() == plain.keys()
   for name in plain:
     np.testing.assert_array_equal(fused[name], plain[name])
@@ -307,7 +307,7 @@ def test_export_in_bf16_writes_bf16_tensors(tmp_path):
   src = make_tiny_hf(tmp_path, "qwen2", name="src", vocab_size=VOCAB, tokenizer=False)
   pre = from_pretrained(src, dtype=jnp.float32)
   out = str(tmp_path / "out")
-  save_pretrained(to_hf_tensors(nnx.state(pre.model), pre.config, dtype=jnp.bfloat16), pre.config, out,
+  save_pretrained(to_hf_tensors(nnx.state(pre.model), dtype=jnp.bfloat16), pre.config, out,
                   source_dir=src, dtype_name="bfloat16")
   stored = read_all(os.path.join(out, SINGLE_FILE))
   assert {a.dtype for a in stored.values()} == {np.dtype(ml_dtypes.bfloat16)}

@@ -4,10 +4,10 @@ from __future__ import annotations
 import ml_collections
 import pytest
 
-from lr_jax.lockstep import default_sampling_batch
+from lr_jax.sampling_memory import default_sampling_batch
 from lr_jax.sharding import Layout, make_mesh
 from lr_jax.stages import sample
-from tests.test_lockstep import QWEN_0_5B, QWEN_1_5B
+from tests.test_sampling_memory import QWEN_0_5B, QWEN_1_5B
 
 
 def _config(batch: int, chunk: int) -> ml_collections.ConfigDict:
@@ -59,7 +59,7 @@ def test_bad_problems_are_refused_naming_the_file_and_problem(tmp_path, monkeypa
   with pytest.raises(ValueError, match=rf"^{c.data.path}:2: field 'question' is empty$"):
     sample.run(c, common.Workdir(str(tmp_path / "run")), None)
   (tmp_path / "problems.jsonl").write_text('{"question": "1+1?", "answer": "2"}\n')
-  monkeypatch.setattr(sample, "render_prompt", lambda *a, **k: "")  # a template that renders nothing
+  monkeypatch.setattr(sample, "format_chat", lambda *a, **k: [])  # a template that renders nothing
   with pytest.raises(ValueError, match=rf"^{c.data.path}: problem \S+: its prompt \(config.prompt.template\) "
                                        r"renders to no tokens$"):
     sample.run(c, common.Workdir(str(tmp_path / "run")), None)
