@@ -72,6 +72,8 @@ class ModelConfig:
                        f"supported: {', '.join(SUPPORTED_ROPE_TYPES)}")
     rope_scaling = None
     if rope_type == "llama3":
+      if "max_position_embeddings" in d:  # as transformers fills it in
+        scaling.setdefault("original_max_position_embeddings", d["max_position_embeddings"])
       keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
       missing = [k for k in keys if k not in scaling]
       if missing:

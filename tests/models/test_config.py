@@ -76,6 +76,10 @@ def test_llama3_scaling_read_from_either_layout():
     dict(rope_scaling=dict(LLAMA3), rope_parameters={"rope_type": "default", "rope_theta": 5e5}, rope_theta=2e5),
     dict(rope_scaling=None, rope_parameters={"rope_theta": 5e5, **LLAMA3}, rope_theta=2e5),
     dict(rope_scaling={}, rope_parameters={"rope_type": "default"}, rope_theta=2e5),
+    # llama3 without original_max_position_embeddings: max_position_embeddings (a top-level one is ignored)
+    dict(rope_parameters={"rope_theta": 5e5, **{k: v for k, v in LLAMA3.items() if k != "original_max_position_embeddings"}},
+         max_position_embeddings=2048),
+    dict(rope_parameters={"rope_theta": 5e5, **LLAMA3}, original_max_position_embeddings=128),
 ])
 def test_both_rope_layouts_in_one_file_are_read_as_transformers_reads_them(fields):
   """A non-empty `rope_scaling` replaces `rope_parameters`; a theta neither holds comes from the top level."""
