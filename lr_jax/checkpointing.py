@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -57,18 +57,20 @@ class Checkpointer:
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
     return self._manager.save(step, args=args, force=True)
 
-  def restore(self, target: Any, expect: Mapping[str, Any] | None = None) -> tuple[Any, dict[str, Any]] | None:
+  def restore(self, target: Any, expect: Mapping[str, Any] | None = None,
+              backfill: Callable[[dict], dict] = dict) -> tuple[Any, dict[str, Any]] | None:
     """(state, meta) of the newest loadable step, laid out like `target`; None when there is none.
 
     `expect`: meta entries the step must hold with these values (JSON-comparable); an entry the meta
-    lacks (a checkpoint of an older version) is not checked. A difference raises `SettingsChanged`
-    naming the entries, and the step is left where it is.
+    lacks (a checkpoint of an older version) is not checked, unless `backfill(meta)` supplies it.
+    A difference raises `SettingsChanged` naming the entries, and the step is left where it is.
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     expect = expect or {}
     for step in reversed(self.all_steps()):
       try:
         meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        meta = backfill(meta)
         check_unchanged(meta, expect, os.path.join(self.directory, str(step)), keys=[k for k in expect if k in meta])
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
         restored = self._manager.restore(step, args=args)

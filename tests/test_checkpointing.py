@@ -196,6 +196,11 @@ def test_a_checkpoint_of_other_settings_is_refused_by_name_and_left_in_place(mod
   # the same settings (tuples as the JSON meta stores them), and entries an older checkpoint lacks, pass
   _, meta = ckpt.restore(state, expect={"num_updates": 6, "lora": {"rank": 4, "targets": ("q_proj",)}, "seed": 3})
   assert meta["update"] == 1
+  # ... unless the caller fills them in as the older version behaved (the distill stage's `order`)
+  from lr_jax.stages.distill import saved_settings
+  assert ckpt.restore(state, expect={"order": "trajectories"}, backfill=saved_settings)[1] == meta
+  with pytest.raises(SettingsChanged, match="order: saved 'trajectories', now 'steps'"):
+    ckpt.restore(state, expect={"order": "steps"}, backfill=saved_settings)
 
 
 def test_saves_every_n_updates_and_keeps_the_last_k(model_dir, tmp_path):

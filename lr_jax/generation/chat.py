@@ -20,5 +20,6 @@ def format_chat(tokenizer: Any, question: str, system_prompt: str | None = None,
     the ids; the rendered text already holds its special tokens (e.g. <|im_start|>), so none are
     added around it.
   """
-  text = render_prompt(question, template or CHAT, tokenizer=tokenizer, system_prompt=system_prompt)
+  text = render_prompt(question, CHAT if template is None else template, tokenizer=tokenizer,
+                       system_prompt=system_prompt)
   return tokenizer.encode(text, add_special_tokens=False)

@@ -8,6 +8,7 @@ from typing import Any
 
 SUPPORTED_MODEL_TYPES = ("qwen2", "llama")
 SUPPORTED_ROPE_TYPES = ("default", "llama3")
+DEFAULT_MAX_POSITIONS = {"qwen2": 32768, "llama": 2048}  # transformers' config defaults
 SUPPORTED_ACTIVATIONS = ("silu", "swish")  # transformers: both are torch.nn.SiLU
 
 
@@ -61,6 +62,7 @@ class ModelConfig:
     if d.get("mlp_bias"):
       raise ValueError(f"{source}: mlp_bias=true is not supported; supported: bias-free MLP")
 
+    max_positions = d.get("max_position_embeddings") or DEFAULT_MAX_POSITIONS[model_type]
     # transformers >= 5 keeps rope_theta and the scaling in `rope_parameters`; older files use
     # top-level `rope_theta` and `rope_scaling`. As transformers reads them: a non-empty `rope_scaling`
     # replaces `rope_parameters`, and a theta it lacks comes from the top level.
@@ -72,8 +74,7 @@ class ModelConfig:
                        f"supported: {', '.join(SUPPORTED_ROPE_TYPES)}")
     rope_scaling = None
     if rope_type == "llama3":
-      if "max_position_embeddings" in d:  # as transformers fills it in
-        scaling.setdefault("original_max_position_embeddings", d["max_position_embeddings"])
+      scaling.setdefault("original_max_position_embeddings", max_positions)  # as transformers fills it in
       keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
       missing = [k for k in keys if k not in scaling]
       if missing:
@@ -101,7 +102,7 @@ class ModelConfig:
         intermediate_size=int(need("intermediate_size")),
         rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
         rope_theta=float(theta),
-        max_position_embeddings=int(d.get("max_position_embeddings", 32768)),
+        max_position_embeddings=int(max_positions),
         tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
         qkv_bias=qkv_bias,
         o_bias=o_bias,

@@ -297,6 +297,3 @@ def save_pretrained(tensors: dict[str, np.ndarray], cfg: ModelConfig, out_dir: s
       src = os.path.join(source_dir, name)
       if os.path.isfile(src):
         shutil.copyfile(src, os.path.join(out_dir, name))
-
-
-

@@ -33,6 +33,17 @@ def lora_config(config) -> LoRAConfig:
                     dropout=d.lora_dropout)
 
 
+# Settings added after files were written without them, with the value those versions behaved as.
+ADDED_SETTINGS = {"order": "trajectories"}
+
+
+def saved_settings(saved: dict) -> dict:
+  """Saved settings (a DONE.json's, a checkpoint's meta) with what older versions did not record filled
+  in as they behaved, so a rerun with that behaviour is accepted and one with another is refused.
+  An empty record (older still: no settings at all) stays empty, unchecked."""
+  return {**ADDED_SETTINGS, **saved} if saved else dict(saved)
+
+
 def settings(config) -> dict:
   """What the tuned adapter depends on in the config: a resumed checkpoint, and a finished stage that
   a rerun skips, must have been made with the same."""
@@ -46,7 +57,7 @@ def settings(config) -> dict:
 def run(config, workdir: common.Workdir, writer) -> dict:
   if os.path.isfile(workdir.distill_done):
     done = common.read_json(workdir.distill_done)
-    check_unchanged(done.get("settings", {}), settings(config), workdir.distill_done)  # none in older versions
+    check_unchanged(saved_settings(done.get("settings", {})), settings(config), workdir.distill_done)
     stored = SampleStore(workdir.samples).num_records()
     if done.get("records", stored) != stored:
       raise SettingsChanged(f"{workdir.distill_done}: the adapter was trained on {done['records']} records, the sample "
@@ -81,7 +92,7 @@ def run(config, workdir: common.Workdir, writer) -> dict:
   plan = {**settings(config), "num_updates": n_updates, "records": len(records), "kept_steps": kept,
           "valid_vocab": valid_vocab}
   start = 0
-  restored = ckpt.restore(state, expect=plan)
+  restored = ckpt.restore(state, expect=plan, backfill=saved_settings)
   if restored is not None:
     state, meta = restored
     start = int(meta["next_update"])

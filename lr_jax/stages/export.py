@@ -21,6 +21,8 @@ def run(config, workdir: common.Workdir) -> dict:
   adapter = workdir.adapter
   if os.path.isfile(workdir.export_done):
     saved = common.read_json(workdir.export_done).get("settings", {})  # none in a DONE.json of older versions
+    if "distill" in saved:
+      saved["distill"] = distill.saved_settings(saved["distill"])
     check_unchanged(saved, settings(config), workdir.export_done)
     return {"skipped": True}
   if not os.path.isdir(adapter):

@@ -80,6 +80,7 @@ def test_llama3_scaling_read_from_either_layout():
     dict(rope_parameters={"rope_theta": 5e5, **{k: v for k, v in LLAMA3.items() if k != "original_max_position_embeddings"}},
          max_position_embeddings=2048),
     dict(rope_parameters={"rope_theta": 5e5, **LLAMA3}, original_max_position_embeddings=128),
+    dict(rope_parameters={"rope_theta": 5e5, **{k: v for k, v in LLAMA3.items() if k != "original_max_position_embeddings"}}),
 ])
 def test_both_rope_layouts_in_one_file_are_read_as_transformers_reads_them(fields):
   """A non-empty `rope_scaling` replaces `rope_parameters`; a theta neither holds comes from the top level."""
