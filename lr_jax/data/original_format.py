@@ -148,7 +148,10 @@ def import_original(
     trajectories: list[tuple[list[int], list[tuple[list[int], dict]]]] = []
     for entry in sorted(entries, key=lambda e: -e["step"]):
       context = encode(prompt_text + entry["prefix"])
-      home = next((t for t in trajectories if t[0][:len(context)] == context), None)
+      # A context already taken by another line (decode gives the same text, e.g. "\ufffd", for two
+      # positions inside one multi-token character) goes to a trajectory of its own, so both stay trainable.
+      home = next((t for t in trajectories if t[0][:len(context)] == context
+                   and all(len(c) != len(context) or e["step"] == entry["step"] for c, e in t[1])), None)
       if home is None:
         home = (context, [])
         trajectories.append(home)

@@ -93,7 +93,7 @@ class _JsonlBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       # Keyed by 0-based physical line, which keeps the file's order (problem ids equal the JSONL's
       # where it has no blank lines); ensure_ascii=False keeps the text readable and json floats
       # round-trip through repr exactly.
-      yield line_number - 1, {"record": json.dumps(record, ensure_ascii=False)}
+      yield line_number - 1, {"record": json.dumps(record)}  # ASCII: a lone surrogate escape stays encodable
 
 
 def _make_builder_class(benchmark: str) -> type[_JsonlBuilder]:
@@ -127,7 +127,10 @@ def prepare(name: str, manual_dir: str | os.PathLike, data_dir: str | os.PathLik
       raise FileNotFoundError(f"{path} does not exist: {PREFIX}{benchmark} needs "
                               f"{benchmark}/{split}.jsonl in the manual dir {os.fspath(manual_dir)}")
   builder = BUILDERS[benchmark](data_dir=os.fspath(data_dir), file_format="array_record")
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
+  # Always rebuilt from the manual dir (the files are small): a prepared copy of an edited file is stale.
+  mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir),
+                                                                            download_mode=mode))
   return builder
 
 

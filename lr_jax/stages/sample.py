@@ -131,7 +131,8 @@ def run(config, workdir: common.Workdir, writer) -> dict:
   scoring = scoring_of(config)
   problems = load_problems_from_spec(config.data.path, tfds_dir=config.data.get("tfds_dir", ""),
                                      n=config.data.num_problems, order=config.data.order,
-                                     seed=config.seed, question_field=config.data.question_field)
+                                     seed=config.seed, question_field=config.data.question_field,
+                                     answer_field=None)  # sampling needs no answer (MATH train has none)
   if not problems:
     raise ValueError(f"{config.data.path}: no problems to sample (an empty file or split?)")
   mine = problems[pi::pc]

@@ -151,6 +151,18 @@ def test_steps_whose_text_does_not_round_trip_become_their_own_trajectory(tokeni
     assert context == _encode(tokenizer, prompt_text + tokenizer.decode(completion[:step]))
 
 
+def test_steps_inside_one_multi_token_character_import_as_trajectories_of_their_own(tokenizer, tmp_path):
+  """U+20000 is 3 tokens: the prefixes before its 2nd and 3rd decode alike ('... \ufffd'), so two lines
+  carry one context; each stays trainable (the import used to call the second a repeated step)."""
+  completion = _encode(tokenizer, "It is \U00020000, written U+20000.")
+  assert tokenizer.decode(completion[:4]) == tokenizer.decode(completion[:5])
+  path = _write_lines(tmp_path / "original.jsonl", [
+      {"prompt_id": "Q", "step": step, "prefix": tokenizer.decode(completion[:step]), "tokens": ["x"],
+       "token_ids": [100 + step], "weights": [1.0], "kl_divergence": 1.0} for step in (3, 4, 5)])
+  records = import_original(path, tokenizer, K=1)
+  assert sorted(int(r.target_ids[i, 0]) - 100 for r in records for i in range(len(r.steps))) == [3, 4, 5]
+
+
 @pytest.mark.parametrize("line, message", [
     ('{"prompt_id": "q"', r"original\.jsonl:2: invalid JSON"),
     ({"prompt_id": "q", "step": 1, "prefix": "a", "tokens": [], "token_ids": [1], "weights": [1.0]},

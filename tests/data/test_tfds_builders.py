@@ -133,3 +133,13 @@ def test_a_bad_jsonl_line_is_an_error_naming_file_and_line(tmp_path):
   (tmp_path / "manual" / "aime24" / "test.jsonl").write_text('{"problem": "p", "answer": "1"}\n[1]\n')
   with pytest.raises(ValueError, match=r"aime24/test\.jsonl:2: expected a JSON object"):
     tfds_builders.prepare("aime24", tmp_path / "manual", tmp_path / "out")
+
+
+def test_preparing_again_after_the_file_changed_serves_the_new_records_and_a_lone_surrogate_is_kept(tmp_path):
+  manual, data_dir = tmp_path / "manual", tmp_path / "tfds"
+  (manual / "svamp").mkdir(parents=True)
+  path = manual / "svamp" / "test.jsonl"
+  for answer in (1.0, 2.0):
+    path.write_text(json.dumps({"Body": "b\ud83d.", "Question": "q?", "Answer": answer, "ID": "x"}) + "\n")
+    tfds_builders.prepare("svamp", manual, data_dir)
+    assert tfds_builders.read_records("svamp", "test", data_dir) == _jsonl(path)

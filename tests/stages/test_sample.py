@@ -122,3 +122,20 @@ def test_a_resumed_run_sizes_its_default_batch_by_every_prompt_not_only_those_le
     with pytest.raises(Stop):
       sample.run(c, workdir, None)
   assert seen[0] == seen[1] > 5
+
+
+def test_problems_without_an_answer_field_are_sampled(tmp_path, monkeypatch):
+  """Sampling reads only the question: MATH train ('problem', 'solution') has no 'answer' field."""
+  from lr_jax.stages import common
+  c = _stage_config(tmp_path, '{"problem": "1+1?", "solution": "2"}\n', "{question}")
+  c.data.question_field = "problem"
+
+  class Loaded(Exception):
+    pass
+
+  def past_loading(*_):
+    raise Loaded
+
+  monkeypatch.setattr(common, "load_tokenizer", past_loading)  # the step after the problems are read
+  with pytest.raises(Loaded):
+    sample.run(c, common.Workdir(str(tmp_path / "run")), None)
