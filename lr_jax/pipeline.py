@@ -13,7 +13,7 @@ from lr_jax.models.transformer import ATTENTION_KERNELS, DECODE_GEMMS, DECODE_KE
 from lr_jax.ops import hopper_gemm
 from lr_jax.stages import common
 
-STAGE_ORDER = ("demo", "sample", "distill", "eval", "export", "report")
+STAGE_ORDER = common.STAGE_ORDER
 
 
 class ConfigError(ValueError):
@@ -240,9 +240,9 @@ def run(config: ml_collections.ConfigDict, workdir_path: str) -> None:
   from lr_jax.metrics import MetricsWriter, peak_device_memory
   writer = MetricsWriter(workdir.root)
   timings = common.read_json(workdir.timings) if os.path.isfile(workdir.timings) else {}
-  did_work = False
+  did_work = False  # by a stage other than the report
   for stage in stages:
-    if stage == "report" and not did_work and os.path.isfile(workdir.report):
+    if stage == "report" and not did_work and os.path.isfile(workdir.report) and stages != ["report"]:
       common.log("report: already written and nothing changed, skipped")
       continue
     t0 = time.time()
@@ -253,15 +253,17 @@ def run(config: ml_collections.ConfigDict, workdir_path: str) -> None:
     if summary.get("skipped"):
       common.log("%s: already done, skipped", stage)
       continue
-    did_work = True
-    timings[stage] = seconds
+    did_work = did_work or stage != "report"
+    timings[stage] = timings.get(stage, 0.0) + seconds  # a resumed stage adds up its invocations
     writer.write("time", STAGE_ORDER.index(stage), {f"{stage}_seconds": seconds,
-                                                    "peak_device_memory_bytes": peak_device_memory()})
+                                                    "peak_device_memory_bytes_so_far": peak_device_memory()})
+    writer.flush()  # TensorBoard buffers for minutes: a killed job keeps what finished stages logged
     if jax.process_index() == 0:
       common.write_json(workdir.timings, timings)
-  _save_config(config, workdir)  # after every stage succeeded: a refused or failed rerun leaves the record
+  if did_work:  # after every stage succeeded: a refused or failed rerun (or a report-only one) keeps the record
+    _save_config(config, workdir)
   writer.close()
-  if not did_work:
+  if not did_work and stages != ["report"]:
     common.log("lr_jax: every stage of %s is already done; nothing to do", workdir.root)
   else:
     common.log("lr_jax: done; artifacts in %s", workdir.root)

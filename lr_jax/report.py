@@ -33,12 +33,13 @@ def _sample_section(workdir: common.Workdir, lines: list[str]) -> dict | None:
   if not os.path.isfile(stats_path):
     return None
   s = common.read_json(stats_path)
+  above = "≥" if s.get("beta_inclusive") else ">"
   hist_src = os.path.join(workdir.sample_stats, "kl_hist.png")
   lines += ["## Sampling", "",
             f"- trajectories: {s['num_records']}, scored steps: {s['total_steps']}, "
-            f"kept steps (KL > β = {s['beta']}): {s['kept_steps']} ({_fmt(s['kept_ratio'], True)})",
+            f"kept steps (KL {above} β = {s['beta']}): {s['kept_steps']} ({_fmt(s['kept_ratio'], True)})",
             f"- share of steps with KL in [0, 0.1): {_fmt(s['share_kl_below_0.1'], True)} (paper: 59.1%); "
-            f"KL > β: {_fmt(s['share_kl_above_beta'], True)} (paper: ~20%)",
+            f"KL {above} β: {_fmt(s['share_kl_above_beta'], True)} (paper: ~20%)",
             f"- mean KL when the top-1 tokens agree: {_fmt(s['mean_kl_top1_agree'])} (paper: 0.166), "
             f"differ: {_fmt(s['mean_kl_top1_differ'])} (paper: 1.99)",
             f"- kept steps per problem: mean {_fmt(s['kept_per_problem']['mean'])}, "
@@ -63,15 +64,30 @@ def _distill_section(workdir: common.Workdir, lines: list[str], stats: dict | No
         lambda ax: (ax.plot(steps, losses), ax.set_xlabel("update"), ax.set_ylabel("KL(target ‖ model)"),
                     ax.set_title("distillation loss")))
   supervised = sum(m.get("supervised_steps", 0) for m in rows)
+  tenth = max(len(losses) // 10, 1)  # one update's loss is noisy: means of the first and last tenth
   lines += ["## Distillation", "",
-            f"- updates: {len(rows)}, loss first/last: {losses[0]:.4f} / {losses[-1]:.4f}, "
+            f"- updates: {len(rows)}, mean loss of the first / last {tenth} update(s): "
+            f"{sum(losses[:tenth]) / tenth:.4f} / {sum(losses[-tenth:]) / tenth:.4f}, "
             f"supervised steps: {int(supervised)}"]
   if stats is not None and stats.get("total_steps") and stats.get("kept_steps"):
-    lines.append(f"- token efficiency: {stats['kept_steps']} distinct positions trained, of the "
+    trained = int(min(stats["kept_steps"], supervised))  # an epoch supervises every kept step once
+    lines.append(f"- token efficiency: {trained} distinct positions trained, of the "
                  f"{stats['total_steps']} tokens that full-trajectory SFT on the same problems would train "
-                 f"({stats['kept_steps'] / stats['total_steps']:.1%}); each supervised "
-                 f"{supervised / stats['kept_steps']:.1f} times on average over the updates")
+                 f"({trained / stats['total_steps']:.1%}); each supervised "
+                 f"{supervised / max(trained, 1):.1f} times on average over the updates")
   lines += ["", "![loss](plots/loss.png)", ""]
+
+
+def _comparison_matches(comp: dict, runs: dict) -> bool:
+  """Whether `comparison.json` compares the base and tuned results now on disk (same accuracies)."""
+  if not comp or "base" not in runs or "tuned" not in runs:
+    return False
+  for b, row in comp.get("benchmarks", {}).items():
+    for name in ("base", "tuned"):
+      result = runs[name]["benchmarks"].get(b)
+      if result is None or abs(result["accuracy"] - row[f"{name}_accuracy"]) > 1e-9:
+        return False
+  return True
 
 
 def _eval_section(workdir: common.Workdir, lines: list[str]) -> None:
@@ -81,6 +97,8 @@ def _eval_section(workdir: common.Workdir, lines: list[str]) -> None:
   if not runs:
     return
   comp = common.read_json(comp_path) if os.path.isfile(comp_path) else {}
+  if not _comparison_matches(comp, runs):  # e.g. one model re-evaluated since: its delta would mislead
+    comp = {}
   names = sorted({b for r in runs.values() for b in r["benchmarks"]})
   header = "| benchmark | " + " | ".join(runs) + (" | Δ (tuned − base) | p (McNemar) |" if comp else " |")
   lines += ["## Evaluation (pass@1, greedy)", "", header, "|" + "---|" * (header.count("|") - 1)]
@@ -100,7 +118,8 @@ def _eval_section(workdir: common.Workdir, lines: list[str]) -> None:
     width = 0.8 / len(fig_names)
     for j, r in enumerate(fig_names):
       ax.bar([i + j * width for i in range(len(names))],
-             [runs[r]["benchmarks"][b]["accuracy"] * 100 if b in runs[r]["benchmarks"] else 0 for b in names],
+             [runs[r]["benchmarks"][b]["accuracy"] * 100 if b in runs[r]["benchmarks"] else float("nan")
+              for b in names],  # no bar where a model has no result (a 0% bar would read as one)
              width, label=r)
     ax.set_xticks([i + width * (len(fig_names) - 1) / 2 for i in range(len(names))], names, rotation=20)
     ax.set_ylabel("accuracy (%)")
@@ -113,21 +132,36 @@ def _eval_section(workdir: common.Workdir, lines: list[str]) -> None:
 def _time_section(workdir: common.Workdir, lines: list[str]) -> None:
   if not os.path.isfile(workdir.timings):
     return
-  t = common.read_json(workdir.timings)
+  saved = common.read_json(workdir.timings)
+  t = {k: saved[k] for k in common.STAGE_ORDER if k in saved}
   _plot(os.path.join(workdir.plots, "time.png"),
         lambda ax: (ax.barh(list(t), list(t.values())), ax.set_xlabel("seconds")))
-  lines += ["## Time per stage", "", "| stage | seconds |", "|---|---|"]
+  lines += ["## Time per stage", "", "| stage | seconds (all invocations of this workdir) |", "|---|---|"]
   lines += [f"| {k} | {v:.1f} |" for k, v in t.items()]
   lines += ["", "![time](plots/time.png)", ""]
 
 
+def _header(config, workdir: common.Workdir) -> list[str]:
+  """The settings the artifacts were made with (the sample store's meta, the adapter's DONE.json),
+  falling back to this invocation's config for what no artifact records yet."""
+  meta_path = os.path.join(workdir.samples, "meta.json")
+  meta = common.read_json(meta_path) if os.path.isfile(meta_path) else {}
+  done = common.read_json(workdir.distill_done).get("settings", {}) if os.path.isfile(workdir.distill_done) else {}
+  s, d = config.sample, config.distill
+  lora = done.get("lora", {"rank": d.lora_rank, "alpha": d.lora_alpha, "targets": list(d.lora_targets)})
+  above = "≥" if meta.get("beta_inclusive", s.beta_inclusive) else ">"
+  return [f"- expert: `{meta.get('expert', config.expert)}`", f"- amateur: `{meta.get('amateur', config.amateur)}`",
+          f"- dtype: {meta.get('dtype', config.dtype)}; α = {meta.get('alpha', s.alpha)}, kept where KL {above} "
+          f"β = {meta.get('beta', s.beta)}, top-K = {meta.get('top_k', s.top_k)}",
+          f"- LoRA r = {lora['rank']}, alpha = {lora['alpha']}, targets {', '.join(lora['targets'])}; "
+          f"{done.get('updates', d.updates)} updates of {done.get('steps_per_update', d.steps_per_update)} steps "
+          f"({done.get('order', 'trajectories' if done else d.order)} order), "
+          f"lr {done.get('learning_rate', d.learning_rate)}"]
+
+
 def build_report(config, workdir: common.Workdir) -> str:
   """The report's markdown (plots written under workdir/plots)."""
-  lines = ["# LightReasoner run report", "",
-           f"- expert: `{config.expert}`", f"- amateur: `{config.amateur}`",
-           f"- dtype: {config.dtype}; α = {config.sample.alpha}, β = {config.sample.beta}, "
-           f"top-K = {config.sample.top_k}; LoRA r = {config.distill.lora_rank}, alpha = {config.distill.lora_alpha}, "
-           f"targets {', '.join(config.distill.lora_targets)}", ""]
+  lines = ["# LightReasoner run report", ""] + _header(config, workdir) + [""]
   stats = _sample_section(workdir, lines)
   _distill_section(workdir, lines, stats)
   _eval_section(workdir, lines)

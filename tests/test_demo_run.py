@@ -114,6 +114,18 @@ def test_rerun_of_a_finished_run_does_nothing(finished_run, xla_cache):
   assert "nothing to do" in log
 
 
+def test_a_report_only_run_rebuilds_the_report_from_the_artifacts_and_keeps_the_runs_config(finished_run, xla_cache):
+  """Asked for alone, the report is rebuilt (an eval run in between may have changed what it shows),
+  with the settings the artifacts record, and config.json keeps the run's (the demo's model paths)."""
+  workdir = finished_run[0]
+  saved = _read(workdir, "config.json")
+  log = _run(workdir, xla_cache, "--config.stages=report", "--config.sample.beta=0.3")
+  assert "report: already written" not in log and "nothing to do" not in log
+  assert _read(workdir, "config.json") == saved
+  report = _read(workdir, "report.md")
+  assert f"- expert: `{saved['expert']}`" in report and "β = 0.4" in report and "β = 0.3" not in report
+
+
 def test_rerun_of_a_finished_run_with_other_settings_is_refused(finished_run, xla_cache):
   """A finished stage is skipped only for the settings it was run with: another LoRA rank (the
   distill stage's) or export dtype (the export stage's) is refused in one line naming the setting."""

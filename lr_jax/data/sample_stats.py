@@ -32,14 +32,15 @@ STATS_FILE = "stats.json"
 KL_HIST_FILE = "kl_hist.png"
 
 
-def compute_stats(records: Iterable[TrajectoryRecord], beta: float) -> dict[str, Any]:
+def compute_stats(records: Iterable[TrajectoryRecord], beta: float, beta_inclusive: bool = False) -> dict[str, Any]:
   """Sampling statistics of `records` (JSON-ready; None where a quantity has no steps to average).
 
   Keys:
-    beta, num_records, num_problems, total_steps, kept_steps, kept_ratio (kept / total);
+    beta, beta_inclusive, num_records, num_problems, total_steps, kept_steps, kept_ratio (kept / total);
     num_steps_with_kl; kl_histogram: {edges: [0, 0.1, ..., 5], counts: 50 bins [e_i, e_i+1) and an
       overflow bin [5, inf) last; negative rounding noise counts in the first bin};
-    share_kl_below_0.1 (KL < 0.1), share_kl_above_beta (KL > beta), over steps with known KL;
+    share_kl_below_0.1 (KL < 0.1), share_kl_above_beta (KL > beta, or >= with `beta_inclusive`, the
+    selection rule), over steps with known KL;
     mean_kl_top1_agree / mean_kl_top1_differ and num_steps_top1_agree / num_steps_top1_differ;
     kept_per_problem: {mean, median, histogram: histogram[j] = problems with j kept steps};
     share_single_token_targets: kept steps whose alpha mask holds one token;
@@ -68,6 +69,7 @@ def compute_stats(records: Iterable[TrajectoryRecord], beta: float) -> dict[str,
 
   return {
       "beta": float(beta),
+      "beta_inclusive": bool(beta_inclusive),
       "num_records": len(records),
       "num_problems": len(kept_by_problem),
       "total_steps": total_steps,
@@ -79,7 +81,7 @@ def compute_stats(records: Iterable[TrajectoryRecord], beta: float) -> dict[str,
           "counts": np.bincount(bins, minlength=len(KL_EDGES)).tolist(),
       },
       "share_kl_below_0.1": _mean(kl < KL_BIN_WIDTH),
-      "share_kl_above_beta": _mean(kl > beta),
+      "share_kl_above_beta": _mean(kl >= beta if beta_inclusive else kl > beta),
       "mean_kl_top1_agree": _mean(all_kl[agree]),
       "mean_kl_top1_differ": _mean(all_kl[differ]),
       "num_steps_top1_agree": int(agree.sum()),

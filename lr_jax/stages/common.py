@@ -16,6 +16,9 @@ from lr_jax.sharding import Layout, make_mesh
 DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32, "float16": jnp.float16}
 
 
+STAGE_ORDER = ("demo", "sample", "distill", "eval", "export", "report")
+
+
 class Workdir:
   """Paths of a run's artifacts; stages communicate only through these files."""
 

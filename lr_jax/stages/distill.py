@@ -118,8 +118,9 @@ def run(config, workdir: common.Workdir, writer) -> dict:
     if pending is not None:
       log(*pending)
     pending = (u, device_metrics)
-    if (u + 1) % d.checkpoint_every == 0:  # log all updates a checkpoint holds before saving it
+    if (u + 1) % d.checkpoint_every == 0:  # log (and flush) all updates a checkpoint holds before saving it
       log(*pending)
+      writer.flush()
       pending = None
     ckpt.save(u + 1, state, {"next_update": u + 1, **plan})
   if pending is not None:

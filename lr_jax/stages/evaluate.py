@@ -149,8 +149,25 @@ def run(config, workdir: common.Workdir, writer) -> dict:
     summary[name] = results["average"]
     for b, r in results["benchmarks"].items():
       writer.write("eval", models.index(name), {f"{name}/{b}": r["accuracy"]})
-  if "base" in models and "tuned" in models and common.is_main_process():
-    comparison = compare_runs(os.path.join(workdir.eval, "base"), os.path.join(workdir.eval, "tuned"))
-    common.write_json(os.path.join(workdir.eval, "comparison.json"), comparison)
-    write_text_atomic(os.path.join(workdir.eval, "comparison.md"), comparison_markdown(comparison))
+  if ("base" in models or "tuned" in models) and common.is_main_process():
+    _write_comparison(workdir)
   return {"skipped": skipped, **{f"average_{k}": v for k, v in summary.items()}}
+
+
+def _write_comparison(workdir: common.Workdir) -> None:
+  """eval/comparison.{json,md} of the base and tuned results on disk (either may be from an earlier
+  run); removed where they cannot be compared (one missing, or other items), so none is stale."""
+  paths = [os.path.join(workdir.eval, name) for name in ("comparison.json", "comparison.md")]
+  for path in paths:
+    if os.path.isfile(path):
+      os.remove(path)
+  base, tuned = os.path.join(workdir.eval, "base"), os.path.join(workdir.eval, "tuned")
+  if not all(os.path.isfile(os.path.join(run, "results.json")) for run in (base, tuned)):
+    return
+  try:
+    comparison = compare_runs(base, tuned)
+  except (ValueError, FileNotFoundError) as error:  # e.g. evaluated on other limits
+    common.log("eval: no comparison of base and tuned: %s", error)
+    return
+  common.write_json(paths[0], comparison)
+  write_text_atomic(paths[1], comparison_markdown(comparison))

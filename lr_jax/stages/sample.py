@@ -237,7 +237,7 @@ def run(config, workdir: common.Workdir, writer) -> dict:
     multihost_utils.sync_global_devices("lr_jax sample: store complete")
   if pi == 0:
     records = list(SampleStore(workdir.samples).iter_records())
-    stats = compute_stats(records, beta=config.sample.beta)
+    stats = compute_stats(records, beta=config.sample.beta, beta_inclusive=config.sample.beta_inclusive)
     write_stats(stats, workdir.sample_stats)
     return {"problems": len(problems), "records": len(records), **{k: v for k, v in stats.items()
                                                                     if isinstance(v, (int, float))}}

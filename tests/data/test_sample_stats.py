@@ -69,6 +69,13 @@ def test_negative_rounding_noise_counts_in_the_first_bin_and_kl_of_five_overflow
   assert stats["share_kl_below_0.1"] == 0.5
 
 
+def test_a_kl_equal_to_beta_counts_above_it_only_under_the_inclusive_rule():
+  record = _record("a", [0.5, 1.0], [1, 2], [1, 3], [1], [1], [0.0])  # 0.5: exact in float32
+  assert compute_stats([record], beta=0.5)["share_kl_above_beta"] == 0.5
+  inclusive = compute_stats([record], beta=0.5, beta_inclusive=True)
+  assert inclusive["share_kl_above_beta"] == 1.0 and inclusive["beta_inclusive"]
+
+
 def test_no_records_give_empty_counts_and_none_for_undefined_averages():
   stats = compute_stats([], beta=BETA)
   assert stats["total_steps"] == 0 and sum(stats["kl_histogram"]["counts"]) == 0
