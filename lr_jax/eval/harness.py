@@ -59,7 +59,8 @@ class Completion:
 def evaluate(items: Sequence[EvalItem], complete: Callable[[list[str]], Sequence[Completion]],
              out_dir: str | os.PathLike, *, template: str, run_name: str, tokenizer: Any = None,
              system_prompt: str | None = None, settings: Mapping[str, Any] | None = None,
-             grade_timeout_s: float = DEFAULT_TIMEOUT_S, num_workers: int | None = None) -> dict[str, Any]:
+             grade_timeout_s: float = DEFAULT_TIMEOUT_S, num_workers: int | None = None,
+             write: bool = True) -> dict[str, Any] | None:
   """Prompts, generates, grades and records `items` (any mix of benchmarks); returns results.json's dict.
 
   `template`, `tokenizer` and `system_prompt` go to `render_prompt`. `settings`: what else the
@@ -67,6 +68,10 @@ def evaluate(items: Sequence[EvalItem], complete: Callable[[list[str]], Sequence
   settings.json (`check_settings`). Multiple-choice items (with choices) get the MMLU-STEM 5-shot
   block and are graded by option letter, whatever their benchmark label. Grading runs in
   `num_workers` processes with `grade_timeout_s` per check.
+
+  `write=False` (the other processes of a multi-process run, whose generation is collective): take
+  part in generation only; grade and write nothing, return None. Process 0 grades and writes alone,
+  so every file holds one process's verdicts (a grading timeout may differ between hosts).
   """
   if not items:
     raise ValueError("evaluate: no items given")
@@ -78,7 +83,8 @@ def evaluate(items: Sequence[EvalItem], complete: Callable[[list[str]], Sequence
   run_dir = Path(out_dir) / run_name
   recorded = run_settings(template, system_prompt, settings)
   check_settings(run_dir, recorded)
-  write_text_atomic(run_dir / SETTINGS_JSON, json.dumps(recorded, indent=1, sort_keys=True) + "\n")
+  if write:
+    write_text_atomic(run_dir / SETTINGS_JSON, json.dumps(recorded, indent=1, sort_keys=True) + "\n")
   by_benchmark: dict[str, list[EvalItem]] = {}
   for item in items:
     by_benchmark.setdefault(item.benchmark, []).append(item)
@@ -87,9 +93,14 @@ def evaluate(items: Sequence[EvalItem], complete: Callable[[list[str]], Sequence
     path = run_dir / f"{benchmark}.jsonl"
     records = _finished_records(path, bench_items)
     if records is None:
+      partial = run_dir / f"{benchmark}{PARTIAL_SUFFIX}"
+      if not write:
+        _run_benchmark(benchmark, bench_items, complete, partial, template=template, tokenizer=tokenizer,
+                       system_prompt=system_prompt, grade_timeout_s=grade_timeout_s, num_workers=num_workers,
+                       write=False)
+        continue
       # results.json is rewritten last: until then, none that a crash could leave beside new records
       (run_dir / RESULTS_JSON).unlink(missing_ok=True)
-      partial = run_dir / f"{benchmark}{PARTIAL_SUFFIX}"
       records = _run_benchmark(benchmark, bench_items, complete, partial, template=template, tokenizer=tokenizer,
                                system_prompt=system_prompt, grade_timeout_s=grade_timeout_s,
                                num_workers=num_workers)
@@ -100,6 +111,8 @@ def evaluate(items: Sequence[EvalItem], complete: Callable[[list[str]], Sequence
     num_correct = sum(bool(record["correct"]) for record in records)
     summaries[benchmark] = {"accuracy": num_correct / len(records), "num_correct": num_correct,
                             "num_items": len(records)}
+  if not write:
+    return None
   results = {"run_name": run_name, "run_dir": str(run_dir.resolve()), "template": template,
              "system_prompt": system_prompt, "benchmarks": summaries,
              "average": float(np.mean([summary["accuracy"] for summary in summaries.values()]))}
@@ -204,7 +217,7 @@ def comparison_markdown(comparison: Mapping[str, Any]) -> str:
 
 def _run_benchmark(benchmark: str, items: list[EvalItem], complete: Callable[[list[str]], Sequence[Completion]],
                    partial: Path, *, template: str, tokenizer: Any, system_prompt: str | None, grade_timeout_s: float,
-                   num_workers: int | None) -> list[dict[str, Any]]:
+                   num_workers: int | None, write: bool = True) -> list[dict[str, Any]] | None:
   prompts = [render_prompt(item.question, template, tokenizer=tokenizer, system_prompt=system_prompt,
                            fewshot=fewshot_prefix(item)) for item in items]
   completions = _saved_completions(partial, items)
@@ -215,8 +228,11 @@ def _run_benchmark(benchmark: str, items: list[EvalItem], complete: Callable[[li
       raise ValueError(f"evaluate: complete() returned {len(chunk)} results for {len(chunk_prompts)} {benchmark} "
                        f"prompts; expected one Completion per prompt")
     completions += chunk
-    write_jsonl_atomic(partial, [{"id": item.id, "question": item.question, **dataclasses.asdict(c)}
-                                 for item, c in zip(items, completions)])
+    if write:
+      write_jsonl_atomic(partial, [{"id": item.id, "question": item.question, **dataclasses.asdict(c)}
+                                   for item, c in zip(items, completions)])
+  if not write:
+    return None
   grades = grade_items(items, [c.text for c in completions], timeout_s=grade_timeout_s, num_workers=num_workers)
   return [{"id": item.id, "benchmark": benchmark, "question": item.question, "gold": item.gold,
            "completion": completion.text, "extracted": grade.extracted, "correct": grade.correct,

@@ -145,7 +145,10 @@ def run(config, workdir: common.Workdir, writer) -> dict:
     common.log("eval: %s (%s) on %d items", name, source, len(items))
     results = evaluate(items, _completer(pretrained, tokenizer, config, layout), workdir.eval,
                        template=config.eval.template, run_name=name, tokenizer=tokenizer,
-                       system_prompt=system_prompt, settings=settings)
+                       system_prompt=system_prompt, settings=settings, write=common.is_main_process())
+    common.wait_for_main_process(f"lr_jax eval: {name} graded")  # process 0 grades and writes alone
+    if results is None:
+      results = common.read_json(os.path.join(run_dir, "results.json"))
     summary[name] = results["average"]
     for b, r in results["benchmarks"].items():
       writer.write("eval", models.index(name), {f"{name}/{b}": r["accuracy"]})

@@ -208,3 +208,11 @@ def test_relabelled_multiple_choice_set_is_five_shot_and_graded_by_letter(items,
   results = evaluate(quiz, model, tmp_path, template="qwen25-math-cot", run_name="r", num_workers=1)
   assert results["benchmarks"]["stem_quiz"]["accuracy"] == 0.5
   assert all(prompt.count("The answer is (") == 5 for prompt in model.prompts)
+
+
+def test_a_non_writing_process_takes_part_in_generation_and_writes_nothing(items, tmp_path):
+  """The other processes of a multi-process run generate (collectively) but grade and write nothing:
+  process 0's files hold one process's verdicts."""
+  model = FakeModel(items, num_right=3)
+  assert evaluate(items, model, tmp_path, template="qwen25-math-cot", run_name="base", write=False) is None
+  assert len(model.prompts) == len(items) and not (tmp_path / "base").exists()
