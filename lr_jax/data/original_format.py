@@ -265,7 +265,11 @@ def main(argv: list[str] | None = None) -> None:
   exp.add_argument("--store", required=True, help="a sample store folder (e.g. WORKDIR/samples)")
   exp.add_argument("--output", required=True, help="the .jsonl file to write")
   exp.add_argument("--tokenizer", required=True, help="tokenizer folder of the models that sampled")
-  exp.add_argument("--problems", help="the problems JSONL: writes each question as prompt_id, as the original")
+  exp.add_argument("--problems", help="the problems (a JSONL file or tfds:NAME[:SPLIT]) whose questions are written "
+                                      "as prompt_id, as the original does; default: the source the store was sampled "
+                                      "from (its meta.json)")
+  exp.add_argument("--question-field", help="the question field of --problems (default: the store's)")
+  exp.add_argument("--tfds-dir", default="", help="TFDS data dir of a tfds: --problems")
   imp = sub.add_parser("import", help="original JSONL -> a new sample store that `distill` trains on")
   imp.add_argument("--input", required=True, help="a file written by the original LightR_sampling.py")
   imp.add_argument("--store", required=True, help="the sample store folder to create (e.g. WORKDIR/samples)")
@@ -278,11 +282,16 @@ def main(argv: list[str] | None = None) -> None:
   args = parser.parse_args(argv)
   tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
   if args.command == "export":
-    prompt_id_of = None
-    if args.problems:
-      from lr_jax.data.problems import load_problems
-      prompt_id_of = {p.id: p.question for p in load_problems(args.problems, n=None)}
+    from lr_jax.data.problems import load_problems_from_spec
     store = SampleStore(args.store)
+    data = store.meta.get("data", {})  # what a sampling run read; an imported store's ids are its questions
+    spec = args.problems or data.get("path")
+    prompt_id_of = None
+    if spec:
+      # The sampling run's loader, so the problem ids are the ones the store holds.
+      problems = load_problems_from_spec(spec, tfds_dir=args.tfds_dir, n=None, answer_field=None,
+                                         question_field=args.question_field or data.get("question_field", "question"))
+      prompt_id_of = {p.id: p.question for p in problems}
     n = export_original(store, args.output, tokenizer, prompt_id_of=prompt_id_of)
     print(f"wrote {n} kept steps to {args.output}")
     if store.meta.get("template") is not None:  # the file keeps no prompt: say how to get it back

@@ -235,3 +235,18 @@ def test_command_line_export_then_import_gives_a_trainable_store_with_the_same_t
     np.testing.assert_array_equal(a.prompt_ids, b.prompt_ids)
     np.testing.assert_array_equal(a.steps, b.steps)
     np.testing.assert_allclose(np.sort(a.target_weights, axis=1), np.sort(b.target_weights, axis=1), atol=1e-6)
+
+
+def test_command_line_export_takes_the_questions_from_the_source_the_store_was_sampled_from(tokenizer, tmp_path):
+  """Without --problems, the store's meta names its source (here MATH-style: 'problem', no 'answer');
+  the original fine-tuner reads prompt_id as the question, so a problem id there would train on nonsense."""
+  from lr_jax.data.original_format import main
+
+  problems = _write_lines(tmp_path / "train.jsonl", [{"problem": QUESTIONS[f"train-{i}"], "solution": "s"}
+                                                     for i in range(2)])
+  meta = {"K": 4, "data": {"path": str(problems), "question_field": "problem", "order": "first", "seed": None}}
+  SampleStore(tmp_path / "store", meta=meta).append([_record(tokenizer, "train-1", [3], seed=6)])
+  main(["export", "--store", str(tmp_path / "store"), "--output", str(tmp_path / "orig.jsonl"),
+        "--tokenizer", str(QWEN_TOKENIZER)])
+  lines = [json.loads(line) for line in (tmp_path / "orig.jsonl").read_text().splitlines()]
+  assert [line["prompt_id"] for line in lines] == [QUESTIONS["train-1"]]
