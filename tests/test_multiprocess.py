@@ -31,6 +31,19 @@ if os.environ["JAX_PROCESS_ID"] == "1":
 app.run(main.main)
 """
 
+# lr_jax.main where process 1 may not grade: process 0 grades and writes the evaluation alone.
+ONLY_PROCESS_0_GRADES = """
+import os
+from absl import app
+from lr_jax import main
+from lr_jax.eval import harness
+if os.environ["JAX_PROCESS_ID"] == "1":
+  def refuse(*args, **kwargs):
+    raise AssertionError("process 1 graded")
+  harness.grade_items = refuse
+app.run(main.main)
+"""
+
 # Each process pads rows of its own lengths; the global batch must have one shape on both.
 PAD_BATCH_ACROSS_PROCESSES = """
 import jax, numpy as np
@@ -150,3 +163,26 @@ def test_an_unjitted_contrastive_step_takes_a_batch_spread_over_processes(tmp_pa
   model = make_tiny_hf(tmp_path / "m", "qwen2", vocab_size=64, tokenizer=False)
   outs = _two_processes([sys.executable, "-c", EAGER_CONTRASTIVE_STEP, str(model)], cwd=tmp_path)
   assert [out.strip().splitlines()[-1] for out in outs] == ["(4, 4) True"] * 2
+
+
+def test_two_processes_evaluate_as_one_with_process_0_grading_and_writing(tmp_path):
+  pytest.importorskip("torch")
+  expert = make_tiny_hf(tmp_path, "qwen2", name="expert", hidden_size=32, seed=1)
+  items = tmp_path / "items.jsonl"
+  with open(shared_path("data", "gsm8k", "test.jsonl")) as f:
+    items.write_text("".join(f.readline() for _ in range(6)))
+
+  def args(workdir, program=("-m", "lr_jax.main")):
+    return [sys.executable, *program, "--config=configs/qwen_math.py", f"--workdir={workdir}",
+            "--config.stages=eval", f"--config.expert={expert}", f"--config.amateur={expert}",
+            "--config.dtype=float32", "--config.eval.models=base", f"--config.eval.benchmarks=mine=gsm8k:{items}",
+            "--config.eval.max_new_tokens=8", "--config.eval.batch_size=4",
+            f"--config.compilation_cache_dir={workdir}_xla_cache"]
+
+  r = subprocess.run(args(tmp_path / "single"), cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  _two_processes(args(tmp_path / "multi", program=("-c", ONLY_PROCESS_0_GRADES)), cwd=REPO_ROOT)
+  for name in ("mine.jsonl", "results.json"):
+    one = (tmp_path / "single" / "eval" / "base" / name).read_text()
+    two = (tmp_path / "multi" / "eval" / "base" / name).read_text()
+    assert one.replace(str(tmp_path / "single"), "") == two.replace(str(tmp_path / "multi"), "")
