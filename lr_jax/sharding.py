@@ -219,6 +219,14 @@ def first_local_row(x: jax.Array) -> int:
   return min(s[0].start or 0 for s in slices)
 
 
+def sum_over_hosts(*values: int) -> tuple[int, ...]:
+  """Elementwise sum of the integers `values` over all hosts (e.g. counts of each host's shard)."""
+  if jax.process_count() == 1:
+    return values
+  gathered = multihost_utils.process_allgather(np.asarray(values, np.int64))
+  return tuple(int(v) for v in np.asarray(gathered).reshape(-1, len(values)).sum(axis=0))
+
+
 def agree_max(*values: int) -> tuple[int, ...]:
   """Elementwise maximum of `values` over all hosts (shapes must agree before compiling)."""
   if jax.process_count() == 1:

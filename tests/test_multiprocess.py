@@ -149,6 +149,9 @@ def test_two_processes_write_the_same_records_as_one(tmp_path):
     np.testing.assert_allclose(a.all_kl, b.all_kl, rtol=1e-5, atol=1e-6)
   with open(multi / "samples" / "stats" / "stats.json") as f:
     assert json.load(f)["num_records"] == 6
+  new_tokens = [sum(m["new_tokens"] for m in map(json.loads, open(run / "metrics.jsonl")) if m["stage"] == "sample")
+                for run in (single, multi)]
+  assert new_tokens[0] == new_tokens[1] == sum(len(r.completion_ids) for r in one.values())  # every shard's
 
 
 def test_teacher_forced_batches_have_one_shape_across_processes(tmp_path):

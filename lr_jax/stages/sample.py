@@ -39,7 +39,7 @@ from lr_jax.lockstep import contrastive_decode
 from lr_jax.models.config import ModelConfig
 from lr_jax.models.hf_io import resolve_checkpoint
 from lr_jax.sampling_memory import default_sampling_batch, device_memory_bytes
-from lr_jax.sharding import agree_max, fetch_global, first_local_row, host_local_to_global
+from lr_jax.sharding import agree_max, fetch_global, first_local_row, host_local_to_global, sum_over_hosts
 from lr_jax.stages import common
 
 LOCKSTEP, TEACHER_FORCED = "lockstep", "teacher_forced"
@@ -223,12 +223,12 @@ def run(config, workdir: common.Workdir, writer) -> dict:
       if batch_problems:
         store.append(to_records([p.id for p in batch_problems], prompts, completions,
                                 list(gen.finish_reasons), scored))
-      kept = float(np.sum(scored.kept[:len(batch_problems)]))
-      steps = float(sum(map(len, completions)))
+      kept, steps = sum_over_hosts(int(np.sum(scored.kept[:len(batch_problems)])),
+                                   sum(map(len, completions)))  # the whole batch's, every shard's rows
       # steps go on from the batches a resumed run found stored (this process's shard: `bs` rows a
       # batch), so metrics of two runs do not collide
       writer.write("sample", -(-len(done) // bs) + b,
-                   {"kept_ratio": kept / max(steps, 1.0), "new_tokens": steps, **timing})
+                   {"kept_ratio": kept / max(steps, 1), "new_tokens": steps, **timing})
     if scoring == LOCKSTEP:
       common.log("sample: lockstep generation and scoring %.1fs", seconds["lockstep_seconds"])
     else:
