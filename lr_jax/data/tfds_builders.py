@@ -91,9 +91,9 @@ class _JsonlBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _generate_examples(self, path: str):
     for line_number, record in iter_jsonl(path):
       # Keyed by 0-based physical line, which keeps the file's order (problem ids equal the JSONL's
-      # where it has no blank lines); ensure_ascii=False keeps the text readable and json floats
-      # round-trip through repr exactly.
-      yield line_number - 1, {"record": json.dumps(record)}  # ASCII: a lone surrogate escape stays encodable
+      # where it has no blank lines). ASCII JSON, so a lone surrogate escape stays encodable; json
+      # floats round-trip through repr exactly.
+      yield line_number - 1, {"record": json.dumps(record)}
 
 
 def _make_builder_class(benchmark: str) -> type[_JsonlBuilder]:
