@@ -221,15 +221,17 @@ def first_local_row(x: jax.Array) -> int:
 
 def sum_over_hosts(*values: int) -> tuple[int, ...]:
   """Elementwise sum of the integers `values` over all hosts (e.g. counts of each host's shard)."""
-  if jax.process_count() == 1:
-    return values
-  gathered = multihost_utils.process_allgather(np.asarray(values, np.int64))
-  return tuple(int(v) for v in np.asarray(gathered).reshape(-1, len(values)).sum(axis=0))
+  return tuple(int(v) for v in _per_host(values).sum(axis=0))
 
 
 def agree_max(*values: int) -> tuple[int, ...]:
   """Elementwise maximum of `values` over all hosts (shapes must agree before compiling)."""
+  return tuple(int(v) for v in _per_host(values).max(axis=0))
+
+
+def _per_host(values: tuple[int, ...]) -> np.ndarray:
+  """`[hosts, len(values)]`: every host's integers."""
   if jax.process_count() == 1:
-    return values
+    return np.asarray(values, np.int64).reshape(1, -1)
   gathered = multihost_utils.process_allgather(np.asarray(values, np.int64))
-  return tuple(int(v) for v in np.asarray(gathered).reshape(-1, len(values)).max(axis=0))
+  return np.asarray(gathered).reshape(-1, len(values))
