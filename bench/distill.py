@@ -156,12 +156,13 @@ def bench_lr_jax(model_dir: str, records, updates: int) -> dict:
               steps=supervised, warmup_s=compile_s, shapes=len({b["tokens"].shape for b in batches}))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
+  """Runs both sides and prints them; returns {'lr_jax': ..., 'original': ..., 'ratio': ...}."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--smoke", action="store_true", help="tiny model and data: checks that the script runs")
   parser.add_argument("--updates", type=int, default=20, help="lr_jax updates timed")
   parser.add_argument("--original-updates", type=int, default=3, help="original-approach updates timed")
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
   shape = SMOKE if args.smoke else FULL
   updates, original_updates = (2, 1) if args.smoke else (args.updates, args.original_updates)
   records = make_records(shape)
@@ -178,7 +179,9 @@ def main() -> None:
     print(f"{name:30s} {r['steps_per_s']:9.2f} supervised steps/s  ({r['steps']} steps in {r['seconds']:.1f} s)  "
           f"{r['tokens_per_step']:7.1f} forward tokens / supervised step")
   print(f"lr_jax warm-up (compiling {ours['shapes']} shapes + one pass): {ours['warmup_s']:.1f} s")
-  print(f"speed-up lr_jax / original: {ours['steps_per_s'] / original['steps_per_s']:.1f}x")
+  ratio = ours['steps_per_s'] / original['steps_per_s']
+  print(f"speed-up lr_jax / original: {ratio:.1f}x")
+  return {"lr_jax": ours, "original": original, "ratio": ratio}
 
 
 if __name__ == "__main__":
