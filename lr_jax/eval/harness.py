@@ -94,16 +94,13 @@ def evaluate(items: Sequence[EvalItem], complete: Callable[[list[str]], Sequence
     records = _finished_records(path, bench_items)
     if records is None:
       partial = run_dir / f"{benchmark}{PARTIAL_SUFFIX}"
-      if not write:
-        _run_benchmark(benchmark, bench_items, complete, partial, template=template, tokenizer=tokenizer,
-                       system_prompt=system_prompt, grade_timeout_s=grade_timeout_s, num_workers=num_workers,
-                       write=False)
-        continue
-      # results.json is rewritten last: until then, none that a crash could leave beside new records
-      (run_dir / RESULTS_JSON).unlink(missing_ok=True)
+      if write:  # results.json is rewritten last: until then, none that a crash could leave beside new records
+        (run_dir / RESULTS_JSON).unlink(missing_ok=True)
       records = _run_benchmark(benchmark, bench_items, complete, partial, template=template, tokenizer=tokenizer,
                                system_prompt=system_prompt, grade_timeout_s=grade_timeout_s,
-                               num_workers=num_workers)
+                               num_workers=num_workers, write=write)
+      if not write:
+        continue
       write_jsonl_atomic(path, records)
       partial.unlink(missing_ok=True)
     else:
